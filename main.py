@@ -1,0 +1,44 @@
+"""Entry point: `python main.py --config CONFIG --workdir DIR --mode MODE`.
+
+Kept short on purpose: every mode is one call into an importable, tested function of `score_jax`.
+Any config key can be overridden on the command line, e.g. `--config.training.batch_size=8`.
+"""
+import importlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+# mode -> "module:function"; the function is called as fn(config, workdir, **mode flags).
+MODES = {}
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (e.g. configs/digits.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Working directory: checkpoints, logs, samples.")
+flags.DEFINE_string("mode", None, "What to run; one of the modes listed in README.md.")
+flags.DEFINE_string("checkpoint", None, "--mode convert: the official checkpoint file to convert.")
+flags.mark_flags_as_required(["config", "workdir", "mode"])
+
+
+def run(mode: str, config, workdir: str, **mode_flags):
+    """Runs `mode`; raises ValueError naming the valid modes for an unknown one."""
+    if mode not in MODES:
+        raise ValueError(f"--mode={mode!r} is unknown; valid modes: {', '.join(sorted(MODES))}")
+    module, fn = MODES[mode].split(":")
+    return getattr(importlib.import_module(module), fn)(config, workdir, **mode_flags)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    mode_flags = {"checkpoint": FLAGS.checkpoint} if FLAGS.mode == "convert" else {}
+    try:
+        run(FLAGS.mode, FLAGS.config, FLAGS.workdir, **mode_flags)
+    except ValueError as e:
+        if FLAGS.mode not in MODES:
+            raise app.UsageError(str(e)) from None
+        raise
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,299 @@
+"""The forward SDEs of Song et al. (2021): VE, VP and sub-VP, and their reverses.
+
+Semantics follow the official `sde_lib` exactly (parity-tested against its outputs):
+
+* VE SDE  dx = sqrt(d sigma^2/dt) dw, sigma(t) = sigma_min (sigma_max/sigma_min)^t; discretized as
+  SMLD (adjacent noise levels of the geometric table).
+* VP SDE  dx = -beta(t) x/2 dt + sqrt(beta(t)) dw, beta linear in t; discretized as DDPM.
+* sub-VP  dx = -beta(t) x/2 dt + sqrt(beta(t) (1 - e^{-2 int_0^t beta})) dw; Euler discretization.
+
+Arrays are NHWC (any rank works: per-example quantities broadcast over the trailing axes); `t` has
+shape `(batch,)` and is in `[0, T]`. Every SDE is an immutable dataclass whose fields are all static
+pytree metadata: it can be closed over or passed into a jitted function, and equal SDEs hit the same
+compilation cache entry.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+Array = jax.Array
+ScoreFn = Callable[[Array, Array], Array]
+
+
+def batch_mul(a: Array, x: Array) -> Array:
+    """Multiplies per-example scalars `a` (batch,) into `x` (batch, ...)."""
+    a = jnp.asarray(a)
+    return a.reshape(a.shape + (1,) * (x.ndim - a.ndim)) * x
+
+
+def _check_positive_int(name: str, value) -> None:
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_t(t, T: float) -> None:
+    """Raises on concrete `t` outside [0, T]; traced `t` is the caller's contract."""
+    if isinstance(t, jax.core.Tracer):
+        return
+    t_np = np.asarray(t)
+    if t_np.size and (np.any(t_np < 0) or np.any(t_np > T)):
+        raise ValueError(f"t must lie in [0, T={T}], got values in [{t_np.min()}, {t_np.max()}]")
+
+
+class SDE:
+    """Interface shared by the three SDEs. Subclasses are frozen `struct` dataclasses."""
+
+    N: int
+    T: float = 1.0
+
+    def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """Drift f(x, t) (shape of x) and diffusion g(t) (batch,)."""
+        raise NotImplementedError
+
+    def marginal_prob(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """Mean (shape of x) and std (batch,) of the perturbation kernel p_{0t}(x(t) | x(0) = x)."""
+        raise NotImplementedError
+
+    def prior_sampling(self, rng: Array, shape) -> Array:
+        """A sample of p_T with the given (batch, ...) shape."""
+        raise NotImplementedError
+
+    def prior_logp(self, z: Array) -> Array:
+        """log p_T(z) per example, shape (batch,), in nats."""
+        raise NotImplementedError
+
+    def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """One step of the discretized SDE x_{i+1} = x_i + f_i(x_i) + G_i z_i, i = t (N-1)/T.
+
+        The default is Euler-Maruyama with dt = T/N (as the official code). Returns f (shape of x)
+        and G (batch,).
+        """
+        dt = 1.0 / self.N
+        drift, diffusion = self.sde(x, t)
+        return drift * dt, diffusion * jnp.sqrt(dt)
+
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+        """The reverse-time SDE (or its probability-flow ODE) for a score model `score_fn(x, t)`."""
+        return ReverseSDE(forward=self, score_fn=score_fn, probability_flow=probability_flow)
+
+    def _timestep(self, t: Array) -> Array:
+        """Discrete index floor(t (N-1)/T) of the official code (computed in t's precision)."""
+        _check_t(t, self.T)
+        idx = (t * (self.N - 1) / self.T).astype(jnp.int32)
+        return jnp.clip(idx, 0, self.N - 1)
+
+
+def _linspace32(start: float, stop: float, num: int) -> np.ndarray:
+    """float32 linspace as torch computes it (from both ends toward the middle), so the discrete
+    noise tables equal the official ones bit for bit; sqrt(sigma_i^2 - sigma_{i-1}^2) amplifies a
+    one-ulp difference fifty-fold."""
+    start, stop = np.float32(start), np.float32(stop)
+    step = (stop - start) / np.float32(max(num - 1, 1))
+    i = np.arange(num, dtype=np.float32)
+    return np.where(i < num // 2, start + step * i, stop - step * (num - 1 - i)).astype(np.float32)
+
+
+def _std_normal_logp(z: Array, scale: float = 1.0) -> Array:
+    n = np.prod(z.shape[1:])
+    sq = jnp.sum(jnp.reshape(z, (z.shape[0], -1)) ** 2, axis=1)
+    return -n / 2.0 * np.log(2 * np.pi * scale**2) - sq / (2.0 * scale**2)
+
+
+@struct.dataclass
+class VPSDE(SDE):
+    """Variance-preserving SDE; beta(t) = beta_min + t (beta_max - beta_min). Continuous DDPM."""
+
+    beta_min: float = struct.field(pytree_node=False, default=0.1)
+    beta_max: float = struct.field(pytree_node=False, default=20.0)
+    N: int = struct.field(pytree_node=False, default=1000)
+    T: float = struct.field(pytree_node=False, default=1.0)
+
+    def __post_init__(self):
+        _check_positive_int("model.num_scales (N)", self.N)
+        if self.beta_min > self.beta_max:
+            raise ValueError(
+                f"model.beta_min={self.beta_min} must not exceed model.beta_max={self.beta_max}")
+        if self.beta_min < 0:
+            raise ValueError(f"model.beta_min must be >= 0, got {self.beta_min}")
+
+    # DDPM tables (float32, computed as the official code does).
+    @property
+    def discrete_betas(self) -> np.ndarray:
+        return _linspace32(self.beta_min / self.N, self.beta_max / self.N, self.N)
+
+    @property
+    def alphas(self) -> np.ndarray:
+        return (1.0 - self.discrete_betas).astype(np.float32)
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        # torch accumulates a float32 cumprod in float64 on the CPU.
+        return np.cumprod(self.alphas.astype(np.float64)).astype(np.float32)
+
+    @property
+    def sqrt_alphas_cumprod(self) -> np.ndarray:
+        return np.sqrt(self.alphas_cumprod)
+
+    @property
+    def sqrt_1m_alphas_cumprod(self) -> np.ndarray:
+        return np.sqrt(1.0 - self.alphas_cumprod)
+
+    def beta(self, t: Array) -> Array:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_mean_coeff(self, t: Array) -> Array:
+        """log of the marginal mean coefficient, -int_0^t beta(s) ds / 2."""
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def sde(self, x, t):
+        beta_t = self.beta(t)
+        return batch_mul(-0.5 * beta_t, x), jnp.sqrt(beta_t)
+
+    def marginal_prob(self, x, t):
+        lmc = self.log_mean_coeff(t)
+        return batch_mul(jnp.exp(lmc), x), jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
+
+    def prior_sampling(self, rng, shape):
+        return jax.random.normal(rng, shape)
+
+    def prior_logp(self, z):
+        return _std_normal_logp(z)
+
+    def discretize(self, x, t):
+        """DDPM step: f = (sqrt(alpha_i) - 1) x, G = sqrt(beta_i)."""
+        i = self._timestep(t)
+        beta = jnp.asarray(self.discrete_betas)[i]
+        alpha = jnp.asarray(self.alphas)[i]
+        return batch_mul(jnp.sqrt(alpha), x) - x, jnp.sqrt(beta)
+
+
+@struct.dataclass
+class subVPSDE(VPSDE):
+    """Sub-VP SDE: the VP drift with diffusion beta(t) (1 - e^{-2 int_0^t beta}).
+
+    Its marginal std is 1 - e^{-int_0^t beta} (not a square root: the sub-VP variance is the square
+    of the VP one's complement, as in the paper and the official code).
+    """
+
+    def sde(self, x, t):
+        beta_t = self.beta(t)
+        discount = 1.0 - jnp.exp(-2.0 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
+        return batch_mul(-0.5 * beta_t, x), jnp.sqrt(beta_t * discount)
+
+    def marginal_prob(self, x, t):
+        lmc = self.log_mean_coeff(t)
+        return batch_mul(jnp.exp(lmc), x), 1.0 - jnp.exp(2.0 * lmc)
+
+    discretize = SDE.discretize
+
+
+@struct.dataclass
+class VESDE(SDE):
+    """Variance-exploding SDE; sigma(t) = sigma_min (sigma_max / sigma_min)^t. Continuous SMLD."""
+
+    sigma_min: float = struct.field(pytree_node=False, default=0.01)
+    sigma_max: float = struct.field(pytree_node=False, default=50.0)
+    N: int = struct.field(pytree_node=False, default=1000)
+    T: float = struct.field(pytree_node=False, default=1.0)
+
+    def __post_init__(self):
+        _check_positive_int("model.num_scales (N)", self.N)
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(
+                f"need 0 < model.sigma_min < model.sigma_max, got sigma_min={self.sigma_min}, "
+                f"sigma_max={self.sigma_max}")
+
+    @property
+    def discrete_sigmas(self) -> np.ndarray:
+        """The SMLD noise levels, increasing from sigma_min to sigma_max (float32, shape (N,))."""
+        log_sigmas = _linspace32(np.log(self.sigma_min), np.log(self.sigma_max), self.N)
+        return np.exp(log_sigmas.astype(np.float64)).astype(np.float32)
+
+    def sigma(self, t: Array) -> Array:
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def sde(self, x, t):
+        diffusion = self.sigma(t) * np.sqrt(2 * (np.log(self.sigma_max) - np.log(self.sigma_min)))
+        return jnp.zeros_like(x), diffusion.astype(x.dtype)
+
+    def marginal_prob(self, x, t):
+        return x, self.sigma(t)
+
+    def prior_sampling(self, rng, shape):
+        return jax.random.normal(rng, shape) * self.sigma_max
+
+    def prior_logp(self, z):
+        return _std_normal_logp(z, self.sigma_max)
+
+    def discretize(self, x, t):
+        """SMLD step: f = 0, G = sqrt(sigma_i^2 - sigma_{i-1}^2) (sigma_{-1} = 0)."""
+        i = self._timestep(t)
+        sigmas = jnp.asarray(self.discrete_sigmas)
+        sigma = sigmas[i]
+        adjacent = jnp.where(i == 0, jnp.zeros_like(sigma), sigmas[jnp.maximum(i - 1, 0)])
+        return jnp.zeros_like(x), jnp.sqrt(sigma**2 - adjacent**2)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReverseSDE:
+    """Reverse-time SDE dx = [f - g^2 score] dt + g dw-bar, or the probability-flow ODE
+    dx = [f - g^2 score / 2] dt when `probability_flow` (then the diffusion is 0).
+
+    `score_fn(x, t)` is a closure over the model's variables, so this object is built inside the
+    jitted function that uses it (cheap: it holds no arrays).
+    """
+
+    forward: SDE
+    score_fn: ScoreFn
+    probability_flow: bool = False
+
+    @property
+    def N(self) -> int:
+        return self.forward.N
+
+    @property
+    def T(self) -> float:
+        return self.forward.T
+
+    def _reverse(self, x, t, f, g):
+        score = self.score_fn(x, t)
+        weight = 0.5 if self.probability_flow else 1.0
+        drift = f - batch_mul(g**2, score) * weight
+        return drift, (jnp.zeros_like(g) if self.probability_flow else g)
+
+    def sde(self, x, t):
+        """Reverse drift (shape of x) and diffusion (batch,); diffusion is 0 for the ODE."""
+        return self._reverse(x, t, *self.forward.sde(x, t))
+
+    def discretize(self, x, t):
+        """Reverse discretization: f - G^2 score (x 1/2 for the ODE), and G (0 for the ODE)."""
+        return self._reverse(x, t, *self.forward.discretize(x, t))
+
+
+SAMPLING_EPS = {"vesde": 1e-5, "vpsde": 1e-3, "subvpsde": 1e-3}
+
+
+def get_sde(config) -> tuple[SDE, float]:
+    """The SDE of `config.training.sde` with the config's noise scales, and its sampling epsilon.
+
+    Epsilon (the smallest time the samplers and the likelihood integrate to) is 1e-5 for VE and
+    1e-3 for VP and sub-VP, as in the paper.
+    """
+    name = str(config.training.sde).lower()
+    m = config.model
+    if name == "vesde":
+        sde = VESDE(sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max), N=int(m.num_scales))
+    elif name == "vpsde":
+        sde = VPSDE(beta_min=float(m.beta_min), beta_max=float(m.beta_max), N=int(m.num_scales))
+    elif name == "subvpsde":
+        sde = subVPSDE(beta_min=float(m.beta_min), beta_max=float(m.beta_max), N=int(m.num_scales))
+    else:
+        raise ValueError(
+            f"training.sde={config.training.sde!r} is unknown; valid: {sorted(SAMPLING_EPS)}")
+    return sde, SAMPLING_EPS[name]

@@ -1,0 +1,33 @@
+"""score_jax: score-based generative modeling through SDEs in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="score_jax",
+    version="0.1.0",
+    description="Score-based generative modeling through SDEs (Song et al., ICLR 2021) in JAX/Flax",
+    packages=find_packages(include=["score_jax", "score_jax.*", "configs", "configs.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "diffrax>=0.7.2",
+        "orbax-checkpoint>=0.12.8",
+        "tensorflow-datasets>=4.9.10",
+        "grain>=0.2.18",
+        "ml-collections>=1.1.0",
+        "absl-py>=2.1",
+        "tensorboardX>=2.6",   # TensorBoard event files without TensorFlow
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "scikit-learn>=1.4",   # ships the 8x8 digits of the embedded default
+        "importlib_resources>=6",  # tfds.data_source needs it without TensorFlow
+        "pillow>=10",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "cuda12": ["jax[cuda12]>=0.10.2"],
+        "convert": ["torch>=2.6"],
+        "test": ["pytest>=8", "torch>=2.6"],
+    },
+)
