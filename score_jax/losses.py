@@ -1,0 +1,264 @@
+"""Training objectives, the optimizer, and the one-step update of Song et al. (2021).
+
+Semantics follow the official `losses.py` (score_sde_pytorch):
+
+* continuous SDE loss (denoising score matching over t ~ U(eps, T), eps = 1e-5): with
+  x_t = mean(t) x_0 + std(t) z, the loss is |score(x_t, t) std + z|^2 (the paper's weighting
+  lambda(t) = std^2), or |score + z/std|^2 g(t)^2 with `likelihood_weighting`;
+* SMLD (discrete VE): noise levels drawn uniformly from the N sigmas, loss
+  |score + noise/sigma^2|^2 sigma^2 on the integer level label;
+* DDPM (discrete VP): integer timesteps, loss |eps_theta(x_i, i) - z|^2;
+
+each reduced over the data dimensions by a mean (`reduce_mean`) or half a sum, then averaged over
+the batch. The optimizer is torch's Adam (L2 weight decay added to the gradient) with the linear
+warm-up `lr * min(step / warmup, 1)` (so the very first step has lr 0 when warmup > 0), after
+torch's global-norm clipping (`grad_clip >= 0` only); the EMA is the official
+`ExponentialMovingAverage` with its num_updates warm-up, decay = min(ema_rate, (1 + n)/(10 + n)).
+
+Random draws: every loss draws its randomness in `draw_noise(rng, x)` (a dict with the uniform
+times `u` before the `u (T - eps) + eps` map, or the integer `labels`, and the unit Gaussian `z`),
+and `loss_fn(params, x, rng, noise=None)` accepts them injected, which is how the parity tests feed
+the official code's torch draws.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from score_jax import sde as sde_lib
+from score_jax.models import utils as mutils
+
+PyTree = Any
+LossFn = Callable[..., jax.Array]
+
+
+def _reduce_op(reduce_mean: bool):
+    """Per-example reduction over the data dimensions: mean, or half the sum (as official)."""
+    if reduce_mean:
+        return lambda v: jnp.mean(v.reshape(v.shape[0], -1), axis=-1)
+    return lambda v: 0.5 * jnp.sum(v.reshape(v.shape[0], -1), axis=-1)
+
+
+def _variables(params):
+    return {"params": params}
+
+
+def get_sde_loss_fn(sde, model, train: bool, reduce_mean: bool = True, continuous: bool = True,
+                    likelihood_weighting: bool = True, eps: float = 1e-5):
+    """Denoising score matching with t ~ U(eps, T) for any SDE.
+
+    Returns `(draw_noise, loss_fn)`: `draw_noise(rng, x) -> {'u': (B,), 'z': x.shape}` and
+    `loss_fn(params, x, rng, noise=None) -> scalar` (x: (B, H, W, C) scaled data; `rng` drives
+    the draws when `noise` is None, and dropout when `train`).
+    """
+    reduce_op = _reduce_op(reduce_mean)
+
+    def draw_noise(rng, x):
+        u_rng, z_rng = jax.random.split(rng)
+        return {"u": jax.random.uniform(u_rng, (x.shape[0],), x.dtype),
+                "z": jax.random.normal(z_rng, x.shape, x.dtype)}
+
+    def loss_fn(params, x, rng, noise=None):
+        noise_rng, dropout_rng = jax.random.split(rng)
+        noise = draw_noise(noise_rng, x) if noise is None else noise
+        t = noise["u"] * (sde.T - eps) + eps
+        z = noise["z"]
+        score_fn = mutils.get_score_fn(sde, model, _variables(params), train=train,
+                                       continuous=continuous, rng=dropout_rng)
+        mean, std = sde.marginal_prob(x, t)
+        score = score_fn(mean + sde_lib.batch_mul(std, z), t)
+        if likelihood_weighting:
+            g2 = sde.sde(jnp.zeros_like(x), t)[1] ** 2
+            losses = reduce_op(jnp.square(score + sde_lib.batch_mul(1.0 / std, z))) * g2
+        else:
+            losses = reduce_op(jnp.square(sde_lib.batch_mul(std, score) + z))
+        return jnp.mean(losses)
+
+    return draw_noise, loss_fn
+
+
+def _draw_labels_and_z(n_levels: int):
+    def draw_noise(rng, x):
+        label_rng, z_rng = jax.random.split(rng)
+        return {"labels": jax.random.randint(label_rng, (x.shape[0],), 0, n_levels),
+                "z": jax.random.normal(z_rng, x.shape, x.dtype)}
+
+    return draw_noise
+
+
+def get_smld_loss_fn(vesde, model, train: bool, reduce_mean: bool = False):
+    """The NCSN objective on the N discrete noise levels of a VE SDE (labels index the levels from
+    sigma_max down to sigma_min, as the SMLD networks expect). Returns `(draw_noise, loss_fn)`."""
+    if not isinstance(vesde, sde_lib.VESDE):
+        raise ValueError("SMLD training only works for VESDEs.")
+    smld_sigmas = jnp.asarray(vesde.discrete_sigmas[::-1].copy())
+    reduce_op = _reduce_op(reduce_mean)
+    draw_noise = _draw_labels_and_z(vesde.N)
+
+    def loss_fn(params, x, rng, noise=None):
+        noise_rng, dropout_rng = jax.random.split(rng)
+        noise = draw_noise(noise_rng, x) if noise is None else noise
+        labels = noise["labels"]
+        sigmas = smld_sigmas[labels]
+        scaled_noise = sde_lib.batch_mul(sigmas, noise["z"])
+        model_fn = mutils.get_model_fn(model, _variables(params), train=train, rng=dropout_rng)
+        score = model_fn(x + scaled_noise, labels)
+        target = -sde_lib.batch_mul(1.0 / sigmas**2, scaled_noise)
+        losses = reduce_op(jnp.square(score - target)) * sigmas**2
+        return jnp.mean(losses)
+
+    return draw_noise, loss_fn
+
+
+def get_ddpm_loss_fn(vpsde, model, train: bool, reduce_mean: bool = True):
+    """The DDPM objective (predict the noise) on the N discrete timesteps of a VP SDE. Returns
+    `(draw_noise, loss_fn)`."""
+    if not isinstance(vpsde, sde_lib.VPSDE):
+        raise ValueError("DDPM training only works for VPSDEs.")
+    sqrt_ab = jnp.asarray(vpsde.sqrt_alphas_cumprod)
+    sqrt_1m_ab = jnp.asarray(vpsde.sqrt_1m_alphas_cumprod)
+    reduce_op = _reduce_op(reduce_mean)
+    draw_noise = _draw_labels_and_z(vpsde.N)
+
+    def loss_fn(params, x, rng, noise=None):
+        noise_rng, dropout_rng = jax.random.split(rng)
+        noise = draw_noise(noise_rng, x) if noise is None else noise
+        labels, z = noise["labels"], noise["z"]
+        perturbed = sde_lib.batch_mul(sqrt_ab[labels], x) + sde_lib.batch_mul(sqrt_1m_ab[labels], z)
+        model_fn = mutils.get_model_fn(model, _variables(params), train=train, rng=dropout_rng)
+        losses = reduce_op(jnp.square(model_fn(perturbed, labels) - z))
+        return jnp.mean(losses)
+
+    return draw_noise, loss_fn
+
+
+def get_loss_fn(sde, model, train: bool, reduce_mean: bool = False, continuous: bool = True,
+                likelihood_weighting: bool = False):
+    """The official choice of objective: the SDE loss when `continuous`, else SMLD for VE and DDPM
+    for VP. Discrete sub-VP raises ValueError (as official). Returns `(draw_noise, loss_fn)`."""
+    if continuous:
+        return get_sde_loss_fn(sde, model, train, reduce_mean=reduce_mean, continuous=True,
+                               likelihood_weighting=likelihood_weighting)
+    if likelihood_weighting:
+        raise ValueError("Likelihood weighting is not supported for original SMLD/DDPM training.")
+    if isinstance(sde, sde_lib.VESDE):
+        return get_smld_loss_fn(sde, model, train, reduce_mean=reduce_mean)
+    if isinstance(sde, sde_lib.VPSDE) and not isinstance(sde, sde_lib.subVPSDE):
+        return get_ddpm_loss_fn(sde, model, train, reduce_mean=reduce_mean)
+    raise ValueError(f"Discrete training for {type(sde).__name__} is not recommended.")
+
+
+def learning_rate_fn(config) -> Callable[[jax.Array], jax.Array]:
+    """lr(step) = optim.lr * min(step / warmup, 1) (constant optim.lr when warmup <= 0); `step` is
+    the number of updates already applied, so the first update of a fresh run uses lr(0)."""
+    lr, warmup = float(config.optim.lr), float(config.optim.warmup)
+    if warmup > 0:
+        return lambda step: lr * jnp.minimum(jnp.asarray(step, jnp.float32) / warmup, 1.0)
+    return lambda step: jnp.full((), lr, jnp.float32)
+
+
+def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
+    """`torch.nn.utils.clip_grad_norm_`: g * min(max_norm / (|g| + 1e-6), 1)."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        coef = jnp.minimum(max_norm / (optax.global_norm(updates) + 1e-6), 1.0)
+        return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def get_optimizer(config) -> optax.GradientTransformation:
+    """torch.optim.Adam(lr, betas=(beta1, 0.999), eps, weight_decay) behind the official
+    `optimize_fn` (warm-up, clipping when grad_clip >= 0) as one optax transformation."""
+    if config.optim.optimizer != "Adam":
+        raise ValueError(f"optim.optimizer={config.optim.optimizer!r} is not supported; valid: Adam")
+    parts = []
+    if float(config.optim.grad_clip) >= 0:
+        parts.append(clip_by_global_norm_torch(float(config.optim.grad_clip)))
+    if float(config.optim.weight_decay) != 0:
+        # torch's Adam weight decay is L2 on the gradient (coupled), before the moments.
+        parts.append(optax.add_decayed_weights(float(config.optim.weight_decay)))
+    parts.append(optax.scale_by_adam(b1=float(config.optim.beta1), b2=0.999,
+                                     eps=float(config.optim.eps)))
+    parts.append(optax.scale_by_learning_rate(learning_rate_fn(config)))
+    return optax.chain(*parts)
+
+
+def ema_decay(ema_rate: float, num_updates: jax.Array) -> jax.Array:
+    """The official EMA decay after `num_updates` updates (counting the current one)."""
+    n = jnp.asarray(num_updates, jnp.float32)
+    return jnp.minimum(ema_rate, (1.0 + n) / (10.0 + n))
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a training run carries from one step to the next.
+
+    `params` / `ema_params`: the network's 'params' collection and its EMA; `opt_state`: optax
+    state; `step`: int32 number of updates applied; `rng`: the run's base PRNG key (uint32 (2,)),
+    constant — the randomness of update `s` is `fold_in(rng, s)`, so a resumed run continues the
+    same stream.
+    """
+
+    params: PyTree
+    ema_params: PyTree
+    opt_state: PyTree
+    step: jax.Array
+    rng: jax.Array
+
+    @classmethod
+    def create(cls, params, optimizer: optax.GradientTransformation, rng) -> "TrainState":
+        return cls(params=params, ema_params=jax.tree.map(jnp.copy, params),
+                   opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32),
+                   rng=jnp.asarray(rng))
+
+
+class StepMetrics(NamedTuple):
+    loss: jax.Array
+    grad_norm: jax.Array
+    lr: jax.Array
+
+
+def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformation | None = None,
+                reduce_mean: bool = False, continuous: bool = True,
+                likelihood_weighting: bool = False, ema_rate: float = 0.999,
+                lr_fn: Callable | None = None):
+    """One training update (`train`) or one evaluation of the EMA model's loss.
+
+    Train: `step_fn(state, x) -> (new_state, StepMetrics)`: the gradient of the loss with the
+    step's randomness `fold_in(state.rng, state.step)` (dropout on), the `optimize_fn` update,
+    step + 1, and the EMA update with the new parameters. Eval: `step_fn(state, x, rng) -> loss` of
+    the EMA parameters in eval mode (no dropout), its draws from `rng`.
+    `x` is (B, H, W, C) scaled data. Pure and traceable: jit it, scan it, shard its batch.
+    """
+    _, loss_fn = get_loss_fn(sde, model, train, reduce_mean=reduce_mean, continuous=continuous,
+                             likelihood_weighting=likelihood_weighting)
+
+    if not train:
+        def eval_step(state, x, rng):
+            return loss_fn(state.ema_params, x, rng)
+
+        return eval_step
+
+    if optimize_fn is None:
+        raise ValueError("a training step needs optimize_fn (an optax transformation)")
+
+    def train_step(state, x):
+        rng = jax.random.fold_in(state.rng, state.step)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, x, rng)
+        updates, opt_state = optimize_fn.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        step = state.step + 1
+        decay = ema_decay(ema_rate, step)
+        ema_params = jax.tree.map(lambda e, p: e - (1.0 - decay) * (e - p), state.ema_params, params)
+        lr = lr_fn(state.step) if lr_fn is not None else jnp.full((), jnp.nan)
+        new_state = state.replace(params=params, ema_params=ema_params, opt_state=opt_state,
+                                  step=step)
+        return new_state, StepMetrics(loss=loss, grad_norm=optax.global_norm(grads), lr=lr)
+
+    return train_step
