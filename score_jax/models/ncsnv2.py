@@ -1,0 +1,433 @@
+"""NCSNv2 (Song & Ermon, 2020): a RefineNet score network for 64, 128 and 256 px, in Flax.
+
+Computes what the official PyTorch `models/ncsnv2.py` computes (parity-tested on its outputs):
+
+* input `2x - 1` unless `data.centered` (data in [0, 1] is mapped to [-1, 1] inside the network);
+* a ResNet backbone of `ResidualBlock`s with InstanceNorm++ and ELU; 'down' blocks without dilation
+  halve the resolution (conv + 2x2 mean pool), dilated 'down' blocks only widen the receptive field
+  (they do not downsample); all 3x3 convolutions are 'SAME'-padded, dilated ones too (the official
+  PyTorch `ncsn_conv3x3` crashes on `bias=False` and pads dilated convolutions by 1 only; the
+  reference was made with the fix the original NCSNv2 code has, i.e. 'SAME' padding);
+* RefineNet blocks: residual conv units, multi-resolution fusion with bilinear `align_corners=True`
+  upsampling, chained residual pooling with a 5x5 stride-1 max pool;
+* the output divided by `sigmas[labels]`, the geometric table from `model.sigma_max` down to
+  `model.sigma_min` with `model.num_scales` entries; `labels` are integer noise indices (discrete VE
+  training), so `training.continuous` must be False. The official PyTorch network divides
+  unconditionally, the official JAX one only when `model.scale_by_sigma` (True in every NCSNv2
+  config); we follow the flag.
+
+`ncsnv2_64` downsamples twice less than `ncsnv2_128` (one 'down' block without dilation vs two) and
+`ncsnv2_256` once more (three): `data.image_size` must be a multiple of 2, 4 and 8 respectively.
+The official code picks the variant by image size (<96, <=128, <=256 px); here `model.name` does.
+
+Parameters are named as in the official JAX code (`Conv_0` = begin conv, `ResidualBlock_i`,
+`RefineBlock_i` with `RCUBlock_j`/`MSFBlock_0`/`CRPBlock_0`, `InstanceNorm2dPlus_0`, `Conv_1` = end
+conv), with the channel widths of the PyTorch code (the official JAX `ncsnv2_64` makes its third
+RefineBlock 2nf wide instead of nf, and upsamples without aligned corners).
+`torch_to_flax` maps an official PyTorch state dict onto this tree.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, ClassVar, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from score_jax.models import get_model, register_model
+from score_jax.models.normalization import get_normalization
+
+Array = jax.Array
+
+
+def network_sigmas(config) -> np.ndarray:
+    """The network's noise table (float64, (num_scales,)): geometric, sigma_max down to sigma_min.
+
+    Equals the official `get_sigmas` (and the `sigmas` buffer of official checkpoints).
+    """
+    m = config.model
+    return np.exp(np.linspace(np.log(m.sigma_max), np.log(m.sigma_min), int(m.num_scales)))
+
+
+def get_act(config) -> Callable[[Array], Array]:
+    """The activation of `config.model.nonlinearity` (elu, relu, lrelu (slope 0.2), swish)."""
+    acts = {"elu": nn.elu, "relu": nn.relu, "swish": nn.swish,
+            "lrelu": functools.partial(nn.leaky_relu, negative_slope=0.2)}
+    name = str(config.model.nonlinearity).lower()
+    if name not in acts:
+        raise ValueError(f"model.nonlinearity={name!r} is unknown; valid: {sorted(acts)}")
+    return acts[name]
+
+
+def _torch_default_init(fan_in: int):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for conv weights and biases."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                   bound)
+
+
+def conv(x: Array, features: int, kernel_size: int = 3, dilation: int = 1,
+         bias: bool = True) -> Array:
+    """'SAME'-padded (dilated) convolution with PyTorch's default init; call inside compact."""
+    init = _torch_default_init(kernel_size * kernel_size * x.shape[-1])
+    return nn.Conv(features, (kernel_size, kernel_size), padding="SAME",
+                   kernel_dilation=(dilation, dilation), use_bias=bias, kernel_init=init,
+                   bias_init=init)(x)
+
+
+def _normalize(normalization, x: Array, y: Optional[Array]) -> Array:
+    """A new normalization layer applied to x (conditioned on y when y is not None)."""
+    layer = normalization()
+    return layer(x) if y is None else layer(x, y)
+
+
+def resize_bilinear_align_corners(x: Array, size: Sequence[int]) -> Array:
+    """Bilinear resize of (B, H, W, C) to `size` (h, w) with aligned corners (PyTorch semantics:
+    output pixel i samples input coordinate i (in - 1) / (out - 1))."""
+    for axis, out in zip((1, 2), size):
+        n = x.shape[axis]
+        if n == out:
+            continue
+        src = np.arange(out) * ((n - 1) / (out - 1)) if out > 1 else np.zeros(1)
+        i0 = np.minimum(np.floor(src).astype(np.int32), n - 1)
+        i1 = np.minimum(i0 + 1, n - 1)
+        shape = [1, 1, 1, 1]
+        shape[axis] = out
+        lam = (src - i0).astype(np.float32).reshape(shape)
+        x = jnp.take(x, i0, axis=axis) * (1 - lam) + jnp.take(x, i1, axis=axis) * lam
+    return x
+
+
+class ConvMeanPool(nn.Module):
+    """Convolution followed by 2x2 mean pooling (halves H and W)."""
+
+    features: int
+    kernel_size: int = 3
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        h = conv(x, self.features, self.kernel_size)
+        return (h[:, ::2, ::2] + h[:, 1::2, ::2] + h[:, ::2, 1::2] + h[:, 1::2, 1::2]) / 4.0
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation residual block of the backbone: norm, act, conv, norm, act, conv (+ shortcut).
+
+    resample='down': the first conv keeps the width, the second changes it and, without dilation,
+    mean-pools by 2 (the shortcut is a pooled 1x1 conv); with dilation > 1 nothing is pooled and the
+    shortcut is a dilated 3x3 conv. resample=None: a shortcut conv only when the width changes.
+    Conditional (NCSN v1) when called with labels `y`.
+    """
+
+    features: int
+    normalization: Any
+    act: Callable[[Array], Array]
+    resample: Optional[str] = None
+    dilation: int = 1
+
+    @nn.compact
+    def __call__(self, x: Array, y: Optional[Array] = None) -> Array:
+        d = self.dilation
+        h = self.act(_normalize(self.normalization, x, y))
+        if self.resample == "down":
+            h = conv(h, x.shape[-1], dilation=d)
+            h = self.act(_normalize(self.normalization, h, y))
+            if d > 1:
+                h = conv(h, self.features, dilation=d)
+                shortcut = conv(x, self.features, dilation=d)
+            else:
+                h = ConvMeanPool(self.features)(h)
+                shortcut = ConvMeanPool(self.features, kernel_size=1)(x)
+        elif self.resample is None:
+            if self.features == x.shape[-1]:
+                shortcut = x
+            else:
+                shortcut = conv(x, self.features, kernel_size=3 if d > 1 else 1, dilation=d)
+            h = conv(h, self.features, dilation=d)
+            h = self.act(_normalize(self.normalization, h, y))
+            h = conv(h, self.features, dilation=d)
+        else:
+            raise ValueError(f"resample must be 'down' or None, got {self.resample!r}")
+        return shortcut + h
+
+
+class RCUBlock(nn.Module):
+    """Residual conv unit: n_blocks x (n_stages x ([norm,] act, bias-free conv) + residual)."""
+
+    n_blocks: int
+    n_stages: int
+    act: Callable[[Array], Array]
+    normalization: Any = None  # conditional norm (NCSN v1) or None (NCSNv2)
+
+    @nn.compact
+    def __call__(self, x: Array, y: Optional[Array] = None) -> Array:
+        for _ in range(self.n_blocks):
+            residual = x
+            for _ in range(self.n_stages):
+                if self.normalization is not None:
+                    x = _normalize(self.normalization, x, y)
+                x = conv(self.act(x), x.shape[-1], bias=False)
+            x = x + residual
+        return x
+
+
+class MSFBlock(nn.Module):
+    """Multi-resolution fusion: ([norm,] conv to `features`, upsample to xs[0]'s size), summed."""
+
+    features: int
+    normalization: Any = None
+
+    @nn.compact
+    def __call__(self, xs: Sequence[Array], y: Optional[Array] = None) -> Array:
+        total = None
+        for x in xs:
+            if self.normalization is not None:
+                x = _normalize(self.normalization, x, y)
+            h = resize_bilinear_align_corners(conv(x, self.features), xs[0].shape[1:3])
+            total = h if total is None else total + h
+        return total
+
+
+class CRPBlock(nn.Module):
+    """Chained residual pooling: act, then n_stages x ([norm,] 5x5 stride-1 pool, conv), summed.
+
+    Max pooling for NCSNv2; NCSN v1 (conditional) average-pools, counting the zero padding.
+    """
+
+    n_stages: int
+    act: Callable[[Array], Array]
+    normalization: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, y: Optional[Array] = None) -> Array:
+        x = self.act(x)
+        path = x
+        for _ in range(self.n_stages):
+            if self.normalization is None:
+                path = nn.max_pool(path, (5, 5), strides=(1, 1), padding="SAME")
+            else:
+                path = _normalize(self.normalization, path, y)
+                path = nn.avg_pool(path, (5, 5), strides=(1, 1), padding="SAME")
+            path = conv(path, x.shape[-1], bias=False)
+            x = path + x
+        return x
+
+
+class RefineBlock(nn.Module):
+    """RefineNet block: an RCU per input, fusion to xs[0]'s resolution, CRP, output RCU(s)."""
+
+    features: int
+    act: Callable[[Array], Array]
+    normalization: Any = None
+    end: bool = False
+
+    @nn.compact
+    def __call__(self, xs: Sequence[Array], y: Optional[Array] = None) -> Array:
+        block = functools.partial(RCUBlock, n_stages=2, act=self.act,
+                                  normalization=self.normalization)
+        hs = [block(n_blocks=2)(x, y) for x in xs]
+        h = MSFBlock(self.features, self.normalization)(hs, y) if len(hs) > 1 else hs[0]
+        h = CRPBlock(2, self.act, self.normalization)(h, y)
+        return block(n_blocks=3 if self.end else 1)(h, y)
+
+
+# Backbone stages: (PyTorch name, ((width / nf, resample, dilation), ...)).
+_STAGES_64 = (("res1", ((1, None, 1), (1, None, 1))),
+              ("res2", ((2, "down", 1), (2, None, 1))),
+              ("res3", ((2, "down", 2), (2, None, 2))),
+              ("res4", ((2, "down", 4), (2, None, 4))))
+_STAGES_128 = (("res1", ((1, None, 1), (1, None, 1))),
+               ("res2", ((2, "down", 1), (2, None, 1))),
+               ("res3", ((2, "down", 1), (2, None, 1))),
+               ("res4", ((4, "down", 2), (4, None, 2))),
+               ("res5", ((4, "down", 4), (4, None, 4))))
+_STAGES_256 = _STAGES_128[:3] + (("res31", ((2, "down", 1), (2, None, 1))),) + _STAGES_128[3:]
+
+
+class RefineNet(nn.Module):
+    """The NCSN / NCSNv2 RefineNet; subclasses fix the stages, the refine blocks and conditioning.
+
+    x: (B, H, W, C) float32 with H = W = data.image_size, C = data.num_channels; labels: (B,)
+    integer noise indices (floats are truncated). `train` is accepted for the common interface;
+    these networks have no dropout and no batch statistics. Returns (B, H, W, C).
+    """
+
+    config: ml_collections.ConfigDict
+
+    stages: ClassVar[tuple] = _STAGES_64
+    # Refine blocks in call order: (PyTorch name, width / nf); the k-th fuses the (k+1)-th-last
+    # stage output with the previous refine block's output.
+    refines: ClassVar[tuple] = (("refine1", 2), ("refine2", 2), ("refine3", 1), ("refine4", 1))
+    conditional: ClassVar[bool] = False
+
+    @classmethod
+    def downsampling(cls) -> int:
+        """Factor by which the backbone reduces H and W."""
+        return 2 ** sum(r == "down" and d == 1 for _, blocks in cls.stages for _, r, d in blocks)
+
+    def _check(self, x: Array) -> None:
+        cfg, factor, name = self.config, self.downsampling(), self.config.model.name
+        if cfg.data.image_size % factor:
+            raise ValueError(f"data.image_size={cfg.data.image_size} does not fit {name}: it must "
+                             f"be a multiple of {factor}")
+        if x.ndim != 4 or x.shape[1] % factor or x.shape[2] % factor:
+            raise ValueError(f"{name} needs (B, H, W, C) inputs with H and W multiples of {factor}"
+                             f" (data.image_size), got shape {x.shape}")
+        if x.shape[-1] != cfg.data.num_channels:
+            raise ValueError(f"input has {x.shape[-1]} channels, data.num_channels is "
+                             f"{cfg.data.num_channels}")
+        if cfg.get("training") is not None and cfg.training.get("continuous", False):
+            raise ValueError(f"{name} takes integer noise indices: training.continuous must be "
+                             "False")
+
+    @nn.compact
+    def __call__(self, x: Array, labels: Array, train: bool = False) -> Array:
+        del train
+        self._check(x)
+        cfg = self.config
+        nf, act = cfg.model.nf, get_act(cfg)
+        norm = get_normalization(cfg, conditional=self.conditional)
+        labels = jnp.asarray(labels).astype(jnp.int32)
+        y = labels if self.conditional else None
+
+        h = x if cfg.data.centered else 2 * x - 1.0
+        h = conv(h, nf)
+        layers = []
+        for _, blocks in self.stages:
+            for width, resample, dilation in blocks:
+                h = ResidualBlock(width * nf, norm, act, resample, dilation)(h, y)
+            layers.append(h)
+        ref = None
+        for k, (_, width) in enumerate(self.refines):
+            xs = [layers[-1 - k]] + ([] if ref is None else [ref])
+            ref = RefineBlock(width * nf, act, norm if self.conditional else None,
+                              end=k == len(self.refines) - 1)(xs, y)
+        h = act(_normalize(norm, ref, y))
+        h = conv(h, cfg.data.num_channels)
+        if cfg.model.scale_by_sigma:
+            sigmas = jnp.asarray(network_sigmas(cfg), jnp.float32)
+            h = h / sigmas[labels][:, None, None, None]
+        return h
+
+
+@register_model(name="ncsnv2_64")
+class NCSNv2(RefineNet):
+    """NCSNv2 for images up to 64 px (CIFAR-10 32 px, CelebA 64 px); image_size % 2 == 0."""
+
+
+@register_model(name="ncsnv2_128")
+class NCSNv2_128(RefineNet):  # noqa: N801 - official name
+    """NCSNv2 for 96-128 px (LSUN 128 px); an extra stage, widths up to 4nf; image_size % 4 == 0."""
+
+    stages = _STAGES_128
+    refines = (("refine1", 4), ("refine2", 2), ("refine3", 2), ("refine4", 1), ("refine5", 1))
+
+
+@register_model(name="ncsnv2_256")
+class NCSNv2_256(RefineNet):  # noqa: N801 - official name
+    """NCSNv2 for 129-256 px; one more downsampling stage (res31) than 128; image_size % 8 == 0."""
+
+    stages = _STAGES_256
+    refines = (("refine1", 4), ("refine2", 2), ("refine31", 2), ("refine3", 2), ("refine4", 1),
+               ("refine5", 1))
+
+
+# ------------------------------------------------------------------ PyTorch checkpoint mapping
+
+def _layer_names(cls, norm: str):
+    """(PyTorch module path, Flax module path, kind) of every parametrised layer of `cls`, in
+    PyTorch registration order within blocks. kind: 'conv', 'conv_nobias', 'norm' or 'cnorm'."""
+    nkind = "cnorm" if cls.conditional else "norm"
+    yield "begin_conv", ("Conv_0",), "conv"
+    r, width_in = 0, 1
+    for tname, blocks in cls.stages:
+        for b, (width, resample, dilation) in enumerate(blocks):
+            t, f = f"{tname}.{b}", (f"ResidualBlock_{r}",)
+            convs = ["conv1", "conv2"]
+            if resample == "down" and dilation == 1:
+                yield f"{t}.conv1", f + ("Conv_0",), "conv"
+                yield f"{t}.conv2.conv", f + ("ConvMeanPool_0", "Conv_0"), "conv"
+                yield f"{t}.shortcut.conv", f + ("ConvMeanPool_1", "Conv_0"), "conv"
+            else:
+                if resample == "down":
+                    convs.append("shortcut")
+                elif width != width_in:
+                    convs.insert(0, "shortcut")
+                for i, c in enumerate(convs):
+                    yield f"{t}.{c}", f + (f"Conv_{i}",), "conv"
+            yield f"{t}.normalize1", f + (f"{norm}_0",), nkind
+            yield f"{t}.normalize2", f + (f"{norm}_1",), nkind
+            r, width_in = r + 1, width
+    for k, (tname, _) in enumerate(cls.refines):
+        f = (f"RefineBlock_{k}",)
+        n_in = 1 if k == 0 else 2
+        rcus = [(f"adapt_convs.{i}", f"RCUBlock_{i}", 2) for i in range(n_in)]
+        rcus.append(("output_convs", f"RCUBlock_{n_in}", 3 if k == len(cls.refines) - 1 else 1))
+        for tsub, fsub, n_blocks in rcus:
+            for i in range(n_blocks * 2):
+                ab = f"{i // 2 + 1}_{i % 2 + 1}"
+                yield f"{tname}.{tsub}.{ab}_conv", f + (fsub, f"Conv_{i}"), "conv_nobias"
+                if cls.conditional:
+                    yield f"{tname}.{tsub}.{ab}_norm", f + (fsub, f"{norm}_{i}"), nkind
+        for tsub, fsub, kind in [("msf", "MSFBlock_0", "conv"), ("crp", "CRPBlock_0", "conv_nobias")]:
+            if tsub == "msf" and n_in == 1:
+                continue
+            for i in range(2):
+                yield f"{tname}.{tsub}.convs.{i}", f + (fsub, f"Conv_{i}"), kind
+                if cls.conditional:
+                    yield f"{tname}.{tsub}.norms.{i}", f + (fsub, f"{norm}_{i}"), nkind
+    yield "normalizer", (f"{norm}_0",), nkind
+    yield "end_conv", ("Conv_1",), "conv"
+
+
+def _leaves(kind: str):
+    """(PyTorch tensor name, Flax variable name, layout transform) of a layer kind."""
+    conv_w = ("weight", "kernel", lambda w: np.transpose(w, (2, 3, 1, 0)))
+    as_row = lambda v: np.reshape(v, (1, 1, 1, -1))  # noqa: E731
+    return {"conv": [conv_w, ("bias", "bias", np.asarray)],
+            "conv_nobias": [conv_w],
+            "norm": [(p, p, as_row) for p in ("alpha", "gamma", "beta")],
+            "cnorm": [("embed.weight", ("Embed_0", "embedding"), np.asarray)]}[kind]
+
+
+def torch_to_flax(state: dict[str, np.ndarray], config
+                  ) -> tuple[dict[tuple[str, ...], np.ndarray], set[str]]:
+    """Maps an official PyTorch NCSN/NCSNv2 state dict ('module.' stripped) onto our Flax tree.
+
+    Returns ({('params', *path): array in Flax layout}, dropped torch keys). Convolutions go from
+    OIHW to HWIO, InstanceNorm++ vectors (C,) to (1, 1, 1, C). The `sigmas` buffer is dropped after
+    checking it equals the config's table (ValueError naming model.sigma_min/sigma_max/num_scales
+    otherwise). Raises ValueError on a missing or an unexpected tensor.
+    """
+    cls = get_model(config.model.name)
+    if not (isinstance(cls, type) and issubclass(cls, RefineNet)):
+        raise ValueError(f"model.name={config.model.name!r} is not an NCSN-family network")
+    state = dict(state)
+    dropped = set()
+    if "sigmas" in state:
+        theirs, ours = np.asarray(state.pop("sigmas"), np.float64), network_sigmas(config)
+        if theirs.shape != ours.shape or not np.allclose(theirs, ours, rtol=1e-6, atol=0):
+            m = config.model
+            raise ValueError(
+                f"checkpoint sigmas (N={theirs.size}, {theirs.max():g} .. {theirs.min():g}) differ "
+                f"from the config's model.sigma_max={m.sigma_max}, model.sigma_min={m.sigma_min}, "
+                f"model.num_scales={m.num_scales}")
+        dropped.add("sigmas")
+    norm = "ConditionalInstanceNorm2dPlus" if cls.conditional else "InstanceNorm2dPlus"
+    params, missing = {}, []
+    for tpath, fpath, kind in _layer_names(cls, norm):
+        for tleaf, fleaf, transform in _leaves(kind):
+            key = f"{tpath}.{tleaf}"
+            if key not in state:
+                missing.append(key)
+                continue
+            fleaf = fleaf if isinstance(fleaf, tuple) else (fleaf,)
+            params[("params",) + fpath + fleaf] = transform(np.asarray(state.pop(key)))
+    if missing or state:
+        raise ValueError(f"state dict does not match {config.model.name}: missing {missing[:8]}"
+                         f"{' ...' if len(missing) > 8 else ''}, unexpected {sorted(state)[:8]}"
+                         f"{' ...' if len(state) > 8 else ''}")
+    return params, dropped

@@ -1,0 +1,100 @@
+"""InstanceNorm++ (Song & Ermon, 2019) and its noise-conditional form, for NCSN and NCSNv2.
+
+Inputs are NHWC. The numerics are those of the official PyTorch code: the per-channel spatial
+variance is biased (as `nn.InstanceNorm2d`, eps 1e-5 inside the square root), while the variance of
+the channel means across channels is *unbiased* (`torch.var(means, dim=-1)`, ddof=1) - so a layer
+needs at least two channels. The official JAX code uses ddof=0 there; we follow PyTorch, whose
+outputs are our reference.
+
+Parameter names and shapes follow the official JAX (Flax) code: `alpha`, `gamma`, `beta` of shape
+(1, 1, 1, C); the conditional layer holds one `Embed_0/embedding` table (num_classes, 3C) whose
+columns are [gamma | alpha | beta] (PyTorch `embed.weight`, same layout).
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_EPS = 1e-5
+
+
+def _normal_around_one(key, shape, dtype=jnp.float32):
+    """N(1, 0.02^2) initializer of the InstanceNorm++ scales, as in the official code."""
+    return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def _instance_norm_plus_parts(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(x - mu_c) / sigma_c per example and channel, and the standardised channel means (B, C)."""
+    if x.shape[-1] < 2:
+        raise ValueError(f"InstanceNorm++ needs at least 2 channels, got {x.shape[-1]}")
+    means = jnp.mean(x, axis=(1, 2))
+    m = jnp.mean(means, axis=-1, keepdims=True)
+    v = jnp.var(means, axis=-1, keepdims=True, ddof=1)
+    means_plus = (means - m) / jnp.sqrt(v + _EPS)
+    h = (x - means[:, None, None, :]) / jnp.sqrt(jnp.var(x, axis=(1, 2), keepdims=True) + _EPS)
+    return h, means_plus[:, None, None, :]
+
+
+class InstanceNorm2dPlus(nn.Module):
+    """InstanceNorm++: instance norm that re-injects the channel means, scaled by `alpha`.
+
+    out = gamma * (IN(x) + alpha * standardised channel means) + beta.  x: (B, H, W, C) -> same.
+    """
+
+    bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        h, means_plus = _instance_norm_plus_parts(x)
+        h = h + means_plus * self.param("alpha", _normal_around_one, (1, 1, 1, c))
+        h = h * self.param("gamma", _normal_around_one, (1, 1, 1, c))
+        if self.bias:
+            h = h + self.param("beta", nn.initializers.zeros, (1, 1, 1, c))
+        return h
+
+
+class ConditionalInstanceNorm2dPlus(nn.Module):
+    """InstanceNorm++ whose gamma, alpha (and beta) are rows of an embedding of the class `y`.
+
+    NCSN v1 conditions on the integer noise-scale index. x: (B, H, W, C), y: (B,) int -> (B, H, W, C).
+    """
+
+    num_classes: int
+    bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        n_parts = 3 if self.bias else 2
+
+        def init_embed(key, shape, dtype=jnp.float32):
+            scales = _normal_around_one(key, (shape[0], 2 * c), dtype)
+            return jnp.concatenate([scales, jnp.zeros((shape[0], shape[1] - 2 * c), dtype)], -1)
+
+        embed = nn.Embed(self.num_classes, n_parts * c, embedding_init=init_embed)
+        parts = jnp.split(embed(jnp.asarray(y).astype(jnp.int32)), n_parts, axis=-1)
+        gamma, alpha = parts[0][:, None, None, :], parts[1][:, None, None, :]
+        h, means_plus = _instance_norm_plus_parts(x)
+        out = gamma * (h + means_plus * alpha)
+        if self.bias:
+            out = out + parts[2][:, None, None, :]
+        return out
+
+
+def get_normalization(config, conditional: bool = False):
+    """The normalization layer class of `config.model.normalization` (only 'InstanceNorm++').
+
+    Conditional layers embed `config.model.num_scales` classes (one per noise level).
+    """
+    norm = config.model.normalization
+    if norm != "InstanceNorm++":
+        raise ValueError(f"model.normalization={norm!r} is not supported by the NCSN family; "
+                         "valid: 'InstanceNorm++'")
+    if conditional:
+        return functools.partial(ConditionalInstanceNorm2dPlus,
+                                 num_classes=int(config.model.num_scales))
+    return InstanceNorm2dPlus
