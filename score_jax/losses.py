@@ -167,7 +167,7 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
-        coef = jnp.minimum(max_norm / (optax.global_norm(updates) + 1e-6), 1.0)
+        coef = jnp.minimum(max_norm / (optax.tree.norm(updates) + 1e-6), 1.0)
         return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
@@ -259,6 +259,6 @@ def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformati
         lr = lr_fn(state.step) if lr_fn is not None else jnp.full((), jnp.nan)
         new_state = state.replace(params=params, ema_params=ema_params, opt_state=opt_state,
                                   step=step)
-        return new_state, StepMetrics(loss=loss, grad_norm=optax.global_norm(grads), lr=lr)
+        return new_state, StepMetrics(loss=loss, grad_norm=optax.tree.norm(grads), lr=lr)
 
     return train_step

@@ -1,0 +1,113 @@
+"""Checkpoints of training runs (orbax), laid out like the official code.
+
+    W/checkpoints/<step>/        every `training.snapshot_freq` steps, all kept
+    W/checkpoints-meta/<step>/   every `training.snapshot_freq_for_preemption` steps, newest kept
+
+Each step directory holds the orbax items `params`, `ema_params`, `opt_state` (pytrees),
+`step` (JSON int) and `rng` (`{'key': uint32 (2,)}`). The converter of official weights
+(`score_jax.convert`) writes the subset `params`, `ema_params`, `step` under `W/checkpoints/`, so
+`restore_for_sampling` serves both.
+
+Atomicity: orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>`
+only once every item is committed; a process killed during a save leaves the temporary folder
+(ignored by `latest_step`, deleted on the next start) and the previous checkpoints intact.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+PyTree = Any
+SNAPSHOT_DIR = "checkpoints"
+PREEMPTION_DIR = "checkpoints-meta"
+_TREE_ITEMS = ("params", "ema_params", "opt_state")
+
+
+def _manager(directory: str, max_to_keep: int | None, read_only: bool = False):
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                           read_only=read_only, cleanup_tmp_directories=not read_only)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def _abstract(tree: PyTree, sharding=None) -> PyTree:
+    """Shape/dtype (and target sharding) of every leaf of `tree` (arrays or orbax metadata)."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+class Checkpointer:
+    """Saves and restores a `TrainState` in the two official folders of `workdir`."""
+
+    def __init__(self, workdir: str):
+        self.snapshots = _manager(os.path.join(workdir, SNAPSHOT_DIR), max_to_keep=None)
+        self.preemption = _manager(os.path.join(workdir, PREEMPTION_DIR), max_to_keep=1)
+
+    def save(self, state, preemption: bool) -> None:
+        """Starts an (asynchronous) save of `state` at `state.step`; returns once the arrays are
+        copied off the devices, so the caller may donate `state` afterwards."""
+        manager = self.preemption if preemption else self.snapshots
+        step = int(state.step)
+        if step in manager.all_steps():
+            return
+        manager.save(step, args=ocp.args.Composite(
+            **{k: ocp.args.StandardSave(getattr(state, k)) for k in _TREE_ITEMS},
+            step=ocp.args.JsonSave(step),
+            rng=ocp.args.StandardSave({"key": state.rng})))
+
+    def latest_step(self) -> int | None:
+        steps = [s for s in (self.snapshots.latest_step(), self.preemption.latest_step())
+                 if s is not None]
+        return max(steps) if steps else None
+
+    def restore(self, template):
+        """The newest checkpoint of either folder as a state shaped (and sharded) like `template`
+        (a `TrainState`), or None when there is none."""
+        step = self.latest_step()
+        if step is None:
+            return None
+        manager = self.preemption if step in self.preemption.all_steps() else self.snapshots
+        sharding = jax.tree.leaves(template.params)[0].sharding
+        args = {k: ocp.args.StandardRestore(_abstract(getattr(template, k), sharding))
+                for k in _TREE_ITEMS}
+        args["rng"] = ocp.args.StandardRestore(_abstract({"key": template.rng}, sharding))
+        restored = manager.restore(step, args=ocp.args.Composite(**args))
+        return template.replace(
+            step=jax.device_put(jax.numpy.asarray(step, jax.numpy.int32), sharding),
+            rng=restored["rng"]["key"], **{k: restored[k] for k in _TREE_ITEMS})
+
+    def wait(self) -> None:
+        """Blocks until pending saves are committed."""
+        self.snapshots.wait_until_finished()
+        self.preemption.wait_until_finished()
+
+    def close(self) -> None:
+        self.snapshots.close()
+        self.preemption.close()
+
+
+def restore_for_sampling(workdir: str, step: int | None = None, sharding=None):
+    """`(ema_params, step)` of a training run or of converted official weights in `workdir`.
+
+    Takes `step` from `W/checkpoints/` if given, else the newest checkpoint of `W/checkpoints/`
+    and `W/checkpoints-meta/`. Arrays are placed with `sharding` (default: the first device).
+    Raises FileNotFoundError when there is no checkpoint.
+    """
+    managers = [_manager(os.path.join(workdir, d), None, read_only=True)
+                for d in (SNAPSHOT_DIR, PREEMPTION_DIR) if os.path.isdir(os.path.join(workdir, d))]
+    candidates = [(s, m) for m in managers for s in m.all_steps()
+                  if step is None or (s == step and m is managers[0])]
+    if not candidates:
+        where = f"step {step} in " if step is not None else ""
+        raise FileNotFoundError(
+            f"no checkpoint ({where}{os.path.join(workdir, SNAPSHOT_DIR)} or "
+            f"{os.path.join(workdir, PREEMPTION_DIR)}); train first or convert official weights")
+    found, manager = max(candidates, key=lambda c: c[0])
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = _abstract(manager.item_metadata(found)["ema_params"], sharding)
+    restored = manager.restore(found, args=ocp.args.Composite(
+        ema_params=ocp.args.StandardRestore(target)))
+    return restored["ema_params"], found

@@ -1,0 +1,296 @@
+"""Training: `python main.py --config C --workdir W --mode train`.
+
+One jitted, data-parallel update function: the global batch is sharded over a one-axis device mesh
+('data') and the `TrainState` is replicated, so the same code runs on one CPU, on every GPU of a
+host, and on a multi-host pod (there, every process runs this function after
+`jax.distributed.initialize()`, which `train` calls itself when the environment names a
+coordinator: `JAX_COORDINATOR_ADDRESS`, or SLURM with more than one task). `training.n_jitted_steps`
+updates are fused per device call with `jax.lax.scan`. The randomness of update s is
+`fold_in(key(config.seed), s)` and the data pipeline is a function of (seed, step), so a resumed
+run computes exactly what an uninterrupted one would.
+
+Outputs in W: `checkpoints/` and `checkpoints-meta/` (see `score_jax.checkpoints`),
+`tensorboard/` (loss, learning rate, grad norm, steps/s, images/s, eval loss), `metrics.jsonl`
+(one JSON object per logged step), and `samples/iter_<step>.{png,npz}` at every snapshot when
+`training.snapshot_sampling`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from score_jax import checkpoints as ckpt_lib
+from score_jax import losses
+from score_jax import sde as sde_lib
+from score_jax.models import utils as mutils
+
+log = logging.getLogger(__name__)
+
+
+def maybe_initialize_distributed() -> None:
+    """`jax.distributed.initialize()` when the environment describes a multi-process job."""
+    multi = bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or \
+        int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    if multi and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """All devices of all processes on one 'data' axis (Auto axis type: XLA propagates the batch
+    sharding through the network)."""
+    return jax.make_mesh((jax.device_count(),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def check_batch_size(batch_size: int, n_devices: int, what: str = "training.batch_size") -> None:
+    if batch_size % n_devices:
+        raise ValueError(f"{what}={batch_size} is not divisible by the number of devices "
+                         f"({n_devices}); choose a multiple of {n_devices}")
+
+
+def check_workdir(workdir: str) -> None:
+    """Creates `workdir` and proves it writable, or raises a clear error."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f"--workdir={workdir!r} is not writable: {e}") from None
+
+
+def create_train_state(config, mesh):
+    """A fresh `TrainState` (network init from `config.seed`), replicated on `mesh`."""
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, state_rng = jax.random.split(rng)
+    variables = mutils.init_model(init_rng, config)
+    extra = set(variables) - {"params"}
+    if extra:
+        raise ValueError(f"model {config.model.name!r} has variable collections {sorted(extra)} "
+                         "besides 'params'; training supports parameters only")
+    state = losses.TrainState.create(variables["params"], losses.get_optimizer(config), state_rng)
+    return jax.device_put(state, NamedSharding(mesh, P()))
+
+
+def get_train_fns(config, model, mesh):
+    """Jitted `(state, x (n_jitted_steps, B, H, W, C)) -> (state, StepMetrics of (n_jitted_steps,))`
+    and `(state, x (B, H, W, C), rng) -> eval loss`, with the batch sharded over 'data'."""
+    sde, _ = sde_lib.get_sde(config)
+    t = config.training
+    kwargs = dict(reduce_mean=t.reduce_mean, continuous=t.continuous,
+                  likelihood_weighting=t.likelihood_weighting)
+    step_fn = losses.get_step_fn(sde, model, train=True, optimize_fn=losses.get_optimizer(config),
+                                 ema_rate=config.model.ema_rate,
+                                 lr_fn=losses.learning_rate_fn(config), **kwargs)
+    eval_fn = losses.get_step_fn(sde, model, train=False, **kwargs)
+
+    def multi_step(state, xs):
+        return jax.lax.scan(step_fn, state, xs)
+
+    replicated = NamedSharding(mesh, P())
+    train_step = jax.jit(multi_step, in_shardings=(replicated, NamedSharding(mesh, P(None, "data"))),
+                         out_shardings=(replicated, replicated), donate_argnums=(0,))
+    eval_step = jax.jit(eval_fn, in_shardings=(replicated, NamedSharding(mesh, P("data")), replicated),
+                        out_shardings=replicated)
+    return train_step, eval_step
+
+
+def _global_batch(local: np.ndarray, sharding) -> jax.Array:
+    return jax.make_array_from_process_local_data(sharding, local)
+
+
+def _data_iterators(config, start_step: int, local_batch: int):
+    """(train iterator yielding (n_jitted_steps, local_batch, H, W, C) float32 in [0, 1] from update
+    `start_step` on, eval iterator yielding (local_batch, H, W, C))."""
+    from score_jax import datasets
+
+    n = int(config.training.n_jitted_steps)
+    train_it = datasets.get_dataset(config, split="train", batch_size=local_batch,
+                                    start_step=start_step, additional_dim=n)
+    eval_it = datasets.get_dataset(config, split="eval", batch_size=local_batch, start_step=0)
+    return train_it, eval_it
+
+
+def _check_images(x: np.ndarray, config) -> None:
+    want = (config.data.image_size, config.data.image_size, config.data.num_channels)
+    if tuple(x.shape[-3:]) != want:
+        raise ValueError(
+            f"the dataset {config.data.dataset!r} yields images of shape {tuple(x.shape[-3:])} "
+            f"but the config asks for (image_size, image_size, num_channels) = {want}")
+
+
+class MetricsLog:
+    """`W/metrics.jsonl` (process 0): one JSON object per logged step; on resume, rows at or after
+    the resumed step (written by the interrupted run) are dropped so the file is one trajectory."""
+
+    def __init__(self, workdir: str, start_step: int, enabled: bool):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.enabled = enabled
+        if enabled and os.path.exists(self.path):
+            with open(self.path) as f:
+                rows = [line for line in f if line.strip()]
+            keep = []
+            for line in rows:
+                try:
+                    if json.loads(line)["step"] < start_step:
+                        keep.append(line)
+                except (json.JSONDecodeError, KeyError):
+                    pass  # a line cut by a kill
+            with open(self.path, "w") as f:
+                f.writelines(keep)
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def _save_samples(samples: np.ndarray, path_stem: str) -> None:
+    """`samples` (B, H, W, C) in [0, 1] -> `<stem>.npz` and a square grid `<stem>.png`."""
+    from PIL import Image
+
+    samples = np.clip(np.asarray(samples, np.float32), 0.0, 1.0)
+    np.savez_compressed(path_stem + ".npz", samples=samples)
+    b, h, w, c = samples.shape
+    cols = int(np.ceil(np.sqrt(b)))
+    rows = int(np.ceil(b / cols))
+    pad = 1
+    grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.float32)
+    for i in range(b):
+        r, q = divmod(i, cols)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = samples[i]
+    img = (grid * 255).round().astype(np.uint8)
+    img = Image.fromarray(img[..., 0] if c == 1 else img)
+    scale = max(1, 256 // img.size[0])
+    img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST).save(path_stem + ".png")
+
+
+def _crossed(before: int, after: int, freq: int) -> bool:
+    """Whether a multiple of `freq` lies in (before, after]."""
+    return freq > 0 and after // freq > before // freq
+
+
+def train(config, workdir: str) -> dict:
+    """Trains `config` in `workdir` until `training.n_iters` updates, resuming from the newest
+    checkpoint there. Returns the last logged metrics (for tests and scripts)."""
+    maybe_initialize_distributed()
+    check_workdir(workdir)
+    t = config.training
+    n_dev, n_proc = jax.device_count(), jax.process_count()
+    check_batch_size(t.batch_size, n_dev)
+    check_batch_size(t.batch_size, n_proc, "training.batch_size (per process)")
+    local_batch = t.batch_size // n_proc
+    is_main = jax.process_index() == 0
+
+    mesh = make_mesh()
+    model = mutils.create_model(config)
+    state = create_train_state(config, mesh)
+    checkpointer = ckpt_lib.Checkpointer(workdir)
+    restored = checkpointer.restore(state)
+    if restored is not None:
+        state = restored
+    start = int(state.step)
+    n_iters, n_jit = int(t.n_iters), int(t.n_jitted_steps)
+
+    from score_jax import datasets
+
+    scaler = datasets.get_data_scaler(config)
+    inverse_scaler = datasets.get_data_inverse_scaler(config)
+    train_it, eval_it = _data_iterators(config, start, local_batch)
+    train_step, eval_step = get_train_fns(config, model, mesh)
+    train_sharding = NamedSharding(mesh, P(None, "data"))
+    eval_sharding = NamedSharding(mesh, P("data"))
+    eval_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    sample_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+    sample_fn = _get_snapshot_sampler(config, model, inverse_scaler) if t.snapshot_sampling else None
+
+    writer = None
+    if is_main:
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+    metrics_log = MetricsLog(workdir, start, is_main)
+    from tqdm import tqdm
+    bar = tqdm(total=n_iters, initial=start, disable=not is_main, unit="step", dynamic_ncols=True)
+
+    last, step = {}, start
+    tick, tick_step = time.perf_counter(), start
+    try:
+        while step < n_iters:
+            x = np.asarray(next(train_it)["image"], np.float32)
+            _check_images(x, config)
+            state, metrics = train_step(state, _global_batch(scaler(x), train_sharding))
+            metrics = jax.device_get(metrics)
+            bad = np.flatnonzero(~np.isfinite(metrics.loss))
+            if bad.size:
+                raise FloatingPointError(
+                    f"training loss is {metrics.loss[bad[0]]} at step {step + int(bad[0])}; stopped "
+                    f"without saving. Last good checkpoint: step {checkpointer.latest_step()} in "
+                    f"{workdir}")
+            before, step = step, step + n_jit
+            bar.update(n_jit)
+            now = time.perf_counter()
+            rate = (step - tick_step) / max(now - tick, 1e-9)
+            for i in range(n_jit):
+                s = before + i
+                if s % t.log_freq == 0:
+                    last = {"step": s, "loss": float(metrics.loss[i]), "lr": float(metrics.lr[i]),
+                            "grad_norm": float(metrics.grad_norm[i]), "steps_per_s": rate,
+                            "images_per_s": rate * t.batch_size}
+                    metrics_log.write(last)
+                    if writer is not None:
+                        for k, v in last.items():
+                            if k != "step":
+                                writer.add_scalar(f"train/{k}", v, s)
+                    bar.set_postfix(loss=f"{last['loss']:.4g}")
+                    tick, tick_step = now, step
+            if _crossed(before, step, t.eval_freq) or before == 0:
+                ex = np.asarray(next(eval_it)["image"], np.float32)
+                _check_images(ex, config)
+                eval_loss = float(eval_step(state, _global_batch(scaler(ex), eval_sharding),
+                                            jax.random.fold_in(eval_rng, step)))
+                metrics_log.write({"step": step, "eval_loss": eval_loss})
+                if writer is not None:
+                    writer.add_scalar("eval/loss", eval_loss, step)
+            snapshot = _crossed(before, step, t.snapshot_freq) or step >= n_iters
+            if _crossed(before, step, t.snapshot_freq_for_preemption) and not snapshot:
+                checkpointer.save(state, preemption=True)
+            if snapshot:
+                checkpointer.save(state, preemption=False)
+                if sample_fn is not None:
+                    samples = sample_fn(jax.random.fold_in(sample_rng, step), state)
+                    if is_main:
+                        _save_samples(samples, os.path.join(workdir, "samples", f"iter_{step}"))
+    finally:
+        bar.close()
+        checkpointer.wait()
+        checkpointer.close()
+        if writer is not None:
+            writer.close()
+    return last
+
+
+def _get_snapshot_sampler(config, model, inverse_scaler):
+    """`(rng, state) -> samples (B, H, W, C) in [0, 1]` with the config's sampler and EMA weights
+    (B = training.batch_size, as official)."""
+    from score_jax import sampling
+
+    sde, eps = sde_lib.get_sde(config)
+    shape = (config.training.batch_size, config.data.image_size, config.data.image_size,
+             config.data.num_channels)
+    sampling_fn = sampling.get_sampling_fn(config, sde, model, shape, inverse_scaler, eps)
+
+    def sample(rng, state):
+        samples, _ = sampling_fn(rng, {"params": state.ema_params})
+        return jax.device_get(samples)
+
+    return sample

@@ -1,0 +1,135 @@
+"""The training loop: data parallelism, checkpoints, exact resume, bad input, end to end."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from score_jax import checkpoints as ckpt_lib
+from score_jax import losses, train
+from score_jax.models import register_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@register_model(name="tiny_test_net")
+class TinyNet(nn.Module):
+    """A conv net with a label embedding and dropout: every feature the step must handle."""
+
+    config: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, x, labels, train=False):
+        h = nn.Conv(8, (3, 3))(x)
+        emb = nn.Dense(8)(jnp.log1p(jnp.asarray(labels, x.dtype))[:, None])
+        h = nn.Dropout(0.1, deterministic=not train)(nn.swish(h + emb[:, None, None, :]))
+        return nn.Conv(x.shape[-1], (3, 3))(h)
+
+
+def tiny_config(sde="vpsde", continuous=True):
+    c = ml_collections.ConfigDict()
+    c.seed = 3
+    c.data = dict(dataset="DIGITS", image_size=8, num_channels=1, centered=True)
+    c.model = dict(name="tiny_test_net", ema_rate=0.99, sigma_min=0.01, sigma_max=50.0,
+                   beta_min=0.1, beta_max=20.0, num_scales=1000)
+    c.training = dict(sde=sde, continuous=continuous, reduce_mean=True, likelihood_weighting=False,
+                      batch_size=4, n_jitted_steps=3)
+    c.optim = dict(optimizer="Adam", lr=1e-3, beta1=0.9, eps=1e-8, weight_decay=0.0, warmup=2,
+                   grad_clip=1.0)
+    return c
+
+
+def _run_steps(config, devices, xs):
+    mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    from score_jax.models import utils as mutils
+
+    state = train.create_train_state(config, mesh)
+    train_step, eval_step = train.get_train_fns(config, mutils.create_model(config), mesh)
+    state, metrics = train_step(state, jax.device_put(xs, NamedSharding(mesh, P(None, "data"))))
+    ev = eval_step(state, jax.device_put(xs[0], NamedSharding(mesh, P("data"))),
+                   jax.random.PRNGKey(5))
+    return jax.device_get((state, metrics, ev))
+
+
+@pytest.mark.parametrize("sde,continuous", [("vpsde", True), ("vesde", False)])
+def test_two_devices_equal_one_device(sde, continuous):
+    assert jax.device_count() == 2
+    config = tiny_config(sde, continuous)
+    xs = jax.random.uniform(jax.random.PRNGKey(0), (3, 4, 8, 8, 1)) * 2 - 1
+    s1, m1, e1 = _run_steps(config, jax.devices()[:1], xs)
+    s2, m2, e2 = _run_steps(config, jax.devices(), xs)
+    assert int(s1.step) == int(s2.step) == 3
+    np.testing.assert_allclose(m1.loss, m2.loss, rtol=1e-5)
+    np.testing.assert_allclose(m1.grad_norm, m2.grad_norm, rtol=1e-5)
+    np.testing.assert_allclose(e1, e2, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves((s1.params, s1.ema_params, s1.opt_state)),
+                    jax.tree.leaves((s2.params, s2.ema_params, s2.opt_state))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # Warm-up lr*min(s/2, 1) for s = 0, 1, 2; the first update leaves the parameters unchanged.
+    np.testing.assert_allclose(m1.lr, [0.0, 5e-4, 1e-3], rtol=1e-6)
+    assert np.all(np.isfinite(m1.loss)) and not np.allclose(m1.loss[0], m1.loss[1])
+
+
+def test_step_rng_is_a_function_of_the_step():
+    """Two chunks of 3 steps = the same 6 steps fused differently (fold_in(rng, step))."""
+    config = tiny_config()
+    xs = jax.random.uniform(jax.random.PRNGKey(0), (6, 4, 8, 8, 1)) * 2 - 1
+    mesh = train.make_mesh()
+    from score_jax.models import utils as mutils
+
+    model = mutils.create_model(config)
+    train_step, _ = train.get_train_fns(config, model, mesh)
+    state = train.create_train_state(config, mesh)
+    state, ma = train_step(state, xs[:3])
+    state, mb = train_step(state, xs[3:])
+    config.training.n_jitted_steps = 6
+    train_step6, _ = train.get_train_fns(config, model, mesh)
+    state6, m6 = train_step6(train.create_train_state(config, mesh), xs)
+    np.testing.assert_allclose(np.concatenate([ma.loss, mb.loss]), m6.loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(state6.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_checkpoint_roundtrip_and_sampling_restore(tmp_path):
+    config = tiny_config()
+    mesh = train.make_mesh()
+    state = train.create_train_state(config, mesh)
+    state = state.replace(step=jnp.asarray(7, jnp.int32),
+                          ema_params=jax.tree.map(lambda p: p + 1.0, state.params))
+    ck = ckpt_lib.Checkpointer(str(tmp_path))
+    ck.save(state, preemption=True)
+    ck.wait()
+    assert sorted(os.listdir(tmp_path / "checkpoints-meta")) == ["7"]
+    fresh = train.create_train_state(config, mesh)
+    restored = ck.restore(fresh)
+    ck.close()
+    assert int(restored.step) == 7
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(a, b)
+    ema, step = ckpt_lib.restore_for_sampling(str(tmp_path))
+    assert step == 7
+    for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(state.ema_params)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        ckpt_lib.restore_for_sampling(str(tmp_path / "empty"))
+
+
+def test_bad_batch_size_and_workdir(tmp_path):
+    config = tiny_config()
+    config.training.batch_size = 3
+    with pytest.raises(ValueError, match="not divisible by the number of devices"):
+        train.train(config, str(tmp_path / "w"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match="not writable"):
+        train.train(tiny_config(), str(blocker / "w"))
