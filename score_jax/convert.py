@@ -1,0 +1,332 @@
+"""Official score_sde checkpoints -> our Flax variables, and `python main.py --mode convert`.
+
+Two formats are read:
+
+* PyTorch (`score_sde_pytorch`, `.pth`): `{'model': state_dict, 'ema': {'shadow_params': [...]},
+  'optimizer': ..., 'step': int}`, loaded with `torch.load(weights_only=True)` (torch is the
+  `convert` extra, imported only here). A family function `torch_to_flax(state, config)` maps the
+  state dict onto Flax variables; everything else (loading, the EMA list, validation) is generic.
+* JAX (`score_sde`, flax 0.3 msgpack `checkpoint_N`): a serialized `State` whose
+  `optimizer.target` and `params_ema` are already our parameter trees (same module names), except
+  that flax 0.3 stored GroupNorm `scale`/`bias` as (1, 1, 1, C).
+
+Family plug-in contract (`_TORCH_TO_FLAX`): `torch_to_flax(state: dict[str, np.ndarray], config)
+-> (mapping, dropped)`. `state` is the torch state dict ('module.' stripped, numpy, state-dict
+order, buffers included); `mapping` sends each Flax variable path, collection first (e.g.
+`('params', 'begin_conv', 'kernel')`), to its array in Flax layout, one torch tensor per Flax leaf;
+`dropped` is the set of torch keys deliberately not mapped (buffers such as `sigmas`, which we
+recompute from the config after checking it against the checkpoint).
+
+Output of `load_official_checkpoint`: `{'params': tree, 'ema_params': tree, 'step': int}` plus any
+other Flax collection of the network, with float32 numpy leaves, so that
+`model.apply({'params': out['params']}, x, labels)` runs the converted network.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+import pickle
+import re
+import shutil
+import zipfile
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import serialization, traverse_util
+
+from score_jax.models import layers
+from score_jax.models import utils as mutils
+
+# model.name -> "module:function" with the `torch_to_flax` signature above.
+_TORCH_TO_FLAX = {
+    "ncsnpp": "score_jax.convert:all_modules_to_flax",
+    "ddpm": "score_jax.convert:all_modules_to_flax",
+    "ncsnv2_64": "score_jax.models.ncsnv2:torch_to_flax",
+    "ncsnv2_128": "score_jax.models.ncsnv2:torch_to_flax",
+    "ncsnv2_256": "score_jax.models.ncsnv2:torch_to_flax",
+    "ncsn": "score_jax.models.ncsn:torch_to_flax",
+}
+
+
+def _frozen_torch_keys(config) -> set[str]:
+    """Torch parameters with requires_grad=False (absent from the EMA list): Fourier `W`."""
+    if config.model.name == "ncsnpp" and str(config.model.embedding_type).lower() == "fourier":
+        return {"all_modules.0.W"}
+    return set()
+
+
+def _variable_template(config) -> dict:
+    """Shapes/dtypes of every Flax variable of the config's network (no computation)."""
+    return jax.eval_shape(lambda: mutils.init_model(jax.random.PRNGKey(0), config))
+
+
+def _top_level_call_order(config) -> list[str]:
+    """Names of the network's direct submodules in the order they are first called.
+
+    This is the official construction order of `all_modules` (which is also its forward order)."""
+    order = []
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and len(context.module.scope.path) == 1:
+            name = context.module.name
+            if name not in order:
+                order.append(name)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        _variable_template(config)
+    return order
+
+
+def _torch_leaf_to_flax(module_path: tuple[str, ...], leaf: str, array: np.ndarray):
+    """(Flax leaf name, array in Flax layout) of one torch parameter of an `all_modules` entry."""
+    if leaf == "weight":
+        if array.ndim == 4:  # OIHW -> HWIO
+            name = "weight" if module_path[-1].startswith("Conv2d") else "kernel"
+            return name, array.transpose(2, 3, 1, 0)
+        if array.ndim == 2:  # Linear (out, in) -> Dense (in, out)
+            return "kernel", array.T
+        return "scale", array  # GroupNorm
+    return leaf, array  # bias; NIN `W` (in, out) and `b`; Fourier `W`
+
+
+def all_modules_to_flax(state: dict, config):
+    """`torch_to_flax` of NCSN++ / DDPM++ / DDPM, whose torch modules are one `all_modules` list.
+
+    The i-th parameterised entry of `all_modules` is the i-th parameterised top-level submodule
+    of our network in call order; names inside blocks (`GroupNorm_0`, `Conv_1`, `NIN_0`,
+    `Conv2d_0`, ...) are the same in both, except `Combine.Conv` -> `Conv_0`.
+    """
+    template = _variable_template(config)["params"]
+    flax_modules = [n for n in _top_level_call_order(config) if n in template]
+    groups: dict[int, list[str]] = {}
+    for key in state:
+        match = re.fullmatch(r"all_modules\.(\d+)\.(.+)", key)
+        if match:
+            groups.setdefault(int(match.group(1)), []).append(key)
+    torch_modules = sorted(groups)
+    if len(torch_modules) != len(flax_modules):
+        raise ValueError(
+            f"the checkpoint has {len(torch_modules)} parameterised entries in all_modules, the "
+            f"{config.model.name} network of this config has {len(flax_modules)}: the checkpoint "
+            "comes from another architecture or other model.* settings")
+    mapping = {}
+    for index, flax_name in zip(torch_modules, flax_modules):
+        for key in groups[index]:
+            parts = key.split(".")[2:]
+            sub = tuple("Conv_0" if p == "Conv" else p for p in parts[:-1])
+            leaf, array = _torch_leaf_to_flax((flax_name,) + sub, parts[-1], state[key])
+            path = ("params", flax_name) + sub + (leaf,)
+            expected = _lookup(template, path[1:])
+            if expected is None or tuple(expected.shape) != array.shape:
+                raise ValueError(
+                    f"checkpoint tensor {key} (shape {state[key].shape}, as Flax "
+                    f"{'/'.join(path)} {array.shape}) does not fit the network of this config "
+                    f"(expects {None if expected is None else tuple(expected.shape)})")
+            mapping[path] = array
+    dropped = {"sigmas"} & set(state)
+    return mapping, dropped
+
+
+def _lookup(tree, path):
+    for p in path:
+        if not isinstance(tree, dict) or p not in tree:
+            return None
+        tree = tree[p]
+    return tree
+
+
+def _torch_to_flax_fn(config):
+    name = config.model.name
+    if name not in _TORCH_TO_FLAX:
+        raise ValueError(f"model.name={name!r} has no checkpoint converter; valid: "
+                         f"{sorted(_TORCH_TO_FLAX)}")
+    module, fn = _TORCH_TO_FLAX[name].split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def _check_sigmas(state: dict, config, path) -> None:
+    if "sigmas" not in state:
+        return
+    ours = layers.get_sigmas(config)
+    theirs = np.asarray(state["sigmas"], np.float64)
+    if theirs.shape != ours.shape or not np.allclose(theirs, ours, rtol=1e-6, atol=0):
+        raise ValueError(
+            f"{path}: buffer 'sigmas' (shape {theirs.shape}, {theirs[0]:.6g} .. {theirs[-1]:.6g}) "
+            f"differs from the table of model.sigma_min/sigma_max/num_scales = "
+            f"{config.model.sigma_min}/{config.model.sigma_max}/{config.model.num_scales} "
+            f"(shape {ours.shape}, {ours[0]:.6g} .. {ours[-1]:.6g})")
+
+
+def _fill(mapping: dict, template: dict, path) -> dict:
+    """Validates `mapping` (Flax path -> array) against the template; returns the nested dict."""
+    expected = traverse_util.flatten_dict(template)
+    for key, array in mapping.items():
+        if key not in expected:
+            raise ValueError(f"{path}: converted variable {'/'.join(key)} {np.shape(array)} does "
+                             "not exist in the network of this config")
+        if tuple(expected[key].shape) != np.shape(array):
+            raise ValueError(f"{path}: variable {'/'.join(key)} has shape {np.shape(array)} in the "
+                             f"checkpoint, the network of this config expects "
+                             f"{tuple(expected[key].shape)}")
+    missing = [k for k in expected if k not in mapping]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint has no value for {len(missing)} variable(s) of "
+                         f"the network of this config, e.g. {'/'.join(missing[0])} "
+                         f"{tuple(expected[missing[0]].shape)}")
+    return traverse_util.unflatten_dict(
+        {k: np.asarray(v, dtype=expected[k].dtype) for k, v in mapping.items()})
+
+
+def _torch_load(path):
+    import torch  # the `convert` extra
+
+    core = getattr(np, "_core", None) or np.core
+    allowed = [core.multiarray.scalar, np.dtype, type(np.dtype(np.float64))]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refused: the file pickles code or objects other than tensors "
+                         f"and numpy scalars, which a checkpoint must not ({e})") from None
+    except Exception as e:  # truncated / not a torch file: torch raises RuntimeError, EOFError...
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint "
+                         f"({type(e).__name__}: {e})") from None
+
+
+def _load_torch(path, config) -> dict:
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict) or not {"model", "ema", "step"} <= set(ckpt):
+        raise ValueError(f"{path}: not an official score_sde checkpoint (needs keys model, ema, "
+                         f"step; has {sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt)})")
+    state = {k.removeprefix("module."): v.detach().cpu().numpy()
+             for k, v in ckpt["model"].items()}
+    _check_sigmas(state, config, path)
+    torch_to_flax = _torch_to_flax_fn(config)
+    template = _variable_template(config)
+
+    def convert(torch_state):
+        mapping, dropped = torch_to_flax(torch_state, config)
+        unknown = sorted(set(dropped) - set(torch_state))
+        if unknown:
+            raise ValueError(f"{path}: converter drops keys absent from the checkpoint: {unknown}")
+        if len(mapping) != len(torch_state) - len(dropped):
+            unused = len(torch_state) - len(dropped) - len(mapping)
+            raise ValueError(f"{path}: {unused} checkpoint tensor(s) were not mapped onto the "
+                             f"network of this config (checkpoint has {len(torch_state)} "
+                             f"tensors, {len(dropped)} dropped, {len(mapping)} mapped)")
+        return mapping, dropped
+
+    mapping, dropped = convert(state)
+
+    shadow = [np.asarray(p.detach().cpu().numpy()) for p in ckpt["ema"]["shadow_params"]]
+    frozen = _frozen_torch_keys(config)
+    trainable = [k for k in state if k not in dropped and k not in frozen]
+    if len(trainable) != len(shadow):
+        raise ValueError(f"{path}: ema.shadow_params has {len(shadow)} tensors, the model has "
+                         f"{len(trainable)} trainable parameters")
+    ema_state = dict(state)
+    for key, value in zip(trainable, shadow):
+        if value.shape != state[key].shape:
+            raise ValueError(f"{path}: ema.shadow_params entry for {key} has shape {value.shape}, "
+                             f"the parameter has {state[key].shape}")
+        ema_state[key] = value
+    ema_mapping, _ = convert(ema_state)
+
+    out = {}
+    variables = _fill(mapping, template, path)
+    ema_variables = _fill(ema_mapping, template, path)
+    for collection, tree in variables.items():
+        out["params" if collection == "params" else collection] = tree
+    out["ema_params"] = ema_variables["params"]
+    out["step"] = int(ckpt["step"])
+    return out
+
+
+def _load_jax(path, config) -> dict:
+    try:
+        raw = serialization.msgpack_restore(pathlib.Path(path).read_bytes())
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable flax msgpack checkpoint "
+                         f"({type(e).__name__}: {e})") from None
+    if not isinstance(raw, dict) or not {"optimizer", "params_ema", "step"} <= set(raw):
+        raise ValueError(f"{path}: not an official score_sde JAX checkpoint (needs optimizer, "
+                         f"params_ema, step; has {sorted(raw) if isinstance(raw, dict) else ''})")
+    template = _variable_template(config)
+
+    def variables(params, model_state):
+        flat = {("params",) + k: v for k, v in traverse_util.flatten_dict(params).items()}
+        for k, v in traverse_util.flatten_dict(model_state or {}).items():
+            flat[k] = v
+        expected = traverse_util.flatten_dict(template)
+        for k, v in flat.items():
+            # flax 0.3 GroupNorm stored scale/bias as (1, 1, 1, C).
+            if k in expected and any(p.startswith("GroupNorm") for p in k) and \
+                    np.shape(v) != expected[k].shape and np.size(v) == np.prod(expected[k].shape):
+                flat[k] = np.reshape(v, expected[k].shape)
+        return _fill(flat, template, path)
+
+    model_state = raw.get("model_state") or {}
+    converted = variables(raw["optimizer"]["target"], model_state)
+    out = dict(converted)
+    out["ema_params"] = variables(raw["params_ema"], model_state)["params"]
+    out["step"] = int(np.asarray(raw["step"]))
+    return out
+
+
+def load_official_checkpoint(path, config) -> dict:
+    """Converts an official checkpoint for `config`'s network: `{'params', 'ema_params', 'step'}`.
+
+    `path` is a PyTorch `.pth` (score_sde_pytorch) or a flax msgpack `checkpoint_N` (score_sde).
+    All or nothing: raises ValueError naming the file and the offending key / shape when the
+    file is unreadable, carries pickled code, or does not match the config's network exactly
+    (every tensor used, every variable filled with the right shape, the sigma table equal).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: checkpoint file not found")
+    if path.suffix in (".pth", ".pt") or zipfile.is_zipfile(path):
+        return _load_torch(path, config)
+    return _load_jax(path, config)
+
+
+def save_converted(workdir, state: dict) -> pathlib.Path:
+    """Writes `state` as an orbax checkpoint under `workdir/checkpoints/<step>`; returns that dir.
+
+    Layout (what training and sampling restore): a `CheckpointManager` on `workdir/checkpoints`,
+    one `StandardSave` item, the pytree `{'params': tree, 'ema_params': tree, 'step': int}` at
+    step `state['step']`, restorable with `mngr.restore(step)` or
+    `mngr.restore(step, args=ocp.args.StandardRestore(abstract_tree))`. Directories this call
+    created are removed again if writing fails.
+    """
+    import orbax.checkpoint as ocp
+
+    ckpt_dir = pathlib.Path(os.path.abspath(workdir)) / "checkpoints"
+    created = ckpt_dir
+    while not created.parent.exists():
+        created = created.parent
+    created = created if not created.exists() else None
+    item = {"params": state["params"], "ema_params": state["ema_params"],
+            "step": int(state["step"])}
+    try:
+        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True)
+        with ocp.CheckpointManager(ckpt_dir, options=options) as mngr:
+            if item["step"] in mngr.all_steps():
+                raise ValueError(f"{ckpt_dir} already holds a checkpoint at step {item['step']}")
+            mngr.save(item["step"], args=ocp.args.StandardSave(item))
+            mngr.wait_until_finished()
+    except BaseException:
+        if created is not None and created.exists():
+            shutil.rmtree(created)
+        raise
+    return ckpt_dir / str(item["step"])
+
+
+def convert(config, workdir, checkpoint=None):
+    """`--mode convert`: official `--checkpoint` -> orbax checkpoint in `workdir/checkpoints`."""
+    if not checkpoint:
+        raise ValueError("--mode convert needs --checkpoint=FILE (an official .pth or "
+                         "checkpoint_N)")
+    return save_converted(workdir, load_official_checkpoint(checkpoint, config))

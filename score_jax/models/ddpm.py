@@ -1,0 +1,87 @@
+"""The DDPM U-Net of Ho et al. (2020), as in the official score_sde code. Registered as `ddpm`.
+
+Called as `model.apply(variables, x, labels, train=...)` with `x` (B, H, W, C) float32 and
+`labels` (B,) time labels (DDPM index t (N-1), or 999 t), embedded sinusoidally. GroupNorms have
+32 groups, so `model.nf * ch_mult[i]` must be a multiple of 32.
+
+Flags: nf, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv, conditional,
+nonlinearity, normalization (GroupNorm), scale_by_sigma (divides by `sigmas[int(label)]`, in
+float32 here, float64 in PyTorch); data.centered=False maps x to 2x - 1 first.
+`conditional=False` (the official PyTorch model crashes on it) builds no time embedding at all,
+as the official JAX model: no `Dense_0/1` and no `Dense_0` in the ResNet blocks.
+
+The parameter tree is the official JAX one (`Dense_0`, `Conv_0`, `ResnetBlockDDPM_0`, ...).
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from score_jax.models import layers, register_model
+
+
+@register_model(name="ddpm")
+class DDPM(nn.Module):
+    """DDPM score network; output has the shape of `x`."""
+
+    config: ml_collections.ConfigDict
+
+    @nn.compact
+    def __call__(self, x, labels, train: bool = False):
+        config = self.config
+        m = config.model
+        act = layers.get_act(config)
+        nf, ch_mult, num_res_blocks = m.nf, tuple(m.ch_mult), m.num_res_blocks
+        attn_resolutions = tuple(m.attn_resolutions)
+        num_resolutions = len(ch_mult)
+        if str(m.normalization).lower() != "groupnorm":
+            raise ValueError(f"model.normalization={m.normalization!r} is unknown; valid: GroupNorm")
+        layers.check_resolutions(config, x)
+        bad = [nf * c for c in ch_mult if (nf * c) % 32]
+        if bad:
+            raise ValueError(f"model.nf * model.ch_mult = {bad} channels: DDPM's GroupNorm(32) "
+                             "needs multiples of 32")
+
+        if m.conditional:
+            temb = layers.get_timestep_embedding(labels, nf)
+            temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(temb)
+            temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(act(temb))
+        else:
+            temb = None
+
+        ResnetBlock = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=m.dropout)
+        h = x if config.data.centered else 2 * x - 1.0
+
+        hs = [layers.conv3x3(h, nf)]
+        for i_level in range(num_resolutions):
+            for _ in range(num_res_blocks):
+                h = ResnetBlock(out_ch=nf * ch_mult[i_level])(hs[-1], temb, train)
+                if h.shape[1] in attn_resolutions:
+                    h = layers.AttnBlock()(h)
+                hs.append(h)
+            if i_level != num_resolutions - 1:
+                hs.append(layers.Downsample(with_conv=m.resamp_with_conv)(hs[-1]))
+
+        h = hs[-1]
+        h = ResnetBlock()(h, temb, train)
+        h = layers.AttnBlock()(h)
+        h = ResnetBlock()(h, temb, train)
+
+        for i_level in reversed(range(num_resolutions)):
+            for _ in range(num_res_blocks + 1):
+                h = ResnetBlock(out_ch=nf * ch_mult[i_level])(
+                    jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+            if h.shape[1] in attn_resolutions:
+                h = layers.AttnBlock()(h)
+            if i_level != 0:
+                h = layers.Upsample(with_conv=m.resamp_with_conv)(h)
+
+        h = act(layers.group_norm(32)(h))
+        h = layers.conv3x3(h, x.shape[-1], init_scale=0.0)
+        if m.scale_by_sigma:
+            sigmas = jnp.asarray(layers.get_sigmas(config), jnp.float32)
+            h = h / sigmas[labels.astype(jnp.int32)].reshape((-1, 1, 1, 1))
+        return h

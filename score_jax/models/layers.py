@@ -1,0 +1,194 @@
+"""Layers shared by the DDPM and NCSN++ networks (NHWC), named as in the official JAX code.
+
+Convolutions are `flax.linen.Conv` created inside the caller's compact method, so the caller's
+parameter tree holds them as `Conv_0`, `Conv_1`, ... exactly as the official code's does. Their
+default initialisation is DDPM's: variance scaling, fan_avg, uniform, with `init_scale` (0 means
+1e-10, so "zero-initialised" layers still carry a gradient signal), and zero biases.
+"""
+from __future__ import annotations
+
+import math
+import string
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_jax.models.up_or_down_sampling import naive_upsample_2d
+
+Array = jax.Array
+
+
+def default_init(scale: float = 1.0):
+    """DDPM's initializer: variance scaling with fan_avg and a uniform distribution."""
+    return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
+
+
+def get_act(config) -> Callable[[Array], Array]:
+    """The activation named by `config.model.nonlinearity` (elu | relu | lrelu | swish)."""
+    name = config.model.nonlinearity.lower()
+    acts = {"elu": nn.elu, "relu": nn.relu, "swish": nn.swish,
+            "lrelu": lambda x: nn.leaky_relu(x, negative_slope=0.2)}
+    if name not in acts:
+        raise ValueError(f"model.nonlinearity={config.model.nonlinearity!r} is unknown; "
+                         f"valid: {sorted(acts)}")
+    return acts[name]
+
+
+def group_norm(num_groups: int) -> nn.GroupNorm:
+    """GroupNorm with the official epsilon (1e-6) and the exact two-pass variance."""
+    return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, use_fast_variance=False)
+
+
+def ddpm_conv(x: Array, out_ch: int, kernel_size: int, stride: int = 1, bias: bool = True,
+              init_scale: float = 1.0) -> Array:
+    """A 'SAME' convolution with DDPM initialisation; call inside a compact method."""
+    return nn.Conv(out_ch, (kernel_size, kernel_size), strides=(stride, stride), padding="SAME",
+                   use_bias=bias, kernel_init=default_init(init_scale),
+                   bias_init=nn.initializers.zeros)(x)
+
+
+def conv1x1(x: Array, out_ch: int, stride: int = 1, bias: bool = True,
+            init_scale: float = 1.0) -> Array:
+    """1x1 convolution with DDPM initialisation (official `ddpm_conv1x1`)."""
+    return ddpm_conv(x, out_ch, 1, stride, bias, init_scale)
+
+
+def conv3x3(x: Array, out_ch: int, stride: int = 1, bias: bool = True,
+            init_scale: float = 1.0) -> Array:
+    """3x3 'SAME' convolution with DDPM initialisation (official `ddpm_conv3x3`).
+
+    With stride 2 on an even size, 'SAME' pads one row/column at the end only: the official
+    PyTorch code's `F.pad(x, (0, 1, 0, 1))` followed by an unpadded convolution.
+    """
+    return ddpm_conv(x, out_ch, 3, stride, bias, init_scale)
+
+
+def get_timestep_embedding(timesteps: Array, embedding_dim: int,
+                           max_positions: int = 10000) -> Array:
+    """Sinusoidal embedding (batch,) -> (batch, embedding_dim) float32 of DDPM / transformers."""
+    if timesteps.ndim != 1:
+        raise ValueError(f"timesteps must have shape (batch,), got {timesteps.shape}")
+    half_dim = embedding_dim // 2
+    scale = math.log(max_positions) / (half_dim - 1)
+    freqs = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32) * -scale)
+    emb = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=1)
+    if embedding_dim % 2 == 1:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+def contract_inner(x: Array, y: Array) -> Array:
+    """tensordot(x, y, 1): contracts the last axis of `x` with the first of `y`."""
+    x_chars = string.ascii_lowercase[:x.ndim]
+    y_chars = x_chars[-1] + string.ascii_lowercase[x.ndim:x.ndim + y.ndim - 1]
+    return jnp.einsum(f"{x_chars},{y_chars}->{x_chars[:-1]}{y_chars[1:]}", x, y)
+
+
+class NIN(nn.Module):
+    """Per-pixel linear layer ("network in network"): parameters `W` (in, out) and `b` (out,)."""
+
+    num_units: int
+    init_scale: float = 0.1
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("W", default_init(self.init_scale), (x.shape[-1], self.num_units))
+        b = self.param("b", nn.initializers.zeros, (self.num_units,))
+        return contract_inner(x, w) + b
+
+
+def self_attention(x: Array, normed: Array, out_init_scale: float) -> Array:
+    """DDPM spatial self-attention of `normed` (B, H, W, C); returns the residual branch only.
+
+    Call inside a compact method: creates `NIN_0..3` (q, k, v, output projection).
+    """
+    b, h, w, c = x.shape
+    q, k, v = NIN(c)(normed), NIN(c)(normed), NIN(c)(normed)
+    logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k) * (int(c) ** -0.5)
+    weights = jax.nn.softmax(logits.reshape(b, h, w, h * w), axis=-1).reshape(b, h, w, h, w)
+    out = jnp.einsum("bhwHW,bHWc->bhwc", weights, v)
+    return NIN(c, init_scale=out_init_scale)(out)
+
+
+class AttnBlock(nn.Module):
+    """DDPM channel-wise self-attention block: x + attn(GroupNorm_32(x))."""
+
+    @nn.compact
+    def __call__(self, x):
+        return x + self_attention(x, group_norm(32)(x), out_init_scale=0.0)
+
+
+class Upsample(nn.Module):
+    """DDPM nearest-neighbour 2x upsampling, followed by a 3x3 conv if `with_conv`."""
+
+    with_conv: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        h = naive_upsample_2d(x, 2)
+        return conv3x3(h, x.shape[-1]) if self.with_conv else h
+
+
+class Downsample(nn.Module):
+    """DDPM 2x downsampling: stride-2 3x3 conv if `with_conv`, else 2x2 average pooling."""
+
+    with_conv: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        if self.with_conv:
+            return conv3x3(x, x.shape[-1], stride=2)
+        return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding="SAME")
+
+
+class ResnetBlockDDPM(nn.Module):
+    """The ResNet block of DDPM: GroupNorm(32) -> act -> conv (+ Dense(temb)) -> GroupNorm ->
+    act -> dropout -> conv (zero init), plus a NIN (or 3x3 `conv_shortcut`) skip when channels
+    change. `temb=None` (unconditional) creates no `Dense_0`."""
+
+    act: Callable[[Array], Array]
+    out_ch: Optional[int] = None
+    conv_shortcut: bool = False
+    dropout: float = 0.1
+
+    @nn.compact
+    def __call__(self, x, temb: Optional[Array] = None, train: bool = False):
+        c = x.shape[-1]
+        out_ch = self.out_ch or c
+        h = conv3x3(self.act(group_norm(32)(x)), out_ch)
+        if temb is not None:
+            h = h + nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
+        h = self.act(group_norm(32)(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = conv3x3(h, out_ch, init_scale=0.0)
+        if c != out_ch:
+            x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
+        return x + h
+
+
+
+def get_sigmas(config) -> np.ndarray:
+    """The official noise table (float64, `model.num_scales`,): geometric from sigma_max down to
+    sigma_min."""
+    return np.exp(np.linspace(np.log(config.model.sigma_max), np.log(config.model.sigma_min),
+                              config.model.num_scales))
+
+
+def check_resolutions(config, x: Array) -> list[int]:
+    """The resolutions the U-Net runs at for input `x` (B, H, W, C); raises a ValueError naming
+    `data.image_size` when the input is not square or not divisible by 2**(len(ch_mult) - 1)."""
+    num_resolutions = len(config.model.ch_mult)
+    size = config.data.image_size
+    resolutions = [size / 2 ** i for i in range(num_resolutions)]
+    if size % 2 ** (num_resolutions - 1):
+        raise ValueError(f"data.image_size={size} does not fit the network: its "
+                         f"{num_resolutions} levels (model.ch_mult={tuple(config.model.ch_mult)}) "
+                         f"need resolutions {resolutions}, all integers")
+    if x.shape[1:3] != (size, size):
+        raise ValueError(f"input of spatial shape {x.shape[1:3]} does not match "
+                         f"data.image_size={size}")
+    return [int(r) for r in resolutions]

@@ -1,0 +1,204 @@
+"""Layers of NCSN++ / DDPM++ (NHWC), named as in the official JAX code.
+
+GroupNorms here use `min(C // 4, 32)` groups and epsilon 1e-6. `init_scale` is the scale of the
+"zero-initialised" output convolutions (0 means 1e-10, see `layers.default_init`).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from score_jax.models import layers
+from score_jax.models import up_or_down_sampling as updown
+
+Array = jax.Array
+conv1x1 = layers.conv1x1
+conv3x3 = layers.conv3x3
+NIN = layers.NIN
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """NCSN++'s GroupNorm for `channels` features: min(channels // 4, 32) groups."""
+    return layers.group_norm(min(channels // 4, 32))
+
+
+def _skip_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
+    return (x + h) / np.sqrt(2.0) if skip_rescale else x + h
+
+
+class GaussianFourierProjection(nn.Module):
+    """Random Fourier features of a scalar: (B,) -> (B, 2 * embedding_size) = [sin, cos](2 pi x W).
+
+    `W` (embedding_size,) ~ N(0, scale^2) is a parameter that is never trained (the official
+    PyTorch module has requires_grad=False): gradients are stopped here.
+    """
+
+    embedding_size: int = 256
+    scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("W", nn.initializers.normal(stddev=self.scale), (self.embedding_size,))
+        x_proj = x[:, None] * jax.lax.stop_gradient(w)[None, :] * 2 * np.pi
+        return jnp.concatenate([jnp.sin(x_proj), jnp.cos(x_proj)], axis=-1)
+
+
+class Combine(nn.Module):
+    """Merges the input pyramid `x` into the features `y`: conv1x1(x) concatenated (`cat`) to, or
+    added (`sum`) to, `y`."""
+
+    method: str = "cat"
+
+    @nn.compact
+    def __call__(self, x, y):
+        h = conv1x1(x, y.shape[-1])
+        if self.method == "cat":
+            return jnp.concatenate([h, y], axis=-1)
+        if self.method == "sum":
+            return h + y
+        raise ValueError(f"model.progressive_combine={self.method!r} is unknown; valid: cat, sum")
+
+
+class AttnBlockpp(nn.Module):
+    """DDPM self-attention with NCSN++ GroupNorm groups, `init_scale` on the output NIN and
+    optional 1/sqrt(2) skip rescaling."""
+
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+
+    @nn.compact
+    def __call__(self, x):
+        h = layers.self_attention(x, group_norm(x.shape[-1])(x), out_init_scale=self.init_scale)
+        return _skip_sum(x, h, self.skip_rescale)
+
+
+class Upsample(nn.Module):
+    """2x upsampling to `out_ch` channels (default: unchanged).
+
+    fir=False: nearest neighbour, then `Conv_0` (3x3) if `with_conv` (the official PyTorch module
+    crashes here: it passes 'nearest' as `F.interpolate`'s scale factor). fir=True: FIR
+    `upsample_2d`, or the fused FIR transposed convolution `Conv2d_0` if `with_conv`. Without a
+    convolution the channel count cannot change, so `out_ch` must then equal the input's.
+    """
+
+    out_ch: Optional[int] = None
+    with_conv: bool = False
+    fir: bool = False
+    fir_kernel: Sequence[int] = (1, 3, 3, 1)
+
+    @nn.compact
+    def __call__(self, x):
+        out_ch = self.out_ch or x.shape[-1]
+        if not self.with_conv and out_ch != x.shape[-1]:
+            raise ValueError(f"Upsample without conv cannot map {x.shape[-1]} -> {out_ch} channels")
+        if not self.fir:
+            h = updown.naive_upsample_2d(x, 2)
+            return conv3x3(h, out_ch) if self.with_conv else h
+        if not self.with_conv:
+            return updown.upsample_2d(x, self.fir_kernel, factor=2)
+        return updown.Conv2d(out_ch, kernel=3, up=True, resample_kernel=self.fir_kernel,
+                             kernel_init=layers.default_init())(x)
+
+
+class Downsample(nn.Module):
+    """2x downsampling to `out_ch` channels (default: unchanged).
+
+    fir=False: stride-2 3x3 `Conv_0` if `with_conv`, else 2x2 average pooling. fir=True: the
+    fused FIR + stride-2 convolution `Conv2d_0` if `with_conv`, else FIR `downsample_2d`.
+    """
+
+    out_ch: Optional[int] = None
+    with_conv: bool = False
+    fir: bool = False
+    fir_kernel: Sequence[int] = (1, 3, 3, 1)
+
+    @nn.compact
+    def __call__(self, x):
+        out_ch = self.out_ch or x.shape[-1]
+        if not self.with_conv and out_ch != x.shape[-1]:
+            raise ValueError(f"Downsample without conv cannot map {x.shape[-1]} -> {out_ch} channels")
+        if not self.fir:
+            if self.with_conv:
+                return conv3x3(x, out_ch, stride=2)
+            return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding="SAME")
+        if not self.with_conv:
+            return updown.downsample_2d(x, self.fir_kernel, factor=2)
+        return updown.Conv2d(out_ch, kernel=3, down=True, resample_kernel=self.fir_kernel,
+                             kernel_init=layers.default_init())(x)
+
+
+class ResnetBlockDDPMpp(nn.Module):
+    """DDPM's ResNet block with NCSN++ GroupNorms, `init_scale` and `skip_rescale`.
+
+    Parameters: GroupNorm_0, Conv_0, Dense_0 (only with a time embedding), GroupNorm_1, Conv_1,
+    and NIN_0 (or Conv_2 with `conv_shortcut`) when the channel count changes.
+    """
+
+    act: Callable[[Array], Array]
+    out_ch: Optional[int] = None
+    conv_shortcut: bool = False
+    dropout: float = 0.1
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, temb: Optional[Array] = None, train: bool = False):
+        c = x.shape[-1]
+        out_ch = self.out_ch or c
+        h = conv3x3(self.act(group_norm(c)(x)), out_ch)
+        if temb is not None:
+            h = h + nn.Dense(out_ch, kernel_init=layers.default_init())(self.act(temb))[:, None, None]
+        h = self.act(group_norm(out_ch)(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = conv3x3(h, out_ch, init_scale=self.init_scale)
+        if c != out_ch:
+            x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
+        return _skip_sum(x, h, self.skip_rescale)
+
+
+class ResnetBlockBigGANpp(nn.Module):
+    """BigGAN-style ResNet block that can resample (`up` / `down`) inside the block.
+
+    Resampling (of both branches, after the first GroupNorm + act) is FIR with `fir`, else
+    nearest / average pooling. Parameters: GroupNorm_0, Conv_0, Dense_0 (only with a time
+    embedding), GroupNorm_1, Conv_1, and the 1x1 skip Conv_2 when channels change or it resamples.
+    """
+
+    act: Callable[[Array], Array]
+    up: bool = False
+    down: bool = False
+    out_ch: Optional[int] = None
+    dropout: float = 0.1
+    fir: bool = False
+    fir_kernel: Sequence[int] = (1, 3, 3, 1)
+    skip_rescale: bool = True
+    init_scale: float = 0.0
+
+    def _resample(self, x):
+        if self.up:
+            return (updown.upsample_2d(x, self.fir_kernel, factor=2) if self.fir
+                    else updown.naive_upsample_2d(x, factor=2))
+        if self.down:
+            return (updown.downsample_2d(x, self.fir_kernel, factor=2) if self.fir
+                    else updown.naive_downsample_2d(x, factor=2))
+        return x
+
+    @nn.compact
+    def __call__(self, x, temb: Optional[Array] = None, train: bool = False):
+        c = x.shape[-1]
+        out_ch = self.out_ch or c
+        h = self._resample(self.act(group_norm(c)(x)))
+        x = self._resample(x)
+        h = conv3x3(h, out_ch)
+        if temb is not None:
+            h = h + nn.Dense(out_ch, kernel_init=layers.default_init())(self.act(temb))[:, None, None]
+        h = self.act(group_norm(out_ch)(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = conv3x3(h, out_ch, init_scale=self.init_scale)
+        if c != out_ch or self.up or self.down:
+            x = conv1x1(x, out_ch)
+        return _skip_sum(x, h, self.skip_rescale)

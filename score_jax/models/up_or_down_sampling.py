@@ -1,0 +1,147 @@
+"""FIR up- and down-sampling of NHWC images (StyleGAN2's `upfirdn2d`), as used by NCSN++.
+
+`upfirdn2d` zero-stuffs by `up`, pads, convolves every channel with the 2-D FIR kernel and keeps
+every `down`-th sample, with the semantics of the official `op.upfirdn2d` (zeros are inserted after
+each sample; the kernel is flipped, i.e. a true convolution). Everything here is pure `jax.numpy`
+/ `lax`, so it is jit- and grad-compatible.
+
+`Conv2d` is the official FIR convolution module (parameters `weight` (k, k, in, out) and `bias`):
+a plain 'SAME' convolution, or a convolution fused with FIR resampling (`up` / `down`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def setup_kernel(k: Sequence[float]) -> np.ndarray:
+    """The normalised 2-D FIR kernel (float32, sums to 1); a 1-D `k` is made separable."""
+    k = np.asarray(k, dtype=np.float32)
+    if k.ndim == 1:
+        k = np.outer(k, k)
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"FIR kernel must be 1-D or square 2-D, got shape {k.shape}")
+    return k / np.sum(k)
+
+
+def upfirdn2d(x: jax.Array, k: np.ndarray, up: int = 1, down: int = 1,
+              pad: tuple[int, int] = (0, 0)) -> jax.Array:
+    """Upsample (zero insertion), pad, FIR-filter and downsample `x` (N, H, W, C).
+
+    Output size per spatial axis: (H * up + pad[0] + pad[1] - len(k)) // down + 1. Negative pads
+    crop, as in the official op.
+    """
+    n, h, w, c = x.shape
+    if up > 1:
+        x = x.reshape(n, h, 1, w, 1, c)
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, up - 1), (0, 0), (0, up - 1), (0, 0)))
+        x = x.reshape(n, h * up, w * up, c)
+    p0, p1 = pad
+    x = jnp.pad(x, ((0, 0), (max(p0, 0), max(p1, 0)), (max(p0, 0), max(p1, 0)), (0, 0)))
+    x = x[:, max(-p0, 0):x.shape[1] - max(-p1, 0), max(-p0, 0):x.shape[2] - max(-p1, 0), :]
+    kernel = jnp.asarray(np.ascontiguousarray(k[::-1, ::-1]), dtype=x.dtype)
+    kernel = jnp.tile(kernel[:, :, None, None], (1, 1, 1, c))  # depthwise (kh, kw, 1, C)
+    return lax.conv_general_dilated(x, kernel, window_strides=(down, down), padding="VALID",
+                                    dimension_numbers=_DIMS, feature_group_count=c)
+
+
+def upsample_2d(x: jax.Array, k: Optional[Sequence[float]] = None, factor: int = 2,
+                gain: float = 1.0) -> jax.Array:
+    """(N, H, W, C) -> (N, H*factor, W*factor, C), filtered with `k` (default: nearest)."""
+    k = setup_kernel([1] * factor if k is None else k) * (gain * factor ** 2)
+    p = k.shape[0] - factor
+    return upfirdn2d(x, k, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
+
+
+def downsample_2d(x: jax.Array, k: Optional[Sequence[float]] = None, factor: int = 2,
+                  gain: float = 1.0) -> jax.Array:
+    """(N, H, W, C) -> (N, H/factor, W/factor, C), filtered with `k` (default: average pool)."""
+    k = setup_kernel([1] * factor if k is None else k) * gain
+    p = k.shape[0] - factor
+    return upfirdn2d(x, k, down=factor, pad=((p + 1) // 2, p // 2))
+
+
+def upsample_conv_2d(x: jax.Array, w: jax.Array, k: Optional[Sequence[float]] = None,
+                     factor: int = 2, gain: float = 1.0) -> jax.Array:
+    """Fused `upsample_2d` + 'SAME' convolution with `w` (kh, kw, in, out): (N, H*f, W*f, out).
+
+    The official PyTorch version crashes (negative-stride slicing of a tensor); this follows the
+    StyleGAN2 / official JAX semantics: a stride-`factor` transposed convolution (zero-stuffed
+    input correlated with `w`), then the FIR filter, padded once.
+    """
+    conv_h, conv_w, in_c, _ = w.shape
+    if conv_h != conv_w:
+        raise ValueError(f"upsample_conv_2d needs a square kernel, got {w.shape}")
+    if x.shape[-1] != in_c:
+        raise ValueError(f"input has {x.shape[-1]} channels, the kernel expects {in_c}")
+    k = setup_kernel([1] * factor if k is None else k) * (gain * factor ** 2)
+    p = (k.shape[0] - factor) - (conv_w - 1)
+    x = lax.conv_general_dilated(x, w, window_strides=(1, 1),
+                                 padding=((conv_h - 1, conv_h - 1), (conv_w - 1, conv_w - 1)),
+                                 lhs_dilation=(factor, factor), dimension_numbers=_DIMS)
+    return upfirdn2d(x, k, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
+
+
+def conv_downsample_2d(x: jax.Array, w: jax.Array, k: Optional[Sequence[float]] = None,
+                       factor: int = 2, gain: float = 1.0) -> jax.Array:
+    """Fused FIR filter + stride-`factor` convolution with `w` (kh, kw, in, out): (N, H/f, W/f, out)."""
+    conv_h, conv_w, _, _ = w.shape
+    if conv_h != conv_w:
+        raise ValueError(f"conv_downsample_2d needs a square kernel, got {w.shape}")
+    k = setup_kernel([1] * factor if k is None else k) * gain
+    p = (k.shape[0] - factor) + (conv_w - 1)
+    x = upfirdn2d(x, k, pad=((p + 1) // 2, p // 2))
+    return lax.conv_general_dilated(x, w, window_strides=(factor, factor), padding="VALID",
+                                    dimension_numbers=_DIMS)
+
+
+def naive_upsample_2d(x: jax.Array, factor: int = 2) -> jax.Array:
+    """Nearest-neighbour upsampling (N, H, W, C) -> (N, H*f, W*f, C)."""
+    return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+def naive_downsample_2d(x: jax.Array, factor: int = 2) -> jax.Array:
+    """Average pooling over factor x factor blocks (N, H, W, C) -> (N, H/f, W/f, C)."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+class Conv2d(nn.Module):
+    """Convolution with optional fused FIR up/down-sampling (official `up_or_down_sampling.Conv2d`).
+
+    Parameters `weight` (kernel, kernel, in, fmaps) and `bias` (fmaps,).
+    """
+
+    fmaps: int
+    kernel: int
+    up: bool = False
+    down: bool = False
+    resample_kernel: Sequence[int] = (1, 3, 3, 1)
+    use_bias: bool = True
+    kernel_init: Optional[Callable[..., Any]] = None
+
+    @nn.compact
+    def __call__(self, x):
+        if self.up and self.down:
+            raise ValueError("Conv2d: up and down are exclusive")
+        if self.kernel < 1 or self.kernel % 2 != 1:
+            raise ValueError(f"Conv2d: kernel must be odd and >= 1, got {self.kernel}")
+        init = self.kernel_init or nn.initializers.lecun_normal()
+        w = self.param("weight", init, (self.kernel, self.kernel, x.shape[-1], self.fmaps))
+        if self.up:
+            x = upsample_conv_2d(x, w, k=self.resample_kernel)
+        elif self.down:
+            x = conv_downsample_2d(x, w, k=self.resample_kernel)
+        else:
+            x = lax.conv_general_dilated(x, w, window_strides=(1, 1), padding="SAME",
+                                         dimension_numbers=_DIMS)
+        if self.use_bias:
+            x = x + self.param("bias", nn.initializers.zeros, (self.fmaps,))
+        return x
