@@ -9,7 +9,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 # mode -> "module:function"; the function is called as fn(config, workdir, **mode flags).
-MODES = {}
+MODES = {
+    "convert": "score_jax.convert:convert",
+}
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (e.g. configs/digits.py).",
