@@ -3,10 +3,11 @@
     W/checkpoints/<step>/        every `training.snapshot_freq` steps, all kept
     W/checkpoints-meta/<step>/   every `training.snapshot_freq_for_preemption` steps, newest kept
 
-Each step directory holds the orbax items `params`, `ema_params`, `opt_state` (pytrees),
-`step` (JSON int) and `rng` (`{'key': uint32 (2,)}`). The converter of official weights
-(`score_jax.convert`) writes the subset `params`, `ema_params`, `step` under `W/checkpoints/`, so
-`restore_for_sampling` serves both.
+Each step directory holds one orbax `StandardSave` item, the pytree
+`{'params', 'ema_params', 'opt_state', 'step' (int), 'rng' (uint32 (2,))}`. The converter of
+official weights (`score_jax.convert.save_converted`) writes the same layout without `opt_state`
+and `rng` under `W/checkpoints/`, so `restore_for_sampling` serves both, and training can start
+from converted weights (with a fresh optimizer state).
 
 Atomicity: orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>`
 only once every item is committed; a process killed during a save leaves the temporary folder
@@ -29,7 +30,8 @@ _TREE_ITEMS = ("params", "ema_params", "opt_state")
 def _manager(directory: str, max_to_keep: int | None, read_only: bool = False):
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                            read_only=read_only, cleanup_tmp_directories=not read_only)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                 item_handlers=ocp.StandardCheckpointHandler())
 
 
 def _abstract(tree: PyTree, sharding=None) -> PyTree:
@@ -52,10 +54,9 @@ class Checkpointer:
         step = int(state.step)
         if step in manager.all_steps():
             return
-        manager.save(step, args=ocp.args.Composite(
-            **{k: ocp.args.StandardSave(getattr(state, k)) for k in _TREE_ITEMS},
-            step=ocp.args.JsonSave(step),
-            rng=ocp.args.StandardSave({"key": state.rng})))
+        item = {k: getattr(state, k) for k in _TREE_ITEMS}
+        item.update(step=step, rng=state.rng)
+        manager.save(step, args=ocp.args.StandardSave(item))
 
     def latest_step(self) -> int | None:
         steps = [s for s in (self.snapshots.latest_step(), self.preemption.latest_step())
@@ -64,19 +65,20 @@ class Checkpointer:
 
     def restore(self, template):
         """The newest checkpoint of either folder as a state shaped (and sharded) like `template`
-        (a `TrainState`), or None when there is none."""
+        (a `TrainState`), or None when there is none. A converted official checkpoint (no
+        optimizer state) keeps the template's fresh `opt_state` and `rng`."""
         step = self.latest_step()
         if step is None:
             return None
         manager = self.preemption if step in self.preemption.all_steps() else self.snapshots
         sharding = jax.tree.leaves(template.params)[0].sharding
-        args = {k: ocp.args.StandardRestore(_abstract(getattr(template, k), sharding))
-                for k in _TREE_ITEMS}
-        args["rng"] = ocp.args.StandardRestore(_abstract({"key": template.rng}, sharding))
-        restored = manager.restore(step, args=ocp.args.Composite(**args))
-        return template.replace(
-            step=jax.device_put(jax.numpy.asarray(step, jax.numpy.int32), sharding),
-            rng=restored["rng"]["key"], **{k: restored[k] for k in _TREE_ITEMS})
+        meta = manager.item_metadata(step)
+        target = {k: _abstract(getattr(template, k), sharding) for k in _TREE_ITEMS + ("rng",)
+                  if k in meta}
+        target["step"] = _abstract(meta["step"], sharding)
+        restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+        restored["step"] = jax.device_put(jax.numpy.asarray(step, jax.numpy.int32), sharding)
+        return template.replace(**restored)
 
     def wait(self) -> None:
         """Blocks until pending saves are committed."""
@@ -107,7 +109,8 @@ def restore_for_sampling(workdir: str, step: int | None = None, sharding=None):
     found, manager = max(candidates, key=lambda c: c[0])
     if sharding is None:
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = _abstract(manager.item_metadata(found)["ema_params"], sharding)
-    restored = manager.restore(found, args=ocp.args.Composite(
-        ema_params=ocp.args.StandardRestore(target)))
+    # Orbax 0.12 restores whole trees only: the optimizer state of a training checkpoint is read
+    # too (placed like the parameters) and dropped.
+    target = _abstract(manager.item_metadata(found), sharding)
+    restored = manager.restore(found, args=ocp.args.StandardRestore(target))
     return restored["ema_params"], found
