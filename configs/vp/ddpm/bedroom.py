@@ -1,0 +1,56 @@
+"""The original DDPM (Ho et al., 2020) on 256x256 LSUN bedroom: DDPM network (6 resolutions),
+discrete DDPM objective, ancestral sampling, lr 2e-5, batch 64.
+
+Reproduces: the DDPM LSUN bedroom model of Ho et al. (2020) inside this code base; no number in
+this paper's tables.
+
+Run:
+    python main.py --config configs/vp/ddpm/bedroom.py --workdir workdir/vp_ddpm_bedroom --mode train
+
+Official: configs/vp/ddpm/bedroom.py (same keys and values).
+`model.embedding_type` ('fourier', inherited from the defaults) is not read by the `ddpm`
+network, which always uses the DDPM sinusoidal embedding.
+"""
+from configs.default_lsun_configs import get_default_configs
+
+
+def get_config():
+    config = get_default_configs()
+
+    # training
+    training = config.training
+    training.sde = 'vpsde'
+    training.continuous = False
+    training.reduce_mean = True
+
+    # sampling
+    sampling = config.sampling
+    sampling.method = 'pc'
+    sampling.predictor = 'ancestral_sampling'
+    sampling.corrector = 'none'
+
+    # data
+    data = config.data
+    data.category = 'bedroom'
+    data.centered = True
+
+    # model
+    model = config.model
+    model.name = 'ddpm'
+    model.scale_by_sigma = False
+    model.num_scales = 1000
+    model.ema_rate = 0.9999
+    model.normalization = 'GroupNorm'
+    model.nonlinearity = 'swish'
+    model.nf = 128
+    model.ch_mult = (1, 1, 2, 2, 4, 4)
+    model.num_res_blocks = 2
+    model.attn_resolutions = (16,)
+    model.resamp_with_conv = True
+    model.conditional = True
+
+    # optimization
+    optim = config.optim
+    optim.lr = 2e-5
+
+    return config
