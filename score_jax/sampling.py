@@ -1,0 +1,478 @@
+"""Samplers of Song et al. (2021): predictor-corrector (PC) sampling and the probability-flow ODE.
+
+Everything runs on device inside one jitted function: the PC sampler is a `jax.lax.scan` over the
+N noise levels, the ODE sampler a diffrax solve (no host round trip per step, unlike the official
+scipy solver).
+
+Building blocks, each usable on its own (e.g. one update of a real network with injected noise):
+
+* predictors `predictor(sde, score_fn, x, t, z, probability_flow) -> (x, x_mean)` with `z` a
+  standard normal draw shaped like `x`: `euler_maruyama`, `reverse_diffusion`,
+  `ancestral_sampling`, `none` (`get_predictor(name)`);
+* correctors `corrector(sde, score_fn, x, t, z, snr) -> (x, x_mean)` with `z` of shape
+  `(n_steps,) + x.shape` (one draw per Langevin step): `langevin`, `ald`, `none`
+  (`get_corrector(name)`);
+* `pc_loop`, the PC loop with replaceable noise; `solve_ode`, the diffrax solve with an exact count
+  of vector-field evaluations.
+
+Semantics are the official ones (`score_sde_pytorch/sampling.py`); where the official code crashes,
+ours runs and the function says what it computes (Euler-Maruyama with `probability_flow=True`,
+Langevin/ALD on sub-VP, float64 scores). Arrays are NHWC, `t` has shape (batch,).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+
+from score_jax import sde as sde_lib
+from score_jax.models import utils as mutils
+from score_jax.sde import batch_mul
+
+Array = jax.Array
+ScoreFn = Callable[[Array, Array], Array]
+
+
+# --------------------------------------------------------------------------------------------
+# Predictors
+
+
+def euler_maruyama(sde, score_fn, x, t, z, probability_flow=False):
+    """Euler-Maruyama step of the reverse SDE with dt = -1/N.
+
+    With `probability_flow=True` it is the Euler step of the probability-flow ODE (the diffusion is
+    0, so x = x_mean); the official code crashes there.
+    """
+    dt = -1.0 / sde.N
+    drift, diffusion = sde.reverse(score_fn, probability_flow).sde(x, t)
+    x_mean = x + drift * dt
+    return x_mean + batch_mul(diffusion * np.sqrt(-dt), z), x_mean
+
+
+def reverse_diffusion(sde, score_fn, x, t, z, probability_flow=False):
+    """Reverse-diffusion step: the forward discretization run backwards, x - f + G z.
+
+    With `probability_flow=True`, f is the discretized probability-flow drift and G = 0."""
+    f, g = sde.reverse(score_fn, probability_flow).discretize(x, t)
+    x_mean = x - f
+    return x_mean + batch_mul(g, z), x_mean
+
+
+def ancestral_sampling(sde, score_fn, x, t, z, probability_flow=False):
+    """Ancestral sampling of SMLD (VE) and DDPM (VP) on the discrete noise tables.
+
+    Not defined for sub-VP (it has no discrete Markov chain) nor for the probability flow: both
+    raise ValueError.
+    """
+    _check_ancestral(sde, probability_flow)
+    timestep = sde._timestep(t)
+    score = score_fn(x, t)
+    if isinstance(sde, sde_lib.VESDE):
+        sigmas = jnp.asarray(sde.discrete_sigmas)
+        sigma = sigmas[timestep]
+        adjacent = jnp.where(timestep == 0, jnp.zeros_like(sigma), sigmas[jnp.maximum(timestep - 1, 0)])
+        x_mean = x + batch_mul(sigma**2 - adjacent**2, score)
+        std = jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
+    else:
+        beta = jnp.asarray(sde.discrete_betas)[timestep]
+        x_mean = batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score))
+        std = jnp.sqrt(beta)
+    return x_mean + batch_mul(std, z), x_mean
+
+
+def _check_ancestral(sde, probability_flow):
+    if isinstance(sde, sde_lib.subVPSDE):
+        raise ValueError("ancestral_sampling is not defined for the sub-VP SDE (it has no discrete "
+                         "Markov chain); use reverse_diffusion or euler_maruyama")
+    if not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE)):
+        raise ValueError(f"ancestral_sampling supports VE and VP SDEs, not {type(sde).__name__}")
+    if probability_flow:
+        raise ValueError("ancestral_sampling has no probability-flow version (probability_flow=True)")
+
+
+def none_predictor(sde, score_fn, x, t, z, probability_flow=False):
+    """No update (corrector-only sampling): returns (x, x)."""
+    return x, x
+
+
+# --------------------------------------------------------------------------------------------
+# Correctors
+
+
+def _langevin_alpha(sde, t):
+    """The alpha_i of the paper's Langevin step size: 1 for VE; for VP the DDPM alpha_i = 1 - beta_i.
+
+    Sub-VP uses the same alpha_i = 1 - beta_i of its (shared) beta schedule: that is what the
+    official code reads (`sde.alphas` for VP *and* sub-VP), where it crashes because its subVPSDE
+    lacks the table.
+    """
+    if isinstance(sde, sde_lib.VPSDE):  # VP and sub-VP
+        return jnp.asarray(sde.alphas)[sde._timestep(t)]
+    return jnp.ones_like(t)
+
+
+def _batch_norm(v):
+    """Mean over the (whole, possibly sharded) batch of the per-example L2 norms."""
+    return jnp.mean(jnp.linalg.norm(v.reshape(v.shape[0], -1), axis=-1))
+
+
+def _langevin_loop(score_fn, x, t, z, step_size_fn):
+    """`z.shape[0]` Langevin steps x <- x + e grad + sqrt(2 e) z with e = step_size_fn(grad, z)."""
+
+    def step(carry, z_i):
+        x, _ = carry
+        grad = score_fn(x, t)
+        step_size = step_size_fn(grad, z_i)
+        x_mean = x + batch_mul(step_size, grad)
+        return (x_mean + batch_mul(jnp.sqrt(step_size * 2), z_i), x_mean), None
+
+    (x, x_mean), _ = jax.lax.scan(step, (x, x), z)
+    return x, x_mean
+
+
+def langevin(sde, score_fn, x, t, z, snr):
+    """Langevin corrector (paper Alg. 4/5): step size 2 alpha (snr ||z|| / ||score||)^2, the norms
+    averaged over the whole batch as the official code (so a sharded batch reduces across
+    devices). `z`: (n_steps,) + x.shape."""
+    alpha = _langevin_alpha(sde, t)
+
+    def step_size(grad, z_i):
+        return (snr * _batch_norm(z_i) / _batch_norm(grad)) ** 2 * 2 * alpha
+
+    return _langevin_loop(score_fn, x, t, z, step_size)
+
+
+def ald(sde, score_fn, x, t, z, snr):
+    """Annealed Langevin dynamics of NCSN: step size 2 alpha (snr std(t))^2. `z`: (n_steps,) + x.shape."""
+    alpha = _langevin_alpha(sde, t)
+    std = sde.marginal_prob(x, t)[1]
+    return _langevin_loop(score_fn, x, t, z, lambda grad, z_i: (snr * std) ** 2 * 2 * alpha)
+
+
+def none_corrector(sde, score_fn, x, t, z, snr):
+    """No update (predictor-only sampling): returns (x, x)."""
+    return x, x
+
+
+_PREDICTORS = {"euler_maruyama": euler_maruyama, "reverse_diffusion": reverse_diffusion,
+               "ancestral_sampling": ancestral_sampling, "none": none_predictor}
+_CORRECTORS = {"langevin": langevin, "ald": ald, "none": none_corrector}
+
+
+def get_predictor(name: str):
+    """The predictor function registered as `name` (case-insensitive)."""
+    return _lookup(_PREDICTORS, name, "predictor")
+
+
+def get_corrector(name: str):
+    """The corrector function registered as `name` (case-insensitive)."""
+    return _lookup(_CORRECTORS, name, "corrector")
+
+
+def _lookup(registry, name, kind):
+    if callable(name):
+        return name
+    key = str(name).lower()
+    if key not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; valid: {sorted(registry)}")
+    return registry[key]
+
+
+# --------------------------------------------------------------------------------------------
+# The PC loop
+
+
+class StepNoise(NamedTuple):
+    """Standard normal draws consumed by one PC step (predictor/corrector/'none' ignore theirs).
+
+    corrector: (n_steps,) + shape; predictor: shape; `*_proj`: shape, the draws of the
+    controllable-generation projections that follow each update (see controllable_generation).
+    """
+
+    corrector: Array
+    corrector_proj: Array
+    predictor: Array
+    predictor_proj: Array
+
+
+def normal_step_noise(key, shape, n_steps: int, dtype=jnp.float32) -> StepNoise:
+    """The default noise of one PC step: independent normals from `key`."""
+    k = jax.random.split(key, 4)
+    return StepNoise(jax.random.normal(k[0], (n_steps,) + tuple(shape), dtype),
+                     jax.random.normal(k[1], shape, dtype), jax.random.normal(k[2], shape, dtype),
+                     jax.random.normal(k[3], shape, dtype))
+
+
+def timesteps(sde, eps: float) -> np.ndarray:
+    """The PC time grid linspace(T, eps, N), float32 as torch computes it (so the discrete table
+    index floor(t (N-1)/T) of every step equals the official one)."""
+    return sde_lib._linspace32(sde.T, eps, sde.N)
+
+
+def pc_loop(sde, score_fn, x, step_inputs, draw, *, predictor, corrector, snr, n_steps=1,
+            probability_flow=False, eps=1e-3, project=None):
+    """Runs the N PC steps from `x` (at time T): at each t of `timesteps(sde, eps)` the corrector,
+    then the predictor (official order). Returns the last `(x, x_mean)`.
+
+    Args:
+      step_inputs: pytree with leading axis N; step i uses `draw(step_inputs[i])` -> `StepNoise`.
+        The samplers pass N PRNG keys and `normal_step_noise`; tests pass stored noises and
+        `draw=lambda n: n` to replay an official run.
+      predictor, corrector: names or functions of this module.
+      project: optional `(x, x_mean, t, z) -> (x, x_mean)` applied after every corrector and
+        predictor update (inpainting/colorization), `z` its own standard normal draw.
+    """
+    predictor_fn, corrector_fn = get_predictor(predictor), get_corrector(corrector)
+    if predictor_fn is ancestral_sampling:
+        _check_ancestral(sde, probability_flow)
+    score_fn = _dtype_stable(score_fn, x.dtype)
+    ts = jnp.asarray(timesteps(sde, eps))
+
+    def body(carry, inputs):
+        x, _ = carry
+        t_i, step_input = inputs
+        noise = draw(step_input)
+        t = jnp.full((x.shape[0],), t_i, ts.dtype)
+        x, x_mean = corrector_fn(sde, score_fn, x, t, noise.corrector, snr)
+        if project is not None:
+            x, x_mean = project(x, x_mean, t, noise.corrector_proj)
+        x, x_mean = predictor_fn(sde, score_fn, x, t, noise.predictor, probability_flow)
+        if project is not None:
+            x, x_mean = project(x, x_mean, t, noise.predictor_proj)
+        return (x, x_mean), None
+
+    (x, x_mean), _ = jax.lax.scan(body, (x, x), (ts, step_inputs))
+    return x, x_mean
+
+
+def _dtype_stable(score_fn, dtype):
+    """Casts scores to the state's dtype: a float64 score (discrete-VE networks with a float64 sigma
+    table under x64) must not promote the state, where the official sampler then crashes."""
+    return lambda x, t: score_fn(x, t).astype(dtype)
+
+
+def _check_sharding(shape, sharding):
+    if sharding is None:
+        return
+    spec = sharding.spec
+    axes = spec[0] if len(spec) else None
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    shards = int(np.prod([sharding.mesh.shape[a] for a in names])) if names else 1
+    if shape[0] % shards:
+        raise ValueError(f"batch size {shape[0]} is not divisible by the {shards} devices the batch "
+                         f"is sharded over ({sharding.spec})")
+
+
+def _constrain(x, sharding):
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+def check_model_shape(score_fn, shape) -> None:
+    """Raises ValueError unless `score_fn` maps an x of `shape` to an array of the same shape."""
+    x = jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+    t = jax.ShapeDtypeStruct((shape[0],), jnp.float32)
+    try:
+        out = jax.eval_shape(score_fn, x, t)
+    except Exception as e:  # the network's own error is deep in its layers; say what went wrong
+        raise ValueError(f"the score model cannot take samples of shape {tuple(shape)} (batch, H, "
+                         f"W, C): {type(e).__name__}: {e}") from e
+    if out.shape != tuple(shape):
+        raise ValueError(f"the score model maps samples of shape {tuple(shape)} to {out.shape}; "
+                         "the sampling shape must match the model's image size and channels")
+
+
+def get_pc_sampler(sde, model, shape, predictor, corrector, inverse_scaler, snr, n_steps=1,
+                   probability_flow=False, continuous=False, denoise=True, eps=1e-3,
+                   sharding: NamedSharding | None = None):
+    """A jitted PC sampler `(rng, variables) -> (samples, nfe)`.
+
+    Draws x_T from the prior, runs `pc_loop` over linspace(T, eps, N) and returns
+    `inverse_scaler(x_mean if denoise else x)` of the last step (denoising = the last predictor's
+    noise-free mean, as official) and `nfe = N (n_steps + 1)` (int32), the official count: it
+    counts a 'none' predictor or corrector as if it evaluated the network.
+
+    Args:
+      model: Flax module applied as `model.apply(variables, x, labels, train=False)`; the score is
+        `models.utils.get_score_fn(sde, model, variables, continuous=continuous)`.
+      shape: (batch, H, W, C) of the samples.
+      predictor, corrector: registry names (`get_predictor`, `get_corrector`).
+      snr, n_steps: the corrector's signal-to-noise ratio and steps per noise level.
+      probability_flow: the predictor discretizes the probability-flow ODE instead of the SDE.
+      sharding: optional `NamedSharding` of the batch (e.g. `P('data')` on a device mesh); the
+        batch must divide evenly. Samples are returned with that sharding.
+    """
+    shape = tuple(int(s) for s in shape)
+    get_corrector(corrector)  # fail early on unknown names
+    if get_predictor(predictor) is ancestral_sampling:
+        _check_ancestral(sde, probability_flow)
+    if int(n_steps) != n_steps or n_steps < 1:
+        raise ValueError(f"n_steps (sampling.n_steps_each) must be an integer >= 1, got {n_steps!r}")
+    _check_sharding(shape, sharding)
+
+    def sampler(rng, variables):
+        score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
+        check_model_shape(score_fn, shape)
+        prior_key, loop_key = jax.random.split(rng)
+        x = _constrain(sde.prior_sampling(prior_key, shape), sharding)
+        x, x_mean = pc_loop(
+            sde, score_fn, x, jax.random.split(loop_key, sde.N),
+            lambda key: normal_step_noise(key, shape, n_steps), predictor=predictor,
+            corrector=corrector, snr=snr, n_steps=n_steps, probability_flow=probability_flow,
+            eps=eps)
+        samples = inverse_scaler(x_mean if denoise else x)
+        return _constrain(samples, sharding), jnp.int32(sde.N * (n_steps + 1))
+
+    return jax.jit(sampler)
+
+
+# --------------------------------------------------------------------------------------------
+# ODE solving
+
+
+_FIXED_STEP = {"euler": (diffrax.Euler, 1), "heun": (diffrax.Heun, 2)}
+ODE_METHODS = ("dopri5",) + tuple(_FIXED_STEP)
+
+
+def _rms(tree):
+    leaves = jax.tree_util.tree_leaves(tree)
+    sq = sum(jnp.sum(jnp.square(v)) for v in leaves)
+    return jnp.sqrt(sq / sum(v.size for v in leaves))
+
+
+def _initial_step(fn, t0, y0, f0, direction, interval, rtol, atol, order=4):
+    """Hairer's initial step size (as scipy's RK45, one extra evaluation). Returns |h|."""
+    scale = jax.tree_util.tree_map(lambda y: atol + jnp.abs(y) * rtol, y0)
+    ratio = lambda a: jax.tree_util.tree_map(lambda u, s: u / s, a, scale)
+    d0, d1 = _rms(ratio(y0)), _rms(ratio(f0))
+    h0 = jnp.minimum(jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1), interval)
+    y1 = jax.tree_util.tree_map(lambda y, f: y + h0 * direction * f, y0, f0)
+    f1 = fn(t0 + h0 * direction, y1)
+    d2 = _rms(ratio(jax.tree_util.tree_map(lambda a, b: a - b, f1, f0))) / h0
+    h1 = jnp.where((d1 <= 1e-15) & (d2 <= 1e-15), jnp.maximum(1e-6, h0 * 1e-3),
+                   (0.01 / jnp.maximum(d1, d2)) ** (1.0 / (order + 1)))
+    return jnp.minimum(jnp.minimum(100 * h0, h1), interval)
+
+
+def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=1e-5,
+              fixed_nfe: int | None = None, max_steps: int = 4096,
+              adjoint=None):
+    """Integrates dy/dt = fn(t, y) from t0 to t1 on device; returns `(y(t1), nfe)`.
+
+    `y0` is any pytree of arrays; `fn(t, y)` gets a scalar time. Methods:
+
+    * 'dopri5': adaptive Dormand-Prince 5(4) (the paper's RK45) with an I-controller on the RMS norm
+      of the error scaled by atol + rtol max(|y0|, |y1|) over the whole state (as scipy). The
+      initial step is Hairer's heuristic (as scipy). nfe is exact: 2 evaluations for the initial
+      step (f(t0, y0) is then handed to the solver as its first-same-as-last stage), plus 6 per
+      attempted step, rejected ones included (the official scipy count has the same structure).
+    * 'euler', 'heun': fixed steps spending `fixed_nfe` evaluations (1 resp. 2 per step).
+
+    `adjoint` is diffrax's (default: its standard one); counting tests pass `DirectAdjoint()`.
+    """
+    term = diffrax.ODETerm(lambda t, y, args: fn(t, y))
+    saveat = diffrax.SaveAt(t1=True)
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    if method in _FIXED_STEP:
+        solver_cls, evals = _FIXED_STEP[method]
+        if fixed_nfe is None or fixed_nfe < evals:
+            raise ValueError(f"method={method!r} needs fixed_nfe >= {evals} (network evaluations)")
+        n = int(fixed_nfe) // evals
+        grid = diffrax.StepTo(ts=jnp.linspace(t0, t1, n + 1, dtype=jnp.float32))
+        sol = diffrax.diffeqsolve(term, solver_cls(), t0, t1, None, y0, saveat=saveat,
+                                  stepsize_controller=grid, max_steps=n, adjoint=adjoint)
+        return jax.tree_util.tree_map(lambda v: v[-1], sol.ys), jnp.int32(n * evals)
+    if method != "dopri5":
+        raise ValueError(f"unknown ODE method {method!r}; valid: {list(ODE_METHODS)}")
+    direction = 1.0 if t1 > t0 else -1.0
+    t0_arr = jnp.asarray(t0, jnp.float32)
+    f0 = fn(t0_arr, y0)
+    dt0 = direction * _initial_step(fn, t0_arr, y0, f0, direction, abs(t1 - t0), rtol, atol)
+    sol = diffrax.diffeqsolve(
+        term, diffrax.Dopri5(), t0, t1, dt0, y0, saveat=saveat,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps,
+        # diffrax's FSAL state (first_step, f0): the first step reuses our f(t0, y0).
+        solver_state=(jnp.array(False), f0), adjoint=adjoint)
+    nfe = 2 + 6 * sol.stats["num_steps"]
+    return jax.tree_util.tree_map(lambda v: v[-1], sol.ys), jnp.asarray(nfe, jnp.int32)
+
+
+def probability_flow_drift(sde, score_fn):
+    """`drift(t, x)` of the probability-flow ODE, t a scalar."""
+    rsde = sde.reverse(score_fn, probability_flow=True)
+    return lambda t, x: rsde.sde(x, jnp.full((x.shape[0],), t, jnp.float32))[0]
+
+
+def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1e-5,
+                    method="dopri5", eps=1e-3, continuous=True, fixed_nfe: int | None = None,
+                    sharding: NamedSharding | None = None):
+    """A jitted probability-flow ODE sampler `(rng, variables, z=None) -> (samples, nfe)`.
+
+    Solves the probability-flow ODE from T (x_T = `z`, or a prior draw) to `eps` with `solve_ode`
+    (`method`, `rtol`, `atol`, `fixed_nfe`); `z` given makes it the decoder of the latent code the
+    likelihood returns. `denoise` adds one noise-free reverse-diffusion step at eps (as official).
+    nfe (int32) is the exact number of score evaluations, the denoising one included (the official
+    nfe leaves it out). `continuous=True` (official) feeds the network continuous-time labels;
+    pass `config.training.continuous` for discrete-label networks (the official code crashes on
+    discrete VE ones).
+    """
+    shape = tuple(int(s) for s in shape)
+    if method not in ODE_METHODS:
+        raise ValueError(f"unknown ODE method {method!r}; valid: {list(ODE_METHODS)}")
+    _check_sharding(shape, sharding)
+
+    def sampler(rng, variables, z=None):
+        score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
+        check_model_shape(score_fn, shape)
+        score_fn = _dtype_stable(score_fn, jnp.float32)
+        if z is None:
+            x = sde.prior_sampling(rng, shape)
+        elif tuple(z.shape) != shape:
+            raise ValueError(f"latent z has shape {tuple(z.shape)}, the sampler's shape is {shape}")
+        else:
+            x = jnp.asarray(z, jnp.float32)
+        x = _constrain(x, sharding)
+        x, nfe = solve_ode(probability_flow_drift(sde, score_fn), x, sde.T, eps, method=method,
+                           rtol=rtol, atol=atol, fixed_nfe=fixed_nfe)
+        if denoise:
+            t = jnp.full((shape[0],), eps, jnp.float32)
+            _, x = reverse_diffusion(sde, score_fn, x, t, jnp.zeros_like(x))
+            nfe = nfe + 1
+        return _constrain(inverse_scaler(x), sharding), nfe
+
+    return jax.jit(sampler)
+
+
+def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
+                    sharding: NamedSharding | None = None):
+    """The sampler of `config.sampling.method` ('pc' or 'ode'): `(rng, variables) -> (samples, nfe)`.
+
+    PC reads `sampling.{predictor, corrector, snr, n_steps_each, probability_flow, noise_removal}`
+    and `training.continuous`; ODE reads `sampling.noise_removal` and uses continuous-time labels
+    as the official code, except for discrete VE networks (official crash) which get their own.
+    """
+    s = config.sampling
+    method = str(s.method).lower()
+    if method == "pc":
+        return get_pc_sampler(sde, model, shape, s.predictor, s.corrector, inverse_scaler, s.snr,
+                              n_steps=s.n_steps_each, probability_flow=s.probability_flow,
+                              continuous=config.training.continuous, denoise=s.noise_removal,
+                              eps=eps, sharding=sharding)
+    if method == "ode":
+        continuous = True if not isinstance(sde, sde_lib.VESDE) else config.training.continuous
+        return get_ode_sampler(sde, model, shape, inverse_scaler, denoise=s.noise_removal, eps=eps,
+                               continuous=continuous, sharding=sharding)
+    raise ValueError(f"sampling.method={s.method!r} is unknown; valid: ['ode', 'pc']")
+
+
+def check_finite(samples) -> None:
+    """Raises FloatingPointError naming how many samples (of the batch) contain NaN or inf."""
+    flat = np.asarray(jax.device_get(samples)).reshape(len(samples), -1)
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        raise FloatingPointError(
+            f"{int(bad.sum())} of {len(flat)} samples contain NaN or inf values "
+            f"(indices {np.flatnonzero(bad)[:10].tolist()}{'...' if bad.sum() > 10 else ''})")
