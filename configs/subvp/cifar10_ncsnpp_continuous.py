@@ -1,7 +1,8 @@
 """NCSN++ (4 residual blocks per resolution) on CIFAR-10, sub-VP SDE, continuous-time training.
 
-Reproduces: the NCSN++-with-sub-VP entry of the paper's architecture study on CIFAR-10
-(appendix); the official README lists no checkpoint or number for it, so none is claimed.
+Reproduces: NCSN++ trained with the sub-VP SDE on CIFAR-10, presumably from the
+paper's exploration of architectures and SDEs (appendix; our reading, not verified). The
+official README lists no checkpoint or number for this config, so none is claimed.
 Sampled with Euler-Maruyama (no corrector).
 
 Run:

@@ -1,8 +1,9 @@
 """NCSN++ deep (8 residual blocks per resolution) on CIFAR-10, sub-VP SDE, continuous-time
 training, 950k steps.
 
-Reproduces: the deep NCSN++-with-sub-VP entry of the paper's architecture study on CIFAR-10
-(appendix); the official README lists no checkpoint or number for it, so none is claimed.
+Reproduces: NCSN++ trained with the sub-VP SDE (deep) on CIFAR-10, presumably from the
+paper's exploration of architectures and SDEs (appendix; our reading, not verified). The
+official README lists no checkpoint or number for this config, so none is claimed.
 Sampled with Euler-Maruyama (no corrector).
 
 Run:

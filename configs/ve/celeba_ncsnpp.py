@@ -1,8 +1,9 @@
 """NCSN++ on 64x64 CelebA trained with the discrete SMLD objective (VE, 1000 noise scales,
 sigma_max 90).
 
-Reproduces: the paper's CelebA 64x64 NCSN++ model (architecture study on CelebA in the
-appendix); the official README lists no checkpoint or number for it, so no number is claimed.
+Reproduces: NCSN++ on 64x64 CelebA, presumably from the paper's architecture exploration on
+CelebA (appendix; our reading, not verified). The official README lists no checkpoint or
+number for it, so none is claimed.
 PC sampler: reverse-diffusion predictor + Langevin corrector, snr 0.17.
 
 Run:

@@ -1,9 +1,10 @@
 """The original DDPM network (Ho et al., 2020) on CIFAR-10, trained with the discrete SMLD (VE)
 objective.
 
-Reproduces: the "SMLD" model family of the paper's sampler comparison (Table 1: predictors and
-correctors on CIFAR-10); the official README lists no checkpoint or number for this config, so
-see Table 1 rather than a number here. PC sampler: reverse-diffusion predictor + Langevin corrector.
+Reproduces: a discrete SMLD model with the DDPM network, presumably the SMLD model of the
+paper's sampler comparison (see Table 1; our reading, not verified). The official README lists
+no checkpoint or number for this config, so none is claimed.
+PC sampler: reverse-diffusion predictor + Langevin corrector.
 
 Run:
     python main.py --config configs/ve/cifar10_ddpm.py --workdir workdir/ve_cifar10_ddpm --mode train

@@ -1,9 +1,10 @@
 """NCSN++ (4 residual blocks per resolution) on CIFAR-10, trained with the discrete DDPM
 objective (VP, 1000 steps).
 
-Reproduces: the NCSN++-with-VP entry of the paper's architecture study on CIFAR-10 (appendix);
-the official README lists no checkpoint or number for it, so none is claimed. Sampled with
-the reverse-diffusion predictor (no corrector).
+Reproduces: NCSN++ trained with the discrete DDPM (VP) objective on CIFAR-10, presumably
+from the paper's exploration of architectures and SDEs (appendix; our reading, not verified). The
+official README lists no checkpoint or number for this config, so none is claimed.
+Sampled with the reverse-diffusion predictor (no corrector).
 NCSN++ here is the `ncsnpp` network with FIR resampling and residual progressive
 input, trained with the VP SDE.
 
