@@ -294,7 +294,8 @@ SPOT = {
         "model.progressive_input": "residual", "model.resblock_type": "biggan",
         "model.sigma_max": 50., "model.sigma_min": 0.01, "model.num_scales": 1000,
         "model.embedding_type": "fourier", "model.fourier_scale": 16., "model.ema_rate": 0.999,
-        "model.scale_by_sigma": True, "model.dropout": 0.1, "sampling.predictor": "reverse_diffusion",
+        "model.scale_by_sigma": True, "model.dropout": 0.1,
+        "sampling.predictor": "reverse_diffusion",
         "sampling.corrector": "langevin", "sampling.snr": 0.16, "data.centered": False,
         "optim.lr": 2e-4, "optim.warmup": 5000, "optim.grad_clip": 1., "eval.begin_ckpt": 9,
         "eval.end_ckpt": 26, "training.n_jitted_steps": 5},
@@ -346,7 +347,8 @@ SPOT = {
         "model.num_scales": 1086, "model.ema_rate": 0.9999, "training.batch_size": 128,
         "sampling.n_steps_each": 3, "sampling.snr": 0.095, "training.continuous": False},
     "ve/ncsn/cifar10.py": {
-        "model.name": "ncsn", "model.sigma_max": 1., "model.num_scales": 10, "model.num_classes": 10,
+        "model.name": "ncsn", "model.sigma_max": 1., "model.num_scales": 10,
+        "model.num_classes": 10,
         "model.ema_rate": 0., "sampling.n_steps_each": 100, "sampling.snr": 0.316,
         "optim.lr": 1e-3},
     "ve/ncsn/cifar10_124.py": {"model.sigma_max": 50., "model.num_scales": 232,
@@ -410,7 +412,8 @@ def test_command_line_overrides():
     assert config.model.num_scales == 20 and config.model.num_classes == 20  # tied by reference
     assert config.model.sigma_max == 2.5 and config.data.data_dir == "/tmp/tfds"
     ffhq = str(CONFIGS / "ve/ffhq_ncsnpp_continuous.py")
-    config = _parse(["main.py", f"--config={ffhq}", "--config.data.tfrecords_path=/d/ffhq-r10.tfrecords"])
+    config = _parse(["main.py", f"--config={ffhq}",
+                     "--config.data.tfrecords_path=/d/ffhq-r10.tfrecords"])
     assert config.data.tfrecords_path == "/d/ffhq-r10.tfrecords"
 
 
@@ -418,7 +421,8 @@ def test_main_loads_config_by_path_and_rejects_unknown_mode(tmp_path):
     # Run from outside the repo: main.py's own directory (the repo root) makes `configs` importable.
     cmd = [sys.executable, str(ROOT / "main.py"),
            "--config", str(CONFIGS / "ve/cifar10_ncsnpp_continuous.py"),
-           "--config.training.batch_size=8", "--workdir", str(tmp_path / "wd"), "--mode", "nosuchmode"]
+           "--config.training.batch_size=8", "--workdir", str(tmp_path / "wd"),
+           "--mode", "nosuchmode"]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     text = out.stdout + out.stderr

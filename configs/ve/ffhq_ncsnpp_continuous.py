@@ -18,8 +18,9 @@ defaults file), with these changes:
   `eval.bpd_dataset`, which this config lacked (the official evaluation would stop with an
   AttributeError): added with the values of the 256px (LSUN) defaults;
 * `data.data_dir` added (as in every defaults file) so all configs have the same data keys;
-* `data.tfrecords_path` was the author's own file ('/raid/song/ffhq-dataset/ffhq/ffhq-r10.tfrecords');
-  here it is an empty `str` placeholder that you set on the command line;
+* `data.tfrecords_path` was the author's own file
+  ('/raid/song/ffhq-dataset/ffhq/ffhq-r10.tfrecords'); here it is an empty `str`
+  placeholder that you set on the command line;
 * real-valued hyper-parameters are floats (`sigma_max = 1348.`, `weight_decay = 0.`).
 Kept as in the official config: `training.reduce_mean = True` (the 1024px CelebA-HQ config has
 False) and `optim.amsgrad = False` (not read by our Adam).

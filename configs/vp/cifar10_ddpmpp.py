@@ -10,7 +10,8 @@ Run:
     python main.py --config configs/vp/cifar10_ddpmpp.py --workdir workdir/vp_cifar10_ddpmpp --mode train
 
 Official: configs/vp/cifar10_ddpmpp.py (same keys and values).
-Its docstring calls the model "NCSNv3 ... with continuous sigmas" (an old name; this config is discrete).
+Its docstring calls the model "NCSNv3 ... with continuous sigmas" (an old name; this config
+is discrete).
 `model.fourier_scale` is kept from the official config but unused: the embedding is
 positional.
 """

@@ -9,9 +9,10 @@ Run (the data come from a TFRecord file you supply):
 
 Official: configs/vp/ddpm/celebahq.py, with these changes:
 * its docstring says "bedrooms" (copy-paste slip); this is CelebA-HQ;
-* `data.tfrecords_path` was the author's own 1024px file ('/atlas/u/yangsong/celeba_hq/-r10.tfrecords',
-  while `data.image_size` is 256); here it is an empty `str` placeholder that you set on the
-  command line (a 256px TFRecord file, or one the data pipeline resizes).
+* `data.tfrecords_path` was the author's own 1024px file
+  ('/atlas/u/yangsong/celeba_hq/-r10.tfrecords', while `data.image_size` is 256); here it is an
+  empty `str` placeholder that you set on the command line (a 256px TFRecord file, or one the
+  data pipeline resizes).
 `model.embedding_type` ('fourier', inherited from the defaults) is not read by the `ddpm`
 network, which always uses the DDPM sinusoidal embedding.
 """
