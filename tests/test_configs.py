@@ -417,13 +417,16 @@ def test_command_line_overrides():
     assert config.data.tfrecords_path == "/d/ffhq-r10.tfrecords"
 
 
-def test_main_loads_config_by_path_and_rejects_unknown_mode(tmp_path):
-    # Run from outside the repo: main.py's own directory (the repo root) makes `configs` importable.
-    cmd = [sys.executable, str(ROOT / "main.py"),
-           "--config", str(CONFIGS / "ve/cifar10_ncsnpp_continuous.py"),
-           "--config.training.batch_size=8", "--workdir", str(tmp_path / "wd"),
-           "--mode", "nosuchmode"]
-    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("from_root", [True, False], ids=["repo_root", "elsewhere"])
+def test_main_loads_config_by_path_and_rejects_unknown_mode(tmp_path, from_root):
+    # From the repo root with the relative path of the docstrings, and from elsewhere with absolute
+    # paths: main.py's own directory (the repo root) makes `configs` importable without install.
+    rel = "configs/ve/cifar10_ncsnpp_continuous.py"
+    main, config, cwd = (("main.py", rel, ROOT) if from_root
+                         else (str(ROOT / "main.py"), str(ROOT / rel), tmp_path))
+    cmd = [sys.executable, main, "--config", config, "--config.training.batch_size=8",
+           "--workdir", str(tmp_path / "wd"), "--mode", "nosuchmode"]
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     text = out.stdout + out.stderr
     assert "nosuchmode" in text and "valid modes" in text, text
