@@ -249,6 +249,16 @@ def pc_loop(sde, score_fn, x, step_inputs, draw, *, predictor, corrector, snr, n
     return x, x_mean
 
 
+def check_pc_args(sde, predictor, corrector, probability_flow, n_steps) -> None:
+    """Raises ValueError on unknown predictor/corrector names, ancestral sampling where it is not
+    defined (sub-VP, probability flow), and n_steps that is not a positive integer."""
+    get_corrector(corrector)
+    if get_predictor(predictor) is ancestral_sampling:
+        _check_ancestral(sde, probability_flow)
+    if int(n_steps) != n_steps or n_steps < 1:
+        raise ValueError(f"n_steps (sampling.n_steps_each) must be an integer >= 1, got {n_steps!r}")
+
+
 def _dtype_stable(score_fn, dtype):
     """Casts scores to the state's dtype: a float64 score (discrete-VE networks with a float64 sigma
     table under x64) must not promote the state, where the official sampler then crashes."""
@@ -268,7 +278,14 @@ def _check_sharding(shape, sharding):
 
 
 def _constrain(x, sharding):
-    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+    """Shards x as `sharding` inside jit. The constraint is placed on an Auto-typed copy of the
+    mesh, so an explicit-axes mesh (`jax.make_mesh`'s default) works without a mesh context."""
+    if sharding is None:
+        return x
+    mesh = sharding.mesh
+    auto = jax.sharding.Mesh(mesh.devices, mesh.axis_names,
+                             axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(auto, sharding.spec))
 
 
 def check_model_shape(score_fn, shape) -> None:
@@ -306,11 +323,7 @@ def get_pc_sampler(sde, model, shape, predictor, corrector, inverse_scaler, snr,
         batch must divide evenly. Samples are returned with that sharding.
     """
     shape = tuple(int(s) for s in shape)
-    get_corrector(corrector)  # fail early on unknown names
-    if get_predictor(predictor) is ancestral_sampling:
-        _check_ancestral(sde, probability_flow)
-    if int(n_steps) != n_steps or n_steps < 1:
-        raise ValueError(f"n_steps (sampling.n_steps_each) must be an integer >= 1, got {n_steps!r}")
+    check_pc_args(sde, predictor, corrector, probability_flow, n_steps)
     _check_sharding(shape, sharding)
 
     def sampler(rng, variables):
