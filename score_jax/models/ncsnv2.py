@@ -11,13 +11,13 @@ Computes what the official PyTorch `models/ncsnv2.py` computes (parity-tested on
 * RefineNet blocks: residual conv units, multi-resolution fusion with bilinear `align_corners=True`
   upsampling, chained residual pooling with a 5x5 stride-1 max pool;
 * the output divided by `sigmas[labels]`, the geometric table from `model.sigma_max` down to
-  `model.sigma_min` with `model.num_scales` entries; `labels` are integer noise indices (discrete VE
-  training), so `training.continuous` must be False. The official PyTorch network divides
-  unconditionally, the official JAX one only when `model.scale_by_sigma` (True in every NCSNv2
-  config); we follow the flag.
+  `model.sigma_min` with `model.num_scales` entries. `labels` are integer noise indices (discrete
+  VE training; float labels are truncated, so continuous-time labels are meaningless). The
+  official PyTorch network divides unconditionally, the official JAX one only when
+  `model.scale_by_sigma` (True in every NCSNv2 config); we follow the flag.
 
-`ncsnv2_64` downsamples twice less than `ncsnv2_128` (one 'down' block without dilation vs two) and
-`ncsnv2_256` once more (three): `data.image_size` must be a multiple of 2, 4 and 8 respectively.
+`ncsnv2_64`, `ncsnv2_128` and `ncsnv2_256` halve the resolution once, twice and three times:
+`data.image_size` must be a multiple of 2, 4 and 8 respectively.
 The official code picks the variant by image size (<96, <=128, <=256 px); here `model.name` does.
 
 Parameters are named as in the official JAX code (`Conv_0` = begin conv, `ResidualBlock_i`,
@@ -279,9 +279,6 @@ class RefineNet(nn.Module):
         if x.shape[-1] != cfg.data.num_channels:
             raise ValueError(f"input has {x.shape[-1]} channels, data.num_channels is "
                              f"{cfg.data.num_channels}")
-        if cfg.get("training") is not None and cfg.training.get("continuous", False):
-            raise ValueError(f"{name} takes integer noise indices: training.continuous must be "
-                             "False")
 
     @nn.compact
     def __call__(self, x: Array, labels: Array, train: bool = False) -> Array:

@@ -1,0 +1,237 @@
+"""NCSNv2 / NCSN v1 networks against the official PyTorch code's outputs (`ncsnv2_ve_small`)."""
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import torch
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from refcases import case_arrays, case_checkpoint, case_config, case_meta
+from score_jax import sde as sde_lib
+from score_jax.models import get_model, ncsn, ncsnv2
+from score_jax.models import utils as mutils
+from score_jax.models.normalization import ConditionalInstanceNorm2dPlus, InstanceNorm2dPlus
+
+CASE = "ncsnv2_ve_small"
+
+
+def assert_rel(out, ref, rtol=1e-4):
+    """max |out - ref| <= rtol * max |ref| (the acceptance criterion of the parity tests)."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    assert out.shape == ref.shape
+    err, scale = np.abs(out - ref).max(), np.abs(ref).max()
+    assert err <= rtol * scale, f"max|err| {err:.3g} > {rtol} * max|ref| {scale:.3g}"
+
+
+@functools.lru_cache(maxsize=None)
+def official_states() -> dict[str, dict[str, np.ndarray]]:
+    """The case checkpoint's model and EMA state dicts ('module.' stripped, numpy)."""
+    ckpt = torch.load(case_checkpoint(CASE), map_location="cpu", weights_only=True)
+    model = {k.removeprefix("module."): v.numpy() for k, v in ckpt["model"].items()}
+    # shadow_params[i] is the i-th requires_grad parameter: state_dict order minus the buffers.
+    names = case_meta(CASE)["ema_shadow_param_names"]
+    assert names == [f"module.{k}" for k in model if k != "sigmas"]
+    ema = {k.removeprefix("module."): v.numpy() for k, v in zip(names, ckpt["ema"]["shadow_params"])}
+    ema["sigmas"] = model["sigmas"]
+    return {"model": model, "ema": ema}
+
+
+def variables_of(state, config):
+    params, dropped = ncsnv2.torch_to_flax(state, config)
+    assert dropped == {"sigmas"}
+    return unflatten_dict(params)
+
+
+def test_mapping_covers_the_flax_tree_and_the_parameter_count():
+    config = case_config(CASE)
+    shapes = flatten_dict(jax.eval_shape(
+        functools.partial(mutils.init_model, config=config), jax.random.PRNGKey(0)))
+    params, dropped = ncsnv2.torch_to_flax(official_states()["model"], config)
+    assert dropped == {"sigmas"}
+    assert set(params) == set(shapes)
+    for key, value in params.items():
+        assert value.shape == shapes[key].shape, key
+    n_params = sum(int(np.prod(v.shape)) for v in shapes.values())
+    assert n_params == case_meta(CASE)["n_params"] == 117323
+
+
+@pytest.mark.parametrize("weights", ["model", "ema"])
+def test_parity_with_official_outputs(weights):
+    config, ref = case_config(CASE), case_arrays(CASE)
+    model = mutils.create_model(config)
+    variables = variables_of(official_states()[weights], config)
+    apply = jax.jit(functools.partial(model.apply, train=False))
+    assert_rel(apply(variables, ref["x"], ref["labels"]), ref[f"{weights}_raw"])
+    assert_rel(apply(variables, ref["x"], ref["labels_int"]), ref[f"{weights}_raw_int"])
+
+    sde, _ = sde_lib.get_sde(config)
+    score_fn = mutils.get_score_fn(sde, model, variables, continuous=False)
+    assert_rel(score_fn(jnp.asarray(ref["x"]), jnp.asarray(ref["t"])), ref[f"{weights}_score"])
+
+
+def test_score_fn_labels_are_the_official_noise_indices():
+    ref = case_arrays(CASE)
+    labels = np.round((1.0 - ref["t"]) * (case_config(CASE).model.num_scales - 1))
+    np.testing.assert_array_equal(labels, ref["labels"])
+
+
+def test_sigmas_buffer_must_match_the_config():
+    config = case_config(CASE)
+    config.model.num_scales = 231
+    with pytest.raises(ValueError, match="model.num_scales"):
+        ncsnv2.torch_to_flax(official_states()["model"], config)
+
+
+def test_every_tensor_is_mapped_or_reported():
+    config = case_config(CASE)
+    state = dict(official_states()["model"], extra=np.zeros(3))
+    with pytest.raises(ValueError, match="unexpected.*extra"):
+        ncsnv2.torch_to_flax(state, config)
+    state = {k: v for k, v in official_states()["model"].items() if k != "end_conv.bias"}
+    with pytest.raises(ValueError, match="missing.*end_conv.bias"):
+        ncsnv2.torch_to_flax(state, config)
+
+
+def test_instance_norm_plus_matches_torch_formula():
+    """InstanceNorm++ and its conditional form against the PyTorch computation (unbiased variance
+    across channel means, biased spatial variance, eps 1e-5)."""
+    x = np.random.RandomState(0).randn(3, 5, 4, 6).astype(np.float32) * 3 + 1
+    y = np.array([2, 0, 2])
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2)
+    means = xt.mean(dim=(2, 3))
+    means = (means - means.mean(-1, keepdim=True)) / torch.sqrt(means.var(-1, keepdim=True) + 1e-5)
+    h = torch.nn.functional.instance_norm(xt, eps=1e-5)
+
+    norm = InstanceNorm2dPlus()
+    v = norm.init(jax.random.PRNGKey(1), x)
+    p = {k: torch.from_numpy(np.asarray(a).reshape(-1)) for k, a in v["params"].items()}
+    expected = p["gamma"][:, None, None] * (h + means[..., None, None] * p["alpha"][:, None, None])
+    expected = expected + p["beta"][:, None, None]
+    assert_rel(norm.apply(v, x), expected.permute(0, 2, 3, 1).numpy(), rtol=1e-5)
+
+    cnorm = ConditionalInstanceNorm2dPlus(num_classes=4)
+    v = cnorm.init(jax.random.PRNGKey(2), x, y)
+    table = np.asarray(v["params"]["Embed_0"]["embedding"]) + np.random.RandomState(1).randn(4, 18)
+    v = {"params": {"Embed_0": {"embedding": jnp.asarray(table, jnp.float32)}}}
+    gamma, alpha, beta = torch.from_numpy(table[y].astype(np.float32)).chunk(3, dim=-1)
+    expected = gamma[..., None, None] * (h + means[..., None, None] * alpha[..., None, None])
+    expected = expected + beta[..., None, None]
+    assert_rel(cnorm.apply(v, x, y), expected.permute(0, 2, 3, 1).numpy(), rtol=1e-5)
+
+
+def test_bilinear_resize_matches_torch_align_corners():
+    x = np.random.RandomState(0).randn(2, 3, 5, 4).astype(np.float32)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=(7, 10),
+                                          mode="bilinear", align_corners=True)
+    out = ncsnv2.resize_bilinear_align_corners(jnp.asarray(x), (7, 10))
+    assert_rel(out, ref.permute(0, 2, 3, 1).numpy(), rtol=1e-6)
+
+
+# Model-relevant settings of the official NCSN-family configs (score_sde configs/ve/ncsn*/):
+# (model.name, data.image_size, model.sigma_max, model.num_scales, model.scale_by_sigma).
+OFFICIAL = {
+    "ve/ncsnv2/cifar10": ("ncsnv2_64", 32, 50.0, 232, True),
+    "ve/ncsnv2/celeba": ("ncsnv2_64", 64, 90.0, 500, True),
+    "ve/ncsnv2/bedroom": ("ncsnv2_128", 128, 190.0, 1086, True),
+    "ve/ncsn/cifar10": ("ncsn", 32, 1.0, 10, False),
+    "ve/ncsn/cifar10_5": ("ncsn", 32, 1.0, 10, False),
+    "ve/ncsn/cifar10_124": ("ncsn", 32, 50.0, 232, False),
+    "ve/ncsn/cifar10_1245": ("ncsn", 32, 50.0, 232, False),
+    "ve/ncsn/celeba": ("ncsn", 64, 1.0, 10, False),
+    "ve/ncsn/celeba_5": ("ncsn", 64, 1.0, 10, False),
+    "ve/ncsn/celeba_124": ("ncsn", 64, 90.0, 500, False),
+    "ve/ncsn/celeba_1245": ("ncsn", 64, 90.0, 500, False),
+}
+def official_config(name: str) -> ml_collections.ConfigDict:
+    model_name, image_size, sigma_max, num_scales, scale_by_sigma = OFFICIAL[name]
+    return ml_collections.ConfigDict({
+        "training": {"sde": "vesde", "continuous": False},
+        "data": {"image_size": image_size, "num_channels": 3, "centered": False},
+        "model": {"name": model_name, "nf": 128, "sigma_min": 0.01, "sigma_max": sigma_max,
+                  "num_scales": num_scales, "scale_by_sigma": scale_by_sigma,
+                  "normalization": "InstanceNorm++", "nonlinearity": "elu"},
+    })
+
+
+def count_params(config) -> int:
+    shapes = jax.eval_shape(functools.partial(mutils.init_model, config=config),
+                            jax.random.PRNGKey(0))
+    return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(shapes))
+
+
+def run_shrunk(config, image_size: int):
+    """Initialises the config's network at batch 1 with nf = 4 and runs it once."""
+    config.data.image_size = image_size
+    config.model.nf = 4
+    model = mutils.create_model(config)
+    # rbg keys: the same init code, but XLA compiles its random bits much faster than threefry's.
+    variables = mutils.init_model(jax.random.key(0, impl="rbg"), config)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (1, image_size, image_size, 3))
+    out = model.apply(variables, x, jnp.array([config.model.num_scales - 1]), train=False)
+    assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+
+
+# Full-size parameter counts (nf = 128); the small case's count equals the official one.
+FULL_PARAMS = {"ncsnv2_64": 29694083, "ncsnv2_128": 83445379,
+               ("ncsn", 10): 30117635, ("ncsn", 232): 39750659, ("ncsn", 500): 51379715}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_official_configs_build_and_run(name):
+    config = official_config(name)
+    key = "ncsnv2_" in config.model.name and config.model.name or ("ncsn", config.model.num_scales)
+    assert count_params(config) == FULL_PARAMS[key]
+    # Shrunk to the smallest image the network supports.
+    run_shrunk(config, get_model(config.model.name).downsampling())
+
+
+def test_ncsnv2_256_builds_and_runs():
+    config = official_config("ve/ncsnv2/bedroom")
+    config.model.name = "ncsnv2_256"
+    assert get_model("ncsnv2_256").downsampling() == 8
+    run_shrunk(config, 8)
+
+
+@pytest.mark.parametrize("name, image_size", [("ncsnv2_64", 15), ("ncsnv2_128", 6),
+                                              ("ncsnv2_256", 12), ("ncsn", 7)])
+def test_image_size_that_does_not_fit_is_rejected(name, image_size):
+    config = official_config("ve/ncsnv2/cifar10")
+    config.model.name, config.data.image_size = name, image_size
+    with pytest.raises(ValueError, match="data.image_size"):
+        count_params(config)
+
+
+def test_ncsn_mapping_of_the_conditional_state_dict():
+    """NCSN v1 keys follow from the official NCSNv2 keys (same modules): every InstanceNorm++
+    becomes an `embed` (num_scales, 3C), and the RefineNet blocks gain `{i}_{j}_norm`,
+    `msf.norms.{i}` and `crp.norms.{i}` before their convs."""
+    config = case_config(CASE)
+    config.model.name, config.model.scale_by_sigma = "ncsn", False
+    n = config.model.num_scales
+    rng = np.random.RandomState(0)
+    state = {}
+    for key, shape, _ in case_meta(CASE)["state_dict_keys"]:
+        key = key.removeprefix("module.")
+        if key.endswith(".alpha"):
+            state[key.replace(".alpha", ".embed.weight")] = rng.randn(n, 3 * shape[0])
+        rcu = re.fullmatch(r"(.*\d_\d)_conv\.weight", key)
+        fused = re.fullmatch(r"(.*\.(msf|crp))\.convs\.(\d)\.weight", key)
+        if rcu or fused:
+            norm = f"{rcu[1]}_norm" if rcu else f"{fused[1]}.norms.{fused[3]}"
+            state[f"{norm}.embed.weight"] = rng.randn(n, 3 * shape[1])
+        if key != "sigmas" and not key.endswith((".gamma", ".beta", ".alpha")):
+            state[key] = rng.randn(*shape)
+    params, dropped = ncsn.torch_to_flax(state, config)
+    assert dropped == set()
+    shapes = flatten_dict(jax.eval_shape(
+        functools.partial(mutils.init_model, config=config), jax.random.PRNGKey(0)))
+    assert set(params) == set(shapes)
+    for key, value in params.items():
+        assert value.shape == shapes[key].shape, key
+    embed = ("params", "RefineBlock_1", "MSFBlock_0", "ConditionalInstanceNorm2dPlus_1", "Embed_0",
+             "embedding")
+    np.testing.assert_array_equal(params[embed], state["refine2.msf.norms.1.embed.weight"])
