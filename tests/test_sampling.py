@@ -39,12 +39,16 @@ def variables(kind):
     return analytic_variables(*data_params(kind))
 
 
-@functools.lru_cache(maxsize=None)
-def ode_sampler(name, tol=1e-5, denoise=False):
+def ode_sampler(name, tol=1e-5, denoise=False, eps=None):
     """The (compiled once) Dopri5 ODE sampler of the analytic model for the refs' shape."""
+    return _ode_sampler(name, tol, denoise, EPS[name] if eps is None else eps)
+
+
+@functools.lru_cache(maxsize=None)
+def _ode_sampler(name, tol, denoise, eps):
     sde = SDES[name]()
     return sampling.get_ode_sampler(sde, AnalyticScore(sde), (4, 4, 4, 1), identity, rtol=tol,
-                                    atol=tol, eps=EPS[name], denoise=denoise)
+                                    atol=tol, eps=eps, denoise=denoise)
 
 
 def score_fn_of(sde, kind):
