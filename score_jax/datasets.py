@@ -55,8 +55,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-# `tfds.data_source` is the only tfds entry point used at read time; names of the tfds datasets
-# and their (train, eval) split names, as in the official code. LSUN's name needs the category.
+# The tfds name and (train, eval) split names of each dataset, as in the official code.
 _TFDS = {
     "CIFAR10": ("cifar10", "train", "test"),
     "SVHN": ("svhn_cropped", "train", "test"),
@@ -89,8 +88,9 @@ def get_dataset(config, split: str = "train", *, evaluation: bool = False,
 
     Args:
       config: reads `seed`, `training.batch_size` / `eval.batch_size`, and `data.{dataset,
-        image_size, num_channels, random_flip, uniform_dequantization}`, plus `data.category`
-        (LSUN), `data.tfrecords_path` (FFHQ, CelebAHQ) and the optional `data.data_dir`.
+        image_size, num_channels}`, the optional `data.{random_flip, uniform_dequantization}`
+        (default False) and `data.data_dir`, `data.category` (LSUN) and `data.tfrecords_path`
+        (FFHQ, CelebAHQ).
       split: 'train' or 'eval' (the dataset's test/validation split; FFHQ and CelebA-HQ have only
         one split, which both names read).
       evaluation: one pass over the split (the iterator ends; the last partial global batch is
@@ -108,7 +108,7 @@ def get_dataset(config, split: str = "train", *, evaluation: bool = False,
 
     Returns:
       A grain iterator (with `get_state`/`set_state`) of dicts of numpy arrays: `'image'` float32
-      (B, H, W, C) in [0, 1] (in [0, 1) after dequantization), and `'label'` int64 (B,) for
+      (B, H, W, C) in [0, 1], and `'label'` int64 (B,) for
       CIFAR10, SVHN and DIGITS; each with a leading `additional_dim` axis when set.
 
     Raises:
@@ -124,7 +124,7 @@ def get_dataset(config, split: str = "train", *, evaluation: bool = False,
     if data_dir is None:
         data_dir = data.get("data_dir") or None
     if uniform_dequantization is None:
-        uniform_dequantization = data.uniform_dequantization
+        uniform_dequantization = data.get("uniform_dequantization", False)
     batch_key = "eval.batch_size" if evaluation else "training.batch_size"
     global_batch = config.eval.batch_size if evaluation else config.training.batch_size
     if batch_size is None:
@@ -133,7 +133,7 @@ def get_dataset(config, split: str = "train", *, evaluation: bool = False,
                              f"hosts ({shard_count})")
         batch_size = global_batch // shard_count
     else:
-        global_batch = batch_size * shard_count
+        batch_key, global_batch = "batch_size * shard_count", batch_size * shard_count
     if global_batch % jax.device_count():
         raise ValueError(f"{batch_key}={global_batch} is not divisible by "
                          f"jax.device_count()={jax.device_count()}")
@@ -142,7 +142,7 @@ def get_dataset(config, split: str = "train", *, evaluation: bool = False,
     # Independent seeds for the permutation and the per-example noise; train and eval differ.
     shuffle_seed, noise_seed = (int(s) for s in np.random.SeedSequence(
         [config.seed, SPLITS.index(split)]).generate_state(2))
-    flip = data.random_flip and not evaluation
+    flip = data.get("random_flip", False) and not evaluation
 
     def transform(example, rng: np.random.Generator) -> dict[str, np.ndarray]:
         image = preprocess(example)
@@ -217,8 +217,8 @@ def _tfds_source(config, split: str, data_dir):
         return builder.as_data_source(split=tfds_split)
     except Exception as e:  # noqa: BLE001 - turned into one clear error below.
         how = (f"prepare it once with `tfds build {name} --file_format=array_record"
-               f"{' --data_dir=' + str(data_dir) if data_dir else ''}` (needs network and, "
-               "for some datasets, TensorFlow)")
+               f"{' --data_dir=' + str(data_dir) if data_dir else ''}` (downloads; most tfds "
+               "builders need TensorFlow to prepare, in any environment: reading does not)")
         if not builder.is_prepared():
             raise ValueError(f"data.dataset={data.dataset!r}: tfds dataset {name!r} is not "
                              f"prepared in data.data_dir={data_dir!r} ({builder.data_dir}); "
@@ -272,8 +272,6 @@ def _crop_resize(image: np.ndarray, resolution: int) -> np.ndarray:
     image = _resize(image, (resolution, resolution), Image.BICUBIC)
     return np.clip(image, 0, 255).astype(np.uint8)
 
-
-# FFHQ / CelebA-HQ --------------------------------------------------------------------------------
 
 def _converted_path(tfrecords_path) -> pathlib.Path:
     """The ArrayRecord file for `data.tfrecords_path` (the path itself if it is one)."""
