@@ -33,8 +33,9 @@ therefore yields exactly what an uninterrupted run yields from step `k` on: to r
 restored step, nothing else needs saving. (The returned grain iterator also has
 `get_state()`/`set_state()` should one prefer to checkpoint it.)
 
-FFHQ / CelebA-HQ. The official code reads the authors' TFRecord file (records of
-`tf.train.Example{shape: int64[3] (C, H, W), data: bytes uint8}`) with tf.data. TFRecord files are
+FFHQ / CelebA-HQ. The official code reads the authors' TFRecord file (uncompressed records of
+`tf.train.Example{shape: int64[3] (C, H, W), data: bytes uint8}`, as the progressive-GAN
+`dataset_tool.py` writes its `<name>-rXX.tfrecords`) with tf.data. TFRecord files are
 sequential, so grain cannot shuffle or resume them by index; `convert_tfrecords` copies the
 records once, unchanged, into an ArrayRecord file next to them (random access), and
 `get_dataset` reads that. Neither side needs TensorFlow: the TFRecord framing is read directly
