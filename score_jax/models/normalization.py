@@ -88,13 +88,17 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
 def get_normalization(config, conditional: bool = False):
     """The normalization layer class of `config.model.normalization` (only 'InstanceNorm++').
 
-    Conditional layers embed `config.model.num_scales` classes (one per noise level).
+    Conditional layers embed one class per noise level: `model.num_classes` (official JAX name),
+    which must equal `model.num_scales`; absent, `model.num_scales`.
     """
     norm = config.model.normalization
     if norm != "InstanceNorm++":
         raise ValueError(f"model.normalization={norm!r} is not supported by the NCSN family; "
                          "valid: 'InstanceNorm++'")
-    if conditional:
-        return functools.partial(ConditionalInstanceNorm2dPlus,
-                                 num_classes=int(config.model.num_scales))
-    return InstanceNorm2dPlus
+    if not conditional:
+        return InstanceNorm2dPlus
+    num_classes = int(config.model.get("num_classes", config.model.num_scales))
+    if num_classes != config.model.num_scales:
+        raise ValueError(f"model.num_classes={num_classes} must equal model.num_scales="
+                         f"{config.model.num_scales}: NCSN conditions on the noise-level index")
+    return functools.partial(ConditionalInstanceNorm2dPlus, num_classes=num_classes)
