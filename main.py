@@ -11,6 +11,9 @@ from ml_collections import config_flags
 # mode -> "module:function"; the function is called as fn(config, workdir, **mode flags).
 MODES = {
     "convert": "score_jax.convert:convert",
+    "sample": "score_jax.evaluate:sample",
+    "likelihood": "score_jax.evaluate:likelihood",
+    "eval": "score_jax.evaluate:evaluate",
 }
 
 FLAGS = flags.FLAGS
