@@ -51,6 +51,7 @@ def get_default_configs():
     evaluate.enable_loss = True
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = 'test'
+    evaluate.bpd_num_repeats = 5  # passes over the test set (official run_lib; 1 for train)
 
     # data
     config.data = data = ml_collections.ConfigDict()

@@ -83,8 +83,9 @@ def sample(config, workdir: str) -> dict:
 
 
 def _bpd(config, sde, model, variables, mesh) -> dict:
-    """Bits/dim over `eval.bpd_dataset` (uniformly dequantized, as official), repeated
-    `eval.bpd_num_repeats` times with fresh dequantization noise."""
+    """Bits/dim over `eval.bpd_dataset` (uniformly dequantized, as official): the test split is
+    read `eval.bpd_num_repeats` times (official: 5) with fresh dequantization noise, the train
+    split once."""
     split = _BPD_SPLITS.get(str(config.eval.bpd_dataset))
     if split is None:
         raise ValueError(f"eval.bpd_dataset={config.eval.bpd_dataset!r}; valid: "
@@ -95,7 +96,8 @@ def _bpd(config, sde, model, variables, mesh) -> dict:
     data_sharding = NamedSharding(mesh, P("data"))
     rng = jax.random.PRNGKey(config.seed)
     bpds, nfes = [], []
-    for repeat in range(int(config.eval.get("bpd_num_repeats", 1))):
+    repeats = int(config.eval.get("bpd_num_repeats", 5)) if split == "eval" else 1
+    for repeat in range(repeats):
         # A new seed per repeat draws new dequantization noise (and a new order; one pass each).
         cfg = config.copy_and_resolve_references()
         with cfg.unlocked():

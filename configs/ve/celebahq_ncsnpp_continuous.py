@@ -65,6 +65,7 @@ def get_config():
     evaluate.enable_loss = True  # added
     evaluate.enable_bpd = False  # added
     evaluate.bpd_dataset = 'test'  # added
+    evaluate.bpd_num_repeats = 5  # passes over the test set (official run_lib; 1 for train)
 
     # data
     config.data = data = ml_collections.ConfigDict()
