@@ -9,9 +9,10 @@ import ml_collections
 import numpy as np
 import pytest
 import torch
-from flax.traverse_util import flatten_dict, unflatten_dict
+from flax.traverse_util import flatten_dict
 
 from refcases import case_arrays, case_checkpoint, case_config, case_meta
+from score_jax import convert
 from score_jax import sde as sde_lib
 from score_jax.models import get_model, ncsn, ncsnv2
 from score_jax.models import utils as mutils
@@ -29,29 +30,23 @@ def assert_rel(out, ref, rtol=1e-4):
 
 
 @functools.lru_cache(maxsize=None)
-def official_states() -> dict[str, dict[str, np.ndarray]]:
-    """The case checkpoint's model and EMA state dicts ('module.' stripped, numpy)."""
+def official_state() -> dict[str, np.ndarray]:
+    """The case checkpoint's model state dict ('module.' stripped, numpy)."""
     ckpt = torch.load(case_checkpoint(CASE), map_location="cpu", weights_only=True)
-    model = {k.removeprefix("module."): v.numpy() for k, v in ckpt["model"].items()}
-    # shadow_params[i] is the i-th requires_grad parameter: state_dict order minus the buffers.
-    names = case_meta(CASE)["ema_shadow_param_names"]
-    assert names == [f"module.{k}" for k in model if k != "sigmas"]
-    ema = {k.removeprefix("module."): v.numpy() for k, v in zip(names, ckpt["ema"]["shadow_params"])}
-    ema["sigmas"] = model["sigmas"]
-    return {"model": model, "ema": ema}
+    return {k.removeprefix("module."): v.numpy() for k, v in ckpt["model"].items()}
 
 
-def variables_of(state, config):
-    params, dropped = ncsnv2.torch_to_flax(state, config)
-    assert dropped == {"sigmas"}
-    return unflatten_dict(params)
+@functools.lru_cache(maxsize=None)
+def converted_checkpoint() -> dict:
+    """The case checkpoint through the converter: {'params', 'ema_params', 'step'}."""
+    return convert.load_official_checkpoint(case_checkpoint(CASE), case_config(CASE))
 
 
 def test_mapping_covers_the_flax_tree_and_the_parameter_count():
     config = case_config(CASE)
     shapes = flatten_dict(jax.eval_shape(
         functools.partial(mutils.init_model, config=config), jax.random.PRNGKey(0)))
-    params, dropped = ncsnv2.torch_to_flax(official_states()["model"], config)
+    params, dropped = ncsnv2.torch_to_flax(official_state(), config)
     assert dropped == {"sigmas"}
     assert set(params) == set(shapes)
     for key, value in params.items():
@@ -75,8 +70,9 @@ def jitted_case_fns():
 
 @pytest.mark.parametrize("weights", ["model", "ema"])
 def test_parity_with_official_outputs(weights):
-    config, ref = case_config(CASE), case_arrays(CASE)
-    variables = variables_of(official_states()[weights], config)
+    ref = case_arrays(CASE)
+    converted = converted_checkpoint()
+    variables = {"params": converted["params" if weights == "model" else "ema_params"]}
     apply, score = jitted_case_fns()
     assert_rel(apply(variables, ref["x"], ref["labels"]), ref[f"{weights}_raw"])
     assert_rel(apply(variables, ref["x"], ref["labels_int"]), ref[f"{weights}_raw_int"])
@@ -93,15 +89,15 @@ def test_sigmas_buffer_must_match_the_config():
     config = case_config(CASE)
     config.model.num_scales = 231
     with pytest.raises(ValueError, match="model.num_scales"):
-        ncsnv2.torch_to_flax(official_states()["model"], config)
+        ncsnv2.torch_to_flax(official_state(), config)
 
 
 def test_every_tensor_is_mapped_or_reported():
     config = case_config(CASE)
-    state = dict(official_states()["model"], extra=np.zeros(3))
+    state = dict(official_state(), extra=np.zeros(3))
     with pytest.raises(ValueError, match="unexpected.*extra"):
         ncsnv2.torch_to_flax(state, config)
-    state = {k: v for k, v in official_states()["model"].items() if k != "end_conv.bias"}
+    state = {k: v for k, v in official_state().items() if k != "end_conv.bias"}
     with pytest.raises(ValueError, match="missing.*end_conv.bias"):
         ncsnv2.torch_to_flax(state, config)
 
@@ -118,7 +114,7 @@ def test_instance_norm_plus_matches_torch_formula():
 
     norm = InstanceNorm2dPlus()
     v = norm.init(jax.random.PRNGKey(1), x)
-    p = {k: torch.from_numpy(np.asarray(a).reshape(-1)) for k, a in v["params"].items()}
+    p = {k: torch.from_numpy(np.array(a).reshape(-1)) for k, a in v["params"].items()}
     expected = p["gamma"][:, None, None] * (h + means[..., None, None] * p["alpha"][:, None, None])
     expected = expected + p["beta"][:, None, None]
     assert_rel(norm.apply(v, x), expected.permute(0, 2, 3, 1).numpy(), rtol=1e-5)

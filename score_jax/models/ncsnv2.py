@@ -38,28 +38,10 @@ import ml_collections
 import numpy as np
 
 from score_jax.models import get_model, register_model
+from score_jax.models.layers import get_act, get_sigmas
 from score_jax.models.normalization import get_normalization
 
 Array = jax.Array
-
-
-def network_sigmas(config) -> np.ndarray:
-    """The network's noise table (float64, (num_scales,)): geometric, sigma_max down to sigma_min.
-
-    Equals the official `get_sigmas` (and the `sigmas` buffer of official checkpoints).
-    """
-    m = config.model
-    return np.exp(np.linspace(np.log(m.sigma_max), np.log(m.sigma_min), int(m.num_scales)))
-
-
-def get_act(config) -> Callable[[Array], Array]:
-    """The activation of `config.model.nonlinearity` (elu, relu, lrelu (slope 0.2), swish)."""
-    acts = {"elu": nn.elu, "relu": nn.relu, "swish": nn.swish,
-            "lrelu": functools.partial(nn.leaky_relu, negative_slope=0.2)}
-    name = str(config.model.nonlinearity).lower()
-    if name not in acts:
-        raise ValueError(f"model.nonlinearity={name!r} is unknown; valid: {sorted(acts)}")
-    return acts[name]
 
 
 def _torch_default_init(fan_in: int):
@@ -305,7 +287,7 @@ class RefineNet(nn.Module):
         h = act(_normalize(norm, ref, y))
         h = conv(h, cfg.data.num_channels)
         if cfg.model.scale_by_sigma:
-            sigmas = jnp.asarray(network_sigmas(cfg), jnp.float32)
+            sigmas = jnp.asarray(get_sigmas(cfg), jnp.float32)
             h = h / sigmas[labels][:, None, None, None]
         return h
 
@@ -405,7 +387,7 @@ def torch_to_flax(state: dict[str, np.ndarray], config
     state = dict(state)
     dropped = set()
     if "sigmas" in state:
-        theirs, ours = np.asarray(state.pop("sigmas"), np.float64), network_sigmas(config)
+        theirs, ours = np.asarray(state.pop("sigmas"), np.float64), get_sigmas(config)
         if theirs.shape != ours.shape or not np.allclose(theirs, ours, rtol=1e-6, atol=0):
             m = config.model
             raise ValueError(
