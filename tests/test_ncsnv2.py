@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 import torch
-from flax.traverse_util import flatten_dict
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from refcases import case_arrays, case_checkpoint, case_config, case_meta
 from score_jax import convert
@@ -205,26 +205,118 @@ def test_image_size_that_does_not_fit_is_rejected(name, image_size):
         count_params(config)
 
 
-def test_ncsn_mapping_of_the_conditional_state_dict():
-    """NCSN v1 keys follow from the official NCSNv2 keys (same modules): every InstanceNorm++
-    becomes an `embed` (num_scales, 3C), and the RefineNet blocks gain `{i}_{j}_norm`,
-    `msf.norms.{i}` and `crp.norms.{i}` before their convs."""
+def ncsn_case():
+    """(config, random PyTorch state dict) of an NCSN v1 of the case's size. Its keys follow from
+    the official NCSNv2 keys (same modules): every InstanceNorm++ becomes an `embed`
+    (num_scales, 3C), and the RefineNet blocks gain `{i}_{j}_norm`, `msf.norms.{i}` and
+    `crp.norms.{i}` before their convs."""
     config = case_config(CASE)
     config.model.name, config.model.scale_by_sigma = "ncsn", False
     n = config.model.num_scales
     rng = np.random.RandomState(0)
+
+    def embed(c):  # rows [gamma | alpha | beta]
+        return np.concatenate([1 + 0.2 * rng.randn(n, 2 * c), 0.2 * rng.randn(n, c)], axis=1)
+
     state = {}
     for key, shape, _ in case_meta(CASE)["state_dict_keys"]:
         key = key.removeprefix("module.")
         if key.endswith(".alpha"):
-            state[key.replace(".alpha", ".embed.weight")] = rng.randn(n, 3 * shape[0])
+            state[key.replace(".alpha", ".embed.weight")] = embed(shape[0])
         rcu = re.fullmatch(r"(.*\d_\d)_conv\.weight", key)
         fused = re.fullmatch(r"(.*\.(msf|crp))\.convs\.(\d)\.weight", key)
         if rcu or fused:
             norm = f"{rcu[1]}_norm" if rcu else f"{fused[1]}.norms.{fused[3]}"
-            state[f"{norm}.embed.weight"] = rng.randn(n, 3 * shape[1])
+            state[f"{norm}.embed.weight"] = embed(shape[1])
         if key != "sigmas" and not key.endswith((".gamma", ".beta", ".alpha")):
-            state[key] = rng.randn(*shape)
+            fan_in = np.prod(shape[1:]) if len(shape) == 4 else 9 * shape[0]
+            state[key] = rng.randn(*shape) / np.sqrt(fan_in)
+    return config, {k: v.astype(np.float32) for k, v in state.items()}
+
+
+def torch_ncsn(state, x, y):
+    """The official PyTorch NCSN v1 forward (models/ncsnv2.py `NCSN` with models/layers.py blocks),
+    with its crashes fixed as ours (conditional InstanceNorm++, dilation 1 by default, 'SAME'
+    padding), written functionally over a state dict. x: (B, C, H, W), y: (B,) int64."""
+    S, F = {k: torch.from_numpy(v) for k, v in state.items()}, torch.nn.functional
+    act = F.elu
+
+    def conv(h, p, dilation=1):
+        w = S[f"{p}.weight"]
+        return F.conv2d(h, w, S.get(f"{p}.bias"), padding=dilation * (w.shape[-1] // 2),
+                        dilation=dilation)
+
+    def norm(h, p):
+        gamma, alpha, beta = S[f"{p}.embed.weight"][y].chunk(3, dim=-1)
+        means = h.mean(dim=(2, 3))
+        means = (means - means.mean(-1, keepdim=True)) / torch.sqrt(
+            means.var(-1, keepdim=True) + 1e-5)
+        h = F.instance_norm(h, eps=1e-5) + means[..., None, None] * alpha[..., None, None]
+        return gamma[..., None, None] * h + beta[..., None, None]
+
+    def mean_pool(h):
+        return sum([h[:, :, ::2, ::2], h[:, :, 1::2, ::2], h[:, :, ::2, 1::2],
+                    h[:, :, 1::2, 1::2]]) / 4.0
+
+    def residual(h_in, p, resample, dilation):
+        h = conv(act(norm(h_in, f"{p}.normalize1")), f"{p}.conv1", dilation)
+        h = act(norm(h, f"{p}.normalize2"))
+        if resample == "down" and dilation == 1:
+            return mean_pool(conv(h_in, f"{p}.shortcut.conv")) + mean_pool(conv(h, f"{p}.conv2.conv"))
+        shortcut = conv(h_in, f"{p}.shortcut", dilation) if f"{p}.shortcut.weight" in S else h_in
+        return shortcut + conv(h, f"{p}.conv2", dilation)
+
+    def rcu(h, p, n_blocks):
+        for i in range(1, n_blocks + 1):
+            r = h
+            for j in (1, 2):
+                h = conv(act(norm(h, f"{p}.{i}_{j}_norm")), f"{p}.{i}_{j}_conv")
+            h = h + r
+        return h
+
+    def refine(xs, p, end):
+        hs = [rcu(h, f"{p}.adapt_convs.{i}", 2) for i, h in enumerate(xs)]
+        h = hs[0]
+        if len(hs) > 1:
+            h = sum(F.interpolate(conv(norm(h, f"{p}.msf.norms.{i}"), f"{p}.msf.convs.{i}"),
+                                  size=xs[0].shape[2:], mode="bilinear", align_corners=True)
+                    for i, h in enumerate(hs))
+        h = path = act(h)
+        for i in (0, 1):
+            path = conv(F.avg_pool2d(norm(path, f"{p}.crp.norms.{i}"), 5, stride=1, padding=2),
+                        f"{p}.crp.convs.{i}")
+            h = path + h
+        return rcu(h, f"{p}.output_convs", 3 if end else 1)
+
+    h = conv(2 * x - 1, "begin_conv")
+    layers = []
+    for stage, (resample, dilation) in [("res1", (None, 1)), ("res2", ("down", 1)),
+                                        ("res3", ("down", 2)), ("res4", ("down", 4))]:
+        h = residual(h, f"{stage}.0", resample, dilation)
+        h = residual(h, f"{stage}.1", None, dilation)
+        layers.append(h)
+    h = refine([layers[3]], "refine1", False)
+    h = refine([layers[2], h], "refine2", False)
+    h = refine([layers[1], h], "refine3", False)
+    h = refine([layers[0], h], "refine4", True)
+    return conv(act(norm(h, "normalizer")), "end_conv")
+
+
+def test_ncsn_matches_the_fixed_official_forward():
+    config, state = ncsn_case()
+    params, dropped = ncsn.torch_to_flax(state, config)
+    assert dropped == set()
+    x = np.random.RandomState(1).rand(2, 8, 8, 3).astype(np.float32)
+    y = np.array([0, config.model.num_scales - 1])
+    config.data.image_size = 8
+    out = mutils.create_model(config).apply(unflatten_dict(params), x, y)
+    with torch.no_grad():
+        ref = torch_ncsn(state, torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(y))
+    assert_rel(out, ref.permute(0, 2, 3, 1).numpy())
+
+
+def test_ncsn_mapping_of_the_conditional_state_dict():
+    config, state = ncsn_case()
     params, dropped = ncsn.torch_to_flax(state, config)
     assert dropped == set()
     shapes = flatten_dict(jax.eval_shape(
