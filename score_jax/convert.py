@@ -23,7 +23,9 @@ other Flax collection of the network, with float32 numpy leaves, so that
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 import os
 import pathlib
 import pickle
@@ -33,6 +35,7 @@ import zipfile
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 from flax import serialization, traverse_util
 
@@ -59,25 +62,31 @@ def _frozen_torch_keys(config) -> set[str]:
 
 def _variable_template(config) -> dict:
     """Shapes/dtypes of every Flax variable of the config's network (no computation)."""
-    return jax.eval_shape(lambda: mutils.init_model(jax.random.PRNGKey(0), config))
+    return _network_layout(config.to_json())[0]
 
 
 def _top_level_call_order(config) -> list[str]:
     """Names of the network's direct submodules in the order they are first called.
 
     This is the official construction order of `all_modules` (which is also its forward order)."""
+    return list(_network_layout(config.to_json())[1])
+
+
+@functools.lru_cache(maxsize=8)
+def _network_layout(config_json: str):
+    """(variable template, top-level call order) of the network of a config (as JSON)."""
+    config = ml_collections.ConfigDict(json.loads(config_json))
     order = []
 
     def record(next_fun, args, kwargs, context):
         if context.method_name == "__call__" and len(context.module.scope.path) == 1:
-            name = context.module.name
-            if name not in order:
-                order.append(name)
+            if context.module.name not in order:
+                order.append(context.module.name)
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):
-        _variable_template(config)
-    return order
+        template = jax.eval_shape(lambda: mutils.init_model(jax.random.PRNGKey(0), config))
+    return template, tuple(order)
 
 
 def _torch_leaf_to_flax(module_path: tuple[str, ...], leaf: str, array: np.ndarray):
