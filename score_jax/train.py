@@ -5,7 +5,8 @@ One jitted, data-parallel update function: the global batch is sharded over a on
 host, and on a multi-host pod (there, every process runs this function after
 `jax.distributed.initialize()`, which `train` calls itself when the environment names a
 coordinator: `JAX_COORDINATOR_ADDRESS`, or SLURM with more than one task). `training.n_jitted_steps`
-updates are fused per device call with `jax.lax.scan`. The randomness of update s is
+updates are fused per device call with `jax.lax.scan` (on CPU: traced back to back, see
+`get_train_fns`). The randomness of update s is
 `fold_in(key(config.seed), s)` and the data pipeline is a function of (seed, step), so a resumed
 run computes exactly what an uninterrupted one would.
 
@@ -94,7 +95,16 @@ def get_train_fns(config, model, mesh):
     eval_fn = losses.get_step_fn(sde, model, train=False, **kwargs)
 
     def multi_step(state, xs):
-        return jax.lax.scan(step_fn, state, xs)
+        if jax.default_backend() != "cpu":
+            return jax.lax.scan(step_fn, state, xs)
+        # XLA:CPU runs this step ~10x slower inside the while loop of a scan (even unroll=True;
+        # measured 1.9 s vs 0.16 s per DDPM step), so on CPU the steps are traced one after the
+        # other into the same jitted function instead.
+        metrics = []
+        for i in range(xs.shape[0]):
+            state, m = step_fn(state, xs[i])
+            metrics.append(m)
+        return state, jax.tree.map(lambda *v: jnp.stack(v), *metrics)
 
     replicated = NamedSharding(mesh, P())
     train_step = jax.jit(multi_step, in_shardings=(replicated, NamedSharding(mesh, P(None, "data"))),
