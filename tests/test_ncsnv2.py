@@ -262,7 +262,8 @@ def torch_ncsn(state, x, y):
         h = conv(act(norm(h_in, f"{p}.normalize1")), f"{p}.conv1", dilation)
         h = act(norm(h, f"{p}.normalize2"))
         if resample == "down" and dilation == 1:
-            return mean_pool(conv(h_in, f"{p}.shortcut.conv")) + mean_pool(conv(h, f"{p}.conv2.conv"))
+            shortcut = mean_pool(conv(h_in, f"{p}.shortcut.conv"))
+            return shortcut + mean_pool(conv(h, f"{p}.conv2.conv"))
         shortcut = conv(h_in, f"{p}.shortcut", dilation) if f"{p}.shortcut.weight" in S else h_in
         return shortcut + conv(h, f"{p}.conv2", dilation)
 

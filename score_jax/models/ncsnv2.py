@@ -316,33 +316,30 @@ class NCSNv2_256(RefineNet):  # noqa: N801 - official name
 
 # ------------------------------------------------------------------ PyTorch checkpoint mapping
 
-def _layer_names(cls, norm: str):
-    """(PyTorch module path, Flax module path, kind) of every parametrised layer of `cls`, in
-    PyTorch registration order within blocks. kind: 'conv', 'conv_nobias', 'norm' or 'cnorm'."""
+def _layers(cls):
+    """(PyTorch module path, Flax module path, kind) of every parametrised layer of network class
+    `cls`; kind is 'conv', 'conv_nobias', 'norm' or 'cnorm' (conditional norm)."""
     nkind = "cnorm" if cls.conditional else "norm"
+    norm = "ConditionalInstanceNorm2dPlus" if cls.conditional else "InstanceNorm2dPlus"
     yield "begin_conv", ("Conv_0",), "conv"
     r, width_in = 0, 1
     for tname, blocks in cls.stages:
         for b, (width, resample, dilation) in enumerate(blocks):
             t, f = f"{tname}.{b}", (f"ResidualBlock_{r}",)
-            convs = ["conv1", "conv2"]
             if resample == "down" and dilation == 1:
-                yield f"{t}.conv1", f + ("Conv_0",), "conv"
-                yield f"{t}.conv2.conv", f + ("ConvMeanPool_0", "Conv_0"), "conv"
-                yield f"{t}.shortcut.conv", f + ("ConvMeanPool_1", "Conv_0"), "conv"
-            else:
-                if resample == "down":
-                    convs.append("shortcut")
-                elif width != width_in:
-                    convs.insert(0, "shortcut")
-                for i, c in enumerate(convs):
-                    yield f"{t}.{c}", f + (f"Conv_{i}",), "conv"
+                convs = [("conv1", ("Conv_0",)), ("conv2.conv", ("ConvMeanPool_0", "Conv_0")),
+                         ("shortcut.conv", ("ConvMeanPool_1", "Conv_0"))]
+            else:  # Flax numbers convs in call order; a widening shortcut is called first
+                order = (["conv1", "conv2", "shortcut"] if resample == "down" else
+                         ["shortcut"] * (width != width_in) + ["conv1", "conv2"])
+                convs = [(c, (f"Conv_{i}",)) for i, c in enumerate(order)]
+            for tsub, fsub in convs:
+                yield f"{t}.{tsub}", f + fsub, "conv"
             yield f"{t}.normalize1", f + (f"{norm}_0",), nkind
             yield f"{t}.normalize2", f + (f"{norm}_1",), nkind
             r, width_in = r + 1, width
     for k, (tname, _) in enumerate(cls.refines):
-        f = (f"RefineBlock_{k}",)
-        n_in = 1 if k == 0 else 2
+        f, n_in = (f"RefineBlock_{k}",), 1 if k == 0 else 2
         rcus = [(f"adapt_convs.{i}", f"RCUBlock_{i}", 2) for i in range(n_in)]
         rcus.append(("output_convs", f"RCUBlock_{n_in}", 3 if k == len(cls.refines) - 1 else 1))
         for tsub, fsub, n_blocks in rcus:
@@ -351,9 +348,8 @@ def _layer_names(cls, norm: str):
                 yield f"{tname}.{tsub}.{ab}_conv", f + (fsub, f"Conv_{i}"), "conv_nobias"
                 if cls.conditional:
                     yield f"{tname}.{tsub}.{ab}_norm", f + (fsub, f"{norm}_{i}"), nkind
-        for tsub, fsub, kind in [("msf", "MSFBlock_0", "conv"), ("crp", "CRPBlock_0", "conv_nobias")]:
-            if tsub == "msf" and n_in == 1:
-                continue
+        fused = [("msf", "MSFBlock_0", "conv")] * (n_in > 1)
+        for tsub, fsub, kind in fused + [("crp", "CRPBlock_0", "conv_nobias")]:
             for i in range(2):
                 yield f"{tname}.{tsub}.convs.{i}", f + (fsub, f"Conv_{i}"), kind
                 if cls.conditional:
@@ -363,12 +359,12 @@ def _layer_names(cls, norm: str):
 
 
 def _leaves(kind: str):
-    """(PyTorch tensor name, Flax variable name, layout transform) of a layer kind."""
-    conv_w = ("weight", "kernel", lambda w: np.transpose(w, (2, 3, 1, 0)))
-    as_row = lambda v: np.reshape(v, (1, 1, 1, -1))  # noqa: E731
-    return {"conv": [conv_w, ("bias", "bias", np.asarray)],
+    """(PyTorch tensor name, Flax variable path, layout transform) of the tensors of a kind."""
+    conv_w = ("weight", ("kernel",), lambda w: np.transpose(w, (2, 3, 1, 0)))  # OIHW -> HWIO
+    return {"conv": [conv_w, ("bias", ("bias",), np.asarray)],
             "conv_nobias": [conv_w],
-            "norm": [(p, p, as_row) for p in ("alpha", "gamma", "beta")],
+            "norm": [(p, (p,), lambda v: np.reshape(v, (1, 1, 1, -1)))
+                     for p in ("alpha", "gamma", "beta")],
             "cnorm": [("embed.weight", ("Embed_0", "embedding"), np.asarray)]}[kind]
 
 
@@ -395,16 +391,14 @@ def torch_to_flax(state: dict[str, np.ndarray], config
                 f"from the config's model.sigma_max={m.sigma_max}, model.sigma_min={m.sigma_min}, "
                 f"model.num_scales={m.num_scales}")
         dropped.add("sigmas")
-    norm = "ConditionalInstanceNorm2dPlus" if cls.conditional else "InstanceNorm2dPlus"
     params, missing = {}, []
-    for tpath, fpath, kind in _layer_names(cls, norm):
+    for tpath, fpath, kind in _layers(cls):
         for tleaf, fleaf, transform in _leaves(kind):
             key = f"{tpath}.{tleaf}"
-            if key not in state:
+            if key in state:
+                params[("params",) + fpath + fleaf] = transform(np.asarray(state.pop(key)))
+            else:
                 missing.append(key)
-                continue
-            fleaf = fleaf if isinstance(fleaf, tuple) else (fleaf,)
-            params[("params",) + fpath + fleaf] = transform(np.asarray(state.pop(key)))
     if missing or state:
         raise ValueError(f"state dict does not match {config.model.name}: missing {missing[:8]}"
                          f"{' ...' if len(missing) > 8 else ''}, unexpected {sorted(state)[:8]}"

@@ -60,7 +60,8 @@ class InstanceNorm2dPlus(nn.Module):
 class ConditionalInstanceNorm2dPlus(nn.Module):
     """InstanceNorm++ whose gamma, alpha (and beta) are rows of an embedding of the class `y`.
 
-    NCSN v1 conditions on the integer noise-scale index. x: (B, H, W, C), y: (B,) int -> (B, H, W, C).
+    NCSN v1 conditions on the integer noise-scale index.
+    x: (B, H, W, C), y: (B,) int -> (B, H, W, C).
     """
 
     num_classes: int
