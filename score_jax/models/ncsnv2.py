@@ -51,7 +51,7 @@ def _torch_default_init(fan_in: int):
                                                                    bound)
 
 
-def conv(x: Array, features: int, kernel_size: int = 3, dilation: int = 1,
+def ncsn_conv(x: Array, features: int, kernel_size: int = 3, dilation: int = 1,
          bias: bool = True) -> Array:
     """'SAME'-padded (dilated) convolution with PyTorch's default init; call inside compact."""
     init = _torch_default_init(kernel_size * kernel_size * x.shape[-1])
@@ -91,7 +91,7 @@ class ConvMeanPool(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        h = conv(x, self.features, self.kernel_size)
+        h = ncsn_conv(x, self.features, self.kernel_size)
         return (h[:, ::2, ::2] + h[:, 1::2, ::2] + h[:, ::2, 1::2] + h[:, 1::2, 1::2]) / 4.0
 
 
@@ -115,11 +115,11 @@ class ResidualBlock(nn.Module):
         d = self.dilation
         h = self.act(_normalize(self.normalization, x, y))
         if self.resample == "down":
-            h = conv(h, x.shape[-1], dilation=d)
+            h = ncsn_conv(h, x.shape[-1], dilation=d)
             h = self.act(_normalize(self.normalization, h, y))
             if d > 1:
-                h = conv(h, self.features, dilation=d)
-                shortcut = conv(x, self.features, dilation=d)
+                h = ncsn_conv(h, self.features, dilation=d)
+                shortcut = ncsn_conv(x, self.features, dilation=d)
             else:
                 h = ConvMeanPool(self.features)(h)
                 shortcut = ConvMeanPool(self.features, kernel_size=1)(x)
@@ -127,10 +127,10 @@ class ResidualBlock(nn.Module):
             if self.features == x.shape[-1]:
                 shortcut = x
             else:
-                shortcut = conv(x, self.features, kernel_size=3 if d > 1 else 1, dilation=d)
-            h = conv(h, self.features, dilation=d)
+                shortcut = ncsn_conv(x, self.features, kernel_size=3 if d > 1 else 1, dilation=d)
+            h = ncsn_conv(h, self.features, dilation=d)
             h = self.act(_normalize(self.normalization, h, y))
-            h = conv(h, self.features, dilation=d)
+            h = ncsn_conv(h, self.features, dilation=d)
         else:
             raise ValueError(f"resample must be 'down' or None, got {self.resample!r}")
         return shortcut + h
@@ -151,7 +151,7 @@ class RCUBlock(nn.Module):
             for _ in range(self.n_stages):
                 if self.normalization is not None:
                     x = _normalize(self.normalization, x, y)
-                x = conv(self.act(x), x.shape[-1], bias=False)
+                x = ncsn_conv(self.act(x), x.shape[-1], bias=False)
             x = x + residual
         return x
 
@@ -168,7 +168,7 @@ class MSFBlock(nn.Module):
         for x in xs:
             if self.normalization is not None:
                 x = _normalize(self.normalization, x, y)
-            h = resize_bilinear_align_corners(conv(x, self.features), xs[0].shape[1:3])
+            h = resize_bilinear_align_corners(ncsn_conv(x, self.features), xs[0].shape[1:3])
             total = h if total is None else total + h
         return total
 
@@ -193,7 +193,7 @@ class CRPBlock(nn.Module):
             else:
                 path = _normalize(self.normalization, path, y)
                 path = nn.avg_pool(path, (5, 5), strides=(1, 1), padding="SAME")
-            path = conv(path, x.shape[-1], bias=False)
+            path = ncsn_conv(path, x.shape[-1], bias=False)
             x = path + x
         return x
 
@@ -273,7 +273,7 @@ class RefineNet(nn.Module):
         y = labels if self.conditional else None
 
         h = x if cfg.data.centered else 2 * x - 1.0
-        h = conv(h, nf)
+        h = ncsn_conv(h, nf)
         layers = []
         for _, blocks in self.stages:
             for width, resample, dilation in blocks:
@@ -285,7 +285,7 @@ class RefineNet(nn.Module):
             ref = RefineBlock(width * nf, act, norm if self.conditional else None,
                               end=k == len(self.refines) - 1)(xs, y)
         h = act(_normalize(norm, ref, y))
-        h = conv(h, cfg.data.num_channels)
+        h = ncsn_conv(h, cfg.data.num_channels)
         if cfg.model.scale_by_sigma:
             sigmas = jnp.asarray(get_sigmas(cfg), jnp.float32)
             h = h / sigmas[labels][:, None, None, None]
