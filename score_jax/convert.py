@@ -62,14 +62,14 @@ def _frozen_torch_keys(config) -> set[str]:
 
 def _variable_template(config) -> dict:
     """Shapes/dtypes of every Flax variable of the config's network (no computation)."""
-    return _network_layout(config.to_json())[0]
+    return _network_layout(config.to_json_best_effort())[0]
 
 
 def _top_level_call_order(config) -> list[str]:
     """Names of the network's direct submodules in the order they are first called.
 
     This is the official construction order of `all_modules` (which is also its forward order)."""
-    return list(_network_layout(config.to_json())[1])
+    return list(_network_layout(config.to_json_best_effort())[1])
 
 
 @functools.lru_cache(maxsize=8)

@@ -178,17 +178,15 @@ def get_sigmas(config) -> np.ndarray:
                               config.model.num_scales))
 
 
-def check_resolutions(config, x: Array) -> list[int]:
-    """The resolutions the U-Net runs at for input `x` (B, H, W, C); raises a ValueError naming
-    `data.image_size` when the input is not square or not divisible by 2**(len(ch_mult) - 1)."""
+def check_resolutions(config, x: Array) -> None:
+    """Raises a ValueError naming `data.image_size` (or the input's shape) and the resolutions
+    of the U-Net levels when the size is not divisible by 2**(len(model.ch_mult) - 1)."""
     num_resolutions = len(config.model.ch_mult)
-    size = config.data.image_size
-    resolutions = [size / 2 ** i for i in range(num_resolutions)]
-    if size % 2 ** (num_resolutions - 1):
-        raise ValueError(f"data.image_size={size} does not fit the network: its "
-                         f"{num_resolutions} levels (model.ch_mult={tuple(config.model.ch_mult)}) "
-                         f"need resolutions {resolutions}, all integers")
-    if x.shape[1:3] != (size, size):
-        raise ValueError(f"input of spatial shape {x.shape[1:3]} does not match "
-                         f"data.image_size={size}")
-    return [int(r) for r in resolutions]
+    factor = 2 ** (num_resolutions - 1)
+    for what, size in (("data.image_size", config.data.image_size),
+                       ("input height", x.shape[1]), ("input width", x.shape[2])):
+        if size % factor:
+            raise ValueError(
+                f"{what}={size} does not fit the network: its {num_resolutions} levels "
+                f"(model.ch_mult={tuple(config.model.ch_mult)}) need resolutions "
+                f"{[size / 2 ** i for i in range(num_resolutions)]}, all integers")
