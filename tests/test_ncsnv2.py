@@ -148,10 +148,10 @@ def official_config(name: str) -> ml_collections.ConfigDict:
 
 
 @functools.lru_cache(maxsize=None)
-def count_params_of(name: str, num_scales: int, nf: int = 128) -> int:
-    """Parameter count of a network (it depends on nothing else in the config)."""
+def count_params_of(name: str, num_scales: int) -> int:
+    """Parameter count of a full-size (nf = 128) network; nothing else in a config changes it."""
     config = official_config("ve/ncsnv2/cifar10")
-    config.model.name, config.model.num_scales, config.model.nf = name, num_scales, nf
+    config.model.name, config.model.num_scales = name, num_scales
     config.model.num_classes = num_scales
     return count_params(config)
 
@@ -202,6 +202,17 @@ def test_image_size_that_does_not_fit_is_rejected(name, image_size):
     config = official_config("ve/ncsnv2/cifar10")
     config.model.name, config.data.image_size = name, image_size
     with pytest.raises(ValueError, match="data.image_size"):
+        count_params(config)
+
+
+@pytest.mark.parametrize("key, value", [("model.normalization", "GroupNorm"),
+                                        ("model.num_classes", 9), ("model.nonlinearity", "gelu")])
+def test_unsupported_model_settings_are_rejected(key, value):
+    # The NCSN configs tie model.num_classes to num_scales by reference; this one has no such key.
+    config = official_config("ve/ncsnv2/cifar10")
+    config.model.name = "ncsn"
+    config.model[key.split(".")[1]] = value
+    with pytest.raises(ValueError, match=key):
         count_params(config)
 
 
