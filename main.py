@@ -4,8 +4,9 @@ Kept short on purpose: every mode is one call into an importable, tested functio
 Any config key can be overridden on the command line, e.g. `--config.training.batch_size=8`.
 """
 import importlib
+import logging as py_logging
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 # mode -> "module:function"; the function is called as fn(config, workdir, **mode flags).
@@ -36,6 +37,10 @@ def run(mode: str, config, workdir: str, **mode_flags):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        # orbax logs every checkpoint operation at INFO; keep our own progress messages.
+        logging.set_verbosity(logging.WARNING)
+        py_logging.getLogger("score_jax").setLevel(py_logging.INFO)
     mode_flags = {"checkpoint": FLAGS.checkpoint} if FLAGS.mode == "convert" else {}
     try:
         run(FLAGS.mode, FLAGS.config, FLAGS.workdir, **mode_flags)
