@@ -15,7 +15,7 @@ from flax import serialization, traverse_util
 
 import refcases
 from test_models import compile_fast
-from score_jax import convert, sde as sde_lib
+from score_jax import checkpoints, convert, sde as sde_lib
 from score_jax.models import utils as mutils
 
 CASES = ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small", "ddpmpp_subvp_cont_small",
@@ -211,3 +211,7 @@ def test_main_convert_end_to_end(tmp_path, converted):
     ref = converted(case)
     for key in ("params", "ema_params"):
         jax.tree_util.tree_map(np.testing.assert_array_equal, restored[key], ref[key])
+    # What sampling restores.
+    ema_params, step = checkpoints.restore_for_sampling(str(workdir))
+    assert step == 1
+    jax.tree_util.tree_map(np.testing.assert_array_equal, ema_params, ref["ema_params"])
