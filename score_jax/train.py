@@ -119,14 +119,19 @@ def _global_batch(local: np.ndarray, sharding) -> jax.Array:
 
 
 def _data_iterators(config, start_step: int, local_batch: int):
-    """(train iterator yielding (n_jitted_steps, local_batch, H, W, C) float32 in [0, 1] from update
-    `start_step` on, eval iterator yielding (local_batch, H, W, C))."""
+    """(train iterator of (n_jitted_steps, local_batch, H, W, C) float32 in [0, 1] from update
+    `start_step` on, eval iterator of (local_batch, H, W, C)). Both are functions of the step: the
+    eval stream advances one batch per evaluation, so a resumed run evaluates on the same
+    batches as an uninterrupted one."""
     from score_jax import datasets
 
-    n = int(config.training.n_jitted_steps)
+    t = config.training
     train_it = datasets.get_dataset(config, split="train", batch_size=local_batch,
-                                    start_step=start_step, additional_dim=n)
-    eval_it = datasets.get_dataset(config, split="eval", batch_size=local_batch, start_step=0)
+                                    start_step=start_step, additional_dim=int(t.n_jitted_steps))
+    n = int(t.n_jitted_steps)
+    evals_done = sum(_crossed(k, k + n, t.eval_freq) for k in range(0, start_step, n))
+    eval_it = datasets.get_dataset(config, split="eval", batch_size=local_batch,
+                                   start_step=evals_done)
     return train_it, eval_it
 
 
@@ -263,7 +268,7 @@ def train(config, workdir: str) -> dict:
                                 writer.add_scalar(f"train/{k}", v, s)
                     bar.set_postfix(loss=f"{last['loss']:.4g}")
                     tick, tick_step = now, step
-            if _crossed(before, step, t.eval_freq) or before == 0:
+            if _crossed(before, step, t.eval_freq):
                 ex = np.asarray(next(eval_it)["image"], np.float32)
                 _check_images(ex, config)
                 eval_loss = float(eval_step(state, _global_batch(scaler(ex), eval_sharding),
