@@ -12,10 +12,12 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import refcases
 from analytic import AnalyticScore, analytic_variables, flow_map
 from conftest import DATA
-from score_jax import sampling
+from score_jax import convert, sampling
 from score_jax import sde as sde_lib
+from score_jax.models import utils as mutils
 from score_jax.models.utils import get_score_fn
 
 REFS = dict(np.load(DATA / "sampler_refs.npz"))
@@ -337,3 +339,38 @@ def test_solve_ode_counts_every_evaluation(method, fixed_nfe):
         assert np.abs(np.asarray(x) - ref("ode.vpsde.diag.exact_x_eps")).max() < tol
     with pytest.raises(ValueError, match="unknown ODE method 'rk4'"):
         sampling.solve_ode(lambda t, y: y, jnp.zeros(3), 1.0, 0.0, method="rk4")
+
+
+# ----------------------------------------------------------------------------------------------
+# One PC step of the real networks (converted official checkpoints, EMA weights)
+
+
+@pytest.mark.parametrize("case", ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small",
+                                  "ddpmpp_subvp_cont_small", "ddpm_vp_small"])
+def test_model_case_pc_step_matches_official(case):
+    """The corrector then the predictor of the case's official config, with its stored noises."""
+    config, arrays = refcases.case_config(case), refcases.case_arrays(case)
+    step = refcases.case_meta(case)["pc_step"]
+    params = convert.load_official_checkpoint(refcases.case_checkpoint(case), config)["ema_params"]
+    sde, _ = sde_lib.get_sde(config)
+    model = mutils.create_model(config)
+    n_c = step["n_steps_used"] if step["corrector"] != "none" else 0
+    noises = [jnp.asarray(arrays[k]) for k in step["rng_keys"]]
+    x = jnp.asarray(arrays["x"])
+    z_corrector = jnp.stack(noises[:n_c]) if n_c else jnp.zeros((1,) + x.shape)
+    z_predictor = noises[n_c] if step["predictor"] != "none" else jnp.zeros_like(x)
+
+    @jax.jit
+    def pc_step(params, x, t, z_corrector, z_predictor):
+        score_fn = get_score_fn(sde, model, {"params": params},
+                                continuous=config.training.continuous)
+        xc = sampling.get_corrector(step["corrector"])(sde, score_fn, x, t, z_corrector,
+                                                       step["snr"])
+        return xc + sampling.get_predictor(step["predictor"])(sde, score_fn, xc[0], t,
+                                                              z_predictor, False)
+
+    out = pc_step(params, x, jnp.asarray(arrays["pc_t"]), z_corrector, z_predictor)
+    for got, key in zip(out, ("pc_corrector_x", "pc_corrector_x_mean", "pc_predictor_x",
+                              "pc_predictor_x_mean")):
+        want = arrays[key]
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max(), err_msg=key)
