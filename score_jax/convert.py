@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import serialization, traverse_util
 
 from score_jax.models import layers
@@ -115,6 +116,9 @@ def all_modules_to_flax(state: dict, config):
         match = re.fullmatch(r"all_modules\.(\d+)\.(.+)", key)
         if match:
             groups.setdefault(int(match.group(1)), []).append(key)
+        elif key != "sigmas":
+            raise ValueError(f"checkpoint tensor {key} {state[key].shape} is not part of an "
+                             f"official {config.model.name} network (expected all_modules.*)")
     torch_modules = sorted(groups)
     if len(torch_modules) != len(flax_modules):
         raise ValueError(
@@ -244,12 +248,8 @@ def _load_torch(path, config) -> dict:
         ema_state[key] = value
     ema_mapping, _ = convert(ema_state)
 
-    out = {}
-    variables = _fill(mapping, template, path)
-    ema_variables = _fill(ema_mapping, template, path)
-    for collection, tree in variables.items():
-        out["params" if collection == "params" else collection] = tree
-    out["ema_params"] = ema_variables["params"]
+    out = _fill(mapping, template, path)  # {'params': ..., other collections}
+    out["ema_params"] = _fill(ema_mapping, template, path)["params"]
     out["step"] = int(ckpt["step"])
     return out
 
@@ -278,8 +278,7 @@ def _load_jax(path, config) -> dict:
         return _fill(flat, template, path)
 
     model_state = raw.get("model_state") or {}
-    converted = variables(raw["optimizer"]["target"], model_state)
-    out = dict(converted)
+    out = variables(raw["optimizer"]["target"], model_state)
     out["ema_params"] = variables(raw["params_ema"], model_state)["params"]
     out["step"] = int(np.asarray(raw["step"]))
     return out
@@ -310,8 +309,6 @@ def save_converted(workdir, state: dict) -> pathlib.Path:
     `mngr.restore(step, args=ocp.args.StandardRestore(abstract_tree))`. Directories this call
     created are removed again if writing fails.
     """
-    import orbax.checkpoint as ocp
-
     ckpt_dir = pathlib.Path(os.path.abspath(workdir)) / "checkpoints"
     created = ckpt_dir
     while not created.parent.exists():
