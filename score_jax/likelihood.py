@@ -1,6 +1,7 @@
 """Exact likelihood of score models through the probability-flow ODE (Song et al. 2021, Sec. 4.3).
 
-log p_0(x) = log p_T(z) + int_0^T div f~(x(t), t) dt, with f~ the probability-flow drift and z = x(T).
+log p_0(x) = log p_T(z) + int_0^T div f~(x(t), t) dt, with f~ the probability-flow drift and
+z = x(T).
 The state (x, delta_logp) is integrated on device from eps to T with `sampling.solve_ode`; the
 divergence is the Hutchinson-Skilling estimate eps^T (df~/dx) eps with one noise draw per solve
 (Gaussian or Rademacher), or the exact trace for small dimensions. Drift and divergence come from
@@ -29,7 +30,8 @@ def hutchinson_noise(rng, shape, hutchinson_type: str) -> jax.Array:
         return jax.random.normal(rng, shape)
     if hutchinson_type == "Rademacher":
         return jax.random.rademacher(rng, shape, jnp.float32)
-    raise ValueError(f"unknown hutchinson_type {hutchinson_type!r}; valid: {list(HUTCHINSON_TYPES)}")
+    raise ValueError(
+        f"unknown hutchinson_type {hutchinson_type!r}; valid: {list(HUTCHINSON_TYPES)}")
 
 
 def _per_example_sum(v):

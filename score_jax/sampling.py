@@ -21,7 +21,7 @@ Langevin/ALD on sub-VP, float64 scores). Arrays are NHWC, `t` has shape (batch,)
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import diffrax
 import jax
@@ -34,11 +34,6 @@ from score_jax.models import utils as mutils
 from score_jax.sde import batch_mul
 
 Array = jax.Array
-ScoreFn = Callable[[Array, Array], Array]
-
-
-# --------------------------------------------------------------------------------------------
-# Predictors
 
 
 def euler_maruyama(sde, score_fn, x, t, z, probability_flow=False):
@@ -74,7 +69,8 @@ def ancestral_sampling(sde, score_fn, x, t, z, probability_flow=False):
     if isinstance(sde, sde_lib.VESDE):
         sigmas = jnp.asarray(sde.discrete_sigmas)
         sigma = sigmas[timestep]
-        adjacent = jnp.where(timestep == 0, jnp.zeros_like(sigma), sigmas[jnp.maximum(timestep - 1, 0)])
+        previous = sigmas[jnp.maximum(timestep - 1, 0)]
+        adjacent = jnp.where(timestep == 0, jnp.zeros_like(sigma), previous)
         x_mean = x + batch_mul(sigma**2 - adjacent**2, score)
         std = jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
     else:
@@ -91,7 +87,8 @@ def _check_ancestral(sde, probability_flow):
     if not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE)):
         raise ValueError(f"ancestral_sampling supports VE and VP SDEs, not {type(sde).__name__}")
     if probability_flow:
-        raise ValueError("ancestral_sampling has no probability-flow version (probability_flow=True)")
+        raise ValueError(
+            "ancestral_sampling has no probability-flow version (probability_flow=True)")
 
 
 def none_predictor(sde, score_fn, x, t, z, probability_flow=False):
@@ -99,12 +96,9 @@ def none_predictor(sde, score_fn, x, t, z, probability_flow=False):
     return x, x
 
 
-# --------------------------------------------------------------------------------------------
-# Correctors
-
-
 def _langevin_alpha(sde, t):
-    """The alpha_i of the paper's Langevin step size: 1 for VE; for VP the DDPM alpha_i = 1 - beta_i.
+    """The alpha_i of the paper's Langevin step size: 1 for VE; for VP the DDPM
+    alpha_i = 1 - beta_i.
 
     Sub-VP uses the same alpha_i = 1 - beta_i of its (shared) beta schedule: that is what the
     official code reads (`sde.alphas` for VP *and* sub-VP), where it crashes because its subVPSDE
@@ -147,7 +141,8 @@ def langevin(sde, score_fn, x, t, z, snr):
 
 
 def ald(sde, score_fn, x, t, z, snr):
-    """Annealed Langevin dynamics of NCSN: step size 2 alpha (snr std(t))^2. `z`: (n_steps,) + x.shape."""
+    """Annealed Langevin dynamics of NCSN: step size 2 alpha (snr std(t))^2.
+    `z`: (n_steps,) + x.shape."""
     alpha = _langevin_alpha(sde, t)
     std = sde.marginal_prob(x, t)[1]
     return _langevin_loop(score_fn, x, t, z, lambda grad, z_i: (snr * std) ** 2 * 2 * alpha)
@@ -180,10 +175,6 @@ def _lookup(registry, name, kind):
     if key not in registry:
         raise ValueError(f"unknown {kind} {name!r}; valid: {sorted(registry)}")
     return registry[key]
-
-
-# --------------------------------------------------------------------------------------------
-# The PC loop
 
 
 class StepNoise(NamedTuple):
@@ -226,9 +217,8 @@ def pc_loop(sde, score_fn, x, step_inputs, draw, *, predictor, corrector, snr, n
       project: optional `(x, x_mean, t, z) -> (x, x_mean)` applied after every corrector and
         predictor update (inpainting/colorization), `z` its own standard normal draw.
     """
+    check_pc_args(sde, predictor, corrector, probability_flow, n_steps)
     predictor_fn, corrector_fn = get_predictor(predictor), get_corrector(corrector)
-    if predictor_fn is ancestral_sampling:
-        _check_ancestral(sde, probability_flow)
     score_fn = _dtype_stable(score_fn, x.dtype)
     ts = jnp.asarray(timesteps(sde, eps))
 
@@ -256,7 +246,8 @@ def check_pc_args(sde, predictor, corrector, probability_flow, n_steps) -> None:
     if get_predictor(predictor) is ancestral_sampling:
         _check_ancestral(sde, probability_flow)
     if int(n_steps) != n_steps or n_steps < 1:
-        raise ValueError(f"n_steps (sampling.n_steps_each) must be an integer >= 1, got {n_steps!r}")
+        raise ValueError(
+            f"n_steps (sampling.n_steps_each) must be an integer >= 1, got {n_steps!r}")
 
 
 def _dtype_stable(score_fn, dtype):
@@ -273,8 +264,8 @@ def _check_sharding(shape, sharding):
     names = (axes,) if isinstance(axes, str) else tuple(axes or ())
     shards = int(np.prod([sharding.mesh.shape[a] for a in names])) if names else 1
     if shape[0] % shards:
-        raise ValueError(f"batch size {shape[0]} is not divisible by the {shards} devices the batch "
-                         f"is sharded over ({sharding.spec})")
+        raise ValueError(f"batch size {shape[0]} is not divisible by the {shards} devices the "
+                         f"batch is sharded over ({sharding.spec})")
 
 
 def _constrain(x, sharding):
@@ -340,10 +331,6 @@ def get_pc_sampler(sde, model, shape, predictor, corrector, inverse_scaler, snr,
         return _constrain(samples, sharding), jnp.int32(sde.N * (n_steps + 1))
 
     return jax.jit(sampler)
-
-
-# --------------------------------------------------------------------------------------------
-# ODE solving
 
 
 _FIXED_STEP = {"euler": (diffrax.Euler, 1), "heun": (diffrax.Heun, 2)}
@@ -461,7 +448,8 @@ def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5,
 
 def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
                     sharding: NamedSharding | None = None):
-    """The sampler of `config.sampling.method` ('pc' or 'ode'): `(rng, variables) -> (samples, nfe)`.
+    """The sampler of `config.sampling.method` ('pc' or 'ode'):
+    `(rng, variables) -> (samples, nfe)`.
 
     PC reads `sampling.{predictor, corrector, snr, n_steps_each, probability_flow, noise_removal}`
     and `training.continuous`; ODE reads `sampling.noise_removal` and uses continuous-time labels

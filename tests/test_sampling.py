@@ -57,14 +57,11 @@ def score_fn_of(sde, kind):
     return get_score_fn(sde, AnalyticScore(sde), variables(kind), continuous=True)
 
 
-# ----------------------------------------------------------------------------------------------
-# Registries and bad input
-
-
 def test_registries_list_valid_names():
     assert sampling.get_predictor("Reverse_Diffusion") is sampling.reverse_diffusion
     assert sampling.get_corrector("langevin") is sampling.langevin
-    with pytest.raises(ValueError, match=r"unknown predictor 'heun'.*ancestral_sampling.*euler_maruyama"):
+    with pytest.raises(ValueError,
+                       match=r"unknown predictor 'heun'.*ancestral_sampling.*euler_maruyama"):
         sampling.get_predictor("heun")
     with pytest.raises(ValueError, match=r"unknown corrector 'hmc'.*'ald', 'langevin', 'none'"):
         sampling.get_corrector("hmc")
@@ -98,10 +95,6 @@ def test_check_finite_counts_bad_samples():
     samples[3, 1, 1, 2] = np.inf
     with pytest.raises(FloatingPointError, match=r"2 of 5 samples contain NaN or inf.*\[1, 3\]"):
         sampling.check_finite(samples)
-
-
-# ----------------------------------------------------------------------------------------------
-# One update with the official noises
 
 
 STEP_RUNS = [k for k, r in RUNS.items() if k.startswith("step.") and "official_error" not in r]
@@ -158,15 +151,12 @@ def test_official_crashes_run(name):
             np.testing.assert_allclose(x1, x1_mean + np.sqrt(2 * step) * z, rtol=1e-5, atol=1e-6)
 
 
-# ----------------------------------------------------------------------------------------------
-# Whole official PC runs (N = 10) replayed with their draws
-
-
 PC_RUNS = [k for k, r in RUNS.items() if k.startswith("pc.") and "official_error" not in r]
 
 
 def replay_noise(run, shape):
-    """The run's draws (prior, then per step corrector steps and predictor) as StepNoise (N, ...)."""
+    """The run's draws (prior; per step the corrector's, then the predictor's) as StepNoise
+    arrays with a leading axis N."""
     draws = [jnp.asarray(ref(k)) for k in run["rng_keys_in_call_order"]]
     n_c = run["n_steps"] if run["corrector"] != "none" else 0
     n_p = int(run["predictor"] != "none")
@@ -200,10 +190,6 @@ def test_pc_run_matches_official(key):
         np.testing.assert_allclose(got[finite], want[finite], rtol=0,
                                    atol=3e-6 * np.abs(want[finite]).max())
     assert int(REFS[key + ".nfe"]) == run["N"] * (run["n_steps"] + 1)
-
-
-# ----------------------------------------------------------------------------------------------
-# PC sampler end to end: statistics at N = 1000, nfe, sharding, config dispatch
 
 
 @pytest.mark.parametrize("name,predictor,corrector", [
@@ -267,10 +253,6 @@ def test_get_sampling_fn_dispatches_on_config():
     config.sampling.method = "ddim"
     with pytest.raises(ValueError, match=r"sampling.method='ddim' is unknown"):
         sampling.get_sampling_fn(config, sde, AnalyticScore(sde), shape, identity, 1e-5)
-
-
-# ----------------------------------------------------------------------------------------------
-# Probability-flow ODE
 
 
 @pytest.mark.parametrize("name", list(SDES))
@@ -339,10 +321,6 @@ def test_solve_ode_counts_every_evaluation(method, fixed_nfe):
         assert np.abs(np.asarray(x) - ref("ode.vpsde.diag.exact_x_eps")).max() < tol
     with pytest.raises(ValueError, match="unknown ODE method 'rk4'"):
         sampling.solve_ode(lambda t, y: y, jnp.zeros(3), 1.0, 0.0, method="rk4")
-
-
-# ----------------------------------------------------------------------------------------------
-# One PC step of the real networks (converted official checkpoints, EMA weights)
 
 
 @pytest.mark.parametrize("case", ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small",
