@@ -11,11 +11,15 @@ with `score_jax.models.utils.init_model`. For each it times (after compilation, 
 
 * `forward`: one jitted score evaluation `score_fn(x, t)` on the batch;
 * `jvp`: one jitted drift-and-divergence evaluation of the likelihood (a `jax.jvp` of the drift);
+* `forward in loop`, `jvp in loop`: the same inside a jitted `fori_loop` of `--loop` evaluations
+  (x <- x + 1e-3 f(x)), per evaluation: the network cost without dispatch, which on a loaded
+  CPU is the steadier unit;
 * the PC sampler (reverse diffusion + 1 Langevin step, N = `--N` levels, nfe = 2N), the Dopri5
   ODE sampler and the likelihood at rtol = atol = 1e-3 and 1e-5;
 
 and prints NFE, wall time and ratio = time / (NFE x unit), the unit being `forward` for the
-samplers and `jvp` for the likelihood (1.0 = no overhead beyond the network calls).
+samplers and `jvp` for the likelihood (1.0 = no overhead beyond the network calls), and the same
+ratio against the in-loop unit.
 """
 from __future__ import annotations
 
@@ -96,6 +100,7 @@ def main():
     parser.add_argument("--channels", type=int, default=3, help="small net only")
     parser.add_argument("--N", type=int, default=100, help="PC noise levels")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--loop", type=int, default=20, help="evaluations of the in-loop units")
     args = parser.parse_args()
 
     sde, model, variables, shape = build(args.model, args.batch, args.image_size, args.channels,
@@ -115,6 +120,15 @@ def main():
                                                                          continuous=True))
         return likelihood.hutchinson_divergence(lambda y: drift(t[0], y), x, x)
 
+    def in_loop(fn):
+        def step(i, y):  # uses every output, so none of the work is dead code
+            out = fn(variables, y, t)
+            out, extra = (out, 0.0) if not isinstance(out, tuple) else out
+            return y + 1e-3 * out + 1e-6 * jnp.reshape(extra, (-1,) + (1,) * (y.ndim - 1))
+
+        return jax.jit(lambda x: jax.lax.fori_loop(0, args.loop, step, x))
+
+    forward_loop, jvp_loop = in_loop(forward), in_loop(jvp)
     forward, jvp = jax.jit(forward), jax.jit(jvp)
     pc = sampling.get_pc_sampler(sde, model, shape, "reverse_diffusion", "langevin", identity,
                                  0.16, continuous=True, eps=eps)
@@ -125,7 +139,8 @@ def main():
         runs[f"ODE dopri5 tol {tol:g}"] = (lambda f=ode: f(rng, variables), "forward")
         runs[f"bpd dopri5 tol {tol:g}"] = (lambda f=lik: f(rng, variables, data), "jvp")
 
-    units = {"forward": lambda: forward(variables, x, t), "jvp": lambda: jvp(variables, x, t)}
+    units = {"forward": lambda: forward(variables, x, t), "jvp": lambda: jvp(variables, x, t),
+             "forward in loop": lambda: forward_loop(x), "jvp in loop": lambda: jvp_loop(x)}
     compile_s = {}
     nfes = {}
     for name, fn in list(units.items()) + [(k, f) for k, (f, _) in runs.items()]:
@@ -137,20 +152,23 @@ def main():
     names = list(units) + list(runs)
     medians = dict(zip(names, interleaved_medians([units[n] if n in units else runs[n][0]
                                                    for n in names], args.repeats)))
+    for unit in ("forward", "jvp"):
+        medians[unit + " in loop"] /= args.loop
 
     print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), "
           f"{jax.device_count()} device(s), {os.cpu_count()} CPU cores; model {args.model}, "
           f"samples {shape}, {type(sde).__name__} N={sde.N}")
-    print(f"forward {1e3 * medians['forward']:.3f} ms, jvp {1e3 * medians['jvp']:.3f} ms "
-          f"(jvp/forward {medians['jvp'] / medians['forward']:.2f})")
+    print(", ".join(f"{u} {1e3 * medians[u]:.3f} ms" for u in units))
     header = f"{'run':<22} {'nfe':>6} {'time s':>9} {'ms/nfe':>8} {'unit':>8} {'ratio':>6} " \
-             f"{'compile s':>9}"
+             f"{'ratio in loop':>13} {'compile s':>9}"
     print(header)
     print("-" * len(header))
     for name, (_, unit) in runs.items():
         m, nfe = medians[name], nfes[name]
         print(f"{name:<22} {nfe:>6} {m:>9.3f} {1e3 * m / nfe:>8.3f} {unit:>8} "
-              f"{m / (nfe * medians[unit]):>6.3f} {compile_s[name]:>9.1f}", flush=True)
+              f"{m / (nfe * medians[unit]):>6.3f} "
+              f"{m / (nfe * medians[unit + ' in loop']):>13.3f} {compile_s[name]:>9.1f}",
+              flush=True)
 
 
 if __name__ == "__main__":

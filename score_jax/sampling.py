@@ -372,6 +372,8 @@ def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=
     * 'euler', 'heun': fixed steps spending `fixed_nfe` evaluations (1 resp. 2 per step).
 
     `adjoint` is diffrax's (default: its standard one); counting tests pass `DirectAdjoint()`.
+    An adaptive solve that needs more than `max_steps` steps raises at run time (diffrax's
+    check), rather than returning an unfinished state.
     """
     term = diffrax.ODETerm(lambda t, y, args: fn(t, y))
     saveat = diffrax.SaveAt(t1=True)
