@@ -73,7 +73,7 @@ def create_train_state(config, mesh):
     """A fresh `TrainState` (network init from `config.seed`), replicated on `mesh`."""
     rng = jax.random.PRNGKey(config.seed)
     init_rng, state_rng = jax.random.split(rng)
-    variables = mutils.init_model(init_rng, config)
+    variables = jax.jit(lambda r: mutils.init_model(r, config))(init_rng)
     extra = set(variables) - {"params"}
     if extra:
         raise ValueError(f"model {config.model.name!r} has variable collections {sorted(extra)} "
@@ -156,7 +156,9 @@ class MetricsLog:
             keep = []
             for line in rows:
                 try:
-                    if json.loads(line)["step"] < start_step:
+                    row = json.loads(line)
+                    # Train rows carry the update's index, eval rows the number of updates done.
+                    if row["step"] < start_step + ("eval_loss" in row):
                         keep.append(line)
                 except (json.JSONDecodeError, KeyError):
                     pass  # a line cut by a kill
