@@ -187,7 +187,7 @@ def _save_samples(samples: np.ndarray, path_stem: str) -> None:
         grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = samples[i]
     img = (grid * 255).round().astype(np.uint8)
     img = Image.fromarray(img[..., 0] if c == 1 else img)
-    scale = max(1, 256 // img.size[0])
+    scale = max(1, 512 // max(img.size))
     img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST).save(path_stem + ".png")
 
 
