@@ -7,13 +7,18 @@ Run:
     python main.py --config configs/digits.py --workdir workdir/digits --mode train
     python main.py --config configs/digits.py --workdir workdir/digits --mode likelihood
 
-Reaches (2-core CPU, see README): samples that are recognisable digits (`W/samples/iter_*.png`)
-and a test bits/dim well below the per-pixel Gaussian baseline (the numbers are in README.md).
+Reaches (seed 0, 2,000 steps of batch 128): training loss ~0.13, eval loss ~0.14; samples that
+are recognisable digits (`W/samples/iter_2000.png`, Euler-Maruyama, 1,000 steps); test bits/dim
+4.60 +- 0.01 (probability-flow ODE, 300 test digits x 5 dequantizations, mean NFE 426), against
+8 for a uniform model and 6.97 +- 0.02 for a per-pixel Gaussian fitted to the dequantized train
+split (same [-1, 1] scaling and +7 offset as our bits/dim).
+Time on a 2-core CPU: ~6 steps/s (~6 min) plus ~1 min of compilation and ~40 s of sampling per
+snapshot; `--mode likelihood` takes ~30 s per batch of 100 (15 batches).
 
 Choices: DDPM++ (`ncsnpp` without FIR / progressive paths, positional time embedding) with two
 resolutions (8, 4), attention at 4x4; sub-VP because it gives the best likelihoods in the paper;
 uniform dequantization in training so the model's density is that of the dequantized data whose
-bits/dim we report; lr 1e-3 with a short warm-up and EMA 0.999 because the run is short.
+bits/dim we report; lr 1e-3 with a short warm-up and EMA 0.995 because the run is short (2,000 steps).
 """
 from configs.default_cifar10_configs import get_default_configs
 
@@ -26,11 +31,11 @@ def get_config():
     training.continuous = True
     training.reduce_mean = True
     training.batch_size = 128
-    training.n_iters = 4000
-    training.n_jitted_steps = 5
+    training.n_iters = 2000
+    training.n_jitted_steps = 1  # XLA:CPU: fusing steps costs compile time, gains nothing
     training.log_freq = 50
     training.eval_freq = 250
-    training.snapshot_freq = 2000
+    training.snapshot_freq = 1000
     training.snapshot_freq_for_preemption = 500
     training.snapshot_sampling = True
 
@@ -56,12 +61,12 @@ def get_config():
     model = config.model
     model.name = 'ncsnpp'
     model.scale_by_sigma = False
-    model.ema_rate = 0.999
+    model.ema_rate = 0.995
     model.normalization = 'GroupNorm'
     model.nonlinearity = 'swish'
-    model.nf = 64
+    model.nf = 16
     model.ch_mult = (1, 2)
-    model.num_res_blocks = 2
+    model.num_res_blocks = 1
     model.attn_resolutions = (4,)
     model.resamp_with_conv = True
     model.conditional = True
@@ -81,7 +86,7 @@ def get_config():
 
     optim = config.optim
     optim.lr = 1e-3
-    optim.warmup = 200
+    optim.warmup = 100
     optim.grad_clip = 1.
 
     config.seed = 0
