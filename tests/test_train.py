@@ -268,3 +268,29 @@ def test_one_step_end_to_end(family, tmp_path):
     ema, step = ckpt_lib.restore_for_sampling(str(tmp_path))
     assert step == 1 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(ema))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_training_starts_from_converted_official_weights(tmp_path):
+    """A workdir holding `--mode convert` output: training restores its params, EMA and step
+    (with a fresh optimizer state), and `restore_for_sampling` returns its EMA."""
+    import refcases
+    from score_jax import convert
+
+    case = "ddpm_vp_small"
+    config = refcases.case_config(case)
+    official = convert.load_official_checkpoint(str(refcases.case_checkpoint(case)), config)
+    convert.save_converted(str(tmp_path), official)
+    mesh = train.make_mesh()
+    ck = ckpt_lib.Checkpointer(str(tmp_path))
+    state = ck.restore(train.create_train_state(config, mesh))
+    ck.close()
+    assert int(state.step) == official["step"] == 1
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(official["params"])):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(official["ema_params"])):
+        np.testing.assert_array_equal(a, b)
+    assert all(float(jnp.abs(m).max()) == 0 for m in jax.tree.leaves(state.opt_state[-2].mu))
+    ema, step = ckpt_lib.restore_for_sampling(str(tmp_path))
+    assert step == 1
+    for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(official["ema_params"])):
+        np.testing.assert_array_equal(a, b)
