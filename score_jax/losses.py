@@ -27,14 +27,12 @@ from typing import Any, Callable, NamedTuple
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
 
 PyTree = Any
-LossFn = Callable[..., jax.Array]
 
 
 def _reduce_op(reduce_mean: bool):

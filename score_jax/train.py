@@ -17,9 +17,7 @@ Outputs in W: `checkpoints/` and `checkpoints-meta/` (see `score_jax.checkpoints
 """
 from __future__ import annotations
 
-import functools
 import json
-import logging
 import os
 import time
 
@@ -32,8 +30,6 @@ from score_jax import checkpoints as ckpt_lib
 from score_jax import losses
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
-
-log = logging.getLogger(__name__)
 
 
 def maybe_initialize_distributed() -> None:

@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
-from score_jax import losses, train
+from score_jax import train
 from score_jax.models import register_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
