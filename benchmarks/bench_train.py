@@ -112,9 +112,8 @@ def main():
     parser.add_argument("--cifar_batch", type=int, default=8, help="0 skips the CIFAR-10 network")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    runs = [(c, b) for c in args.cases for b in args.batch_sizes]
-    if args.cifar_batch:
-        runs.append((CIFAR, args.cifar_batch))
+    runs = [(CIFAR, args.cifar_batch)] if args.cifar_batch else []
+    runs += [(c, b) for c in args.cases for b in args.batch_sizes]
     print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), "
           f"{os.cpu_count()} CPU cores")
     header = f"{'model':<42} {'batch':>5} {'steps/s':>8} {'img/s':>8} {'step ms':>9} " \
