@@ -13,11 +13,14 @@ run computes exactly what an uninterrupted one would.
 Outputs in W: `checkpoints/` and `checkpoints-meta/` (see `score_jax.checkpoints`),
 `tensorboard/` (loss, learning rate, grad norm, steps/s, images/s, eval loss), `metrics.jsonl`
 (one JSON object per logged step), and `samples/iter_<step>.{png,npz}` at every snapshot when
-`training.snapshot_sampling`.
+`training.snapshot_sampling`. With `training.final_eval` (an addition to the official keys; the
+embedded default sets it), a run that reaches `training.n_iters` ends with `--mode eval` on its
+last checkpoint (`eval.enable_loss`, `eval.enable_bpd`, ...; `W/eval/ckpt_<step>.json`).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -29,6 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from score_jax import checkpoints as ckpt_lib
 from score_jax import losses
 from score_jax import sde as sde_lib
+from score_jax import utils
 from score_jax.models import utils as mutils
 
 
@@ -171,24 +175,18 @@ class MetricsLog:
                 f.write(json.dumps(row) + "\n")
 
 
-def _save_samples(samples: np.ndarray, path_stem: str) -> None:
-    """`samples` (B, H, W, C) in [0, 1] -> `<stem>.npz` and a square grid `<stem>.png`."""
-    from PIL import Image
+def _write_snapshot_samples(samples, workdir: str, step: int) -> None:
+    """`W/samples/iter_<step>.{npz,png}`; a grid with NaN/inf is logged and not written (the
+    training run goes on: a bad sample grid early in training is not a reason to stop)."""
+    from score_jax import sampling
 
-    samples = np.clip(np.asarray(samples, np.float32), 0.0, 1.0)
-    np.savez_compressed(path_stem + ".npz", samples=samples)
-    b, h, w, c = samples.shape
-    cols = int(np.ceil(np.sqrt(b)))
-    rows = int(np.ceil(b / cols))
-    pad = 1
-    grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.float32)
-    for i in range(b):
-        r, q = divmod(i, cols)
-        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = samples[i]
-    img = (grid * 255).round().astype(np.uint8)
-    img = Image.fromarray(img[..., 0] if c == 1 else img)
-    scale = max(1, 512 // max(img.size))
-    img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST).save(path_stem + ".png")
+    samples = np.asarray(jax.device_get(samples))
+    try:
+        sampling.check_finite(samples)
+    except FloatingPointError as e:
+        logging.getLogger(__name__).warning("step %d: sample grid not written: %s", step, e)
+        return
+    utils.save_samples(samples, os.path.join(workdir, "samples", f"iter_{step}"))
 
 
 def _crossed(before: int, after: int, freq: int) -> bool:
@@ -286,13 +284,18 @@ def train(config, workdir: str) -> dict:
                 if sample_fn is not None:
                     samples = sample_fn(jax.random.fold_in(sample_rng, step), state)
                     if is_main:
-                        _save_samples(samples, os.path.join(workdir, "samples", f"iter_{step}"))
+                        _write_snapshot_samples(samples, workdir, step)
     finally:
         bar.close()
         checkpointer.wait()
         checkpointer.close()
         if writer is not None:
             writer.close()
+    if t.get("final_eval", False) and step >= n_iters:
+        # The run is complete: evaluate its last checkpoint as `--mode eval` would.
+        from score_jax import evaluate
+
+        last = {**last, **{f"final_{k}": v for k, v in evaluate.evaluate(config, workdir).items()}}
     return last
 
 

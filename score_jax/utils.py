@@ -43,7 +43,7 @@ def image_grid(images: np.ndarray, pad: int = 1) -> np.ndarray:
 
 def save_samples(samples: np.ndarray, path_stem: str) -> None:
     """`samples` (B, H, W, C) in [0, 1] -> `<stem>.npz` (float32 `samples`) and `<stem>.png`, a
-    grid scaled up to at least 256 px wide. Each file is written atomically."""
+    grid scaled up (nearest neighbour) to about 512 px on its longer side. Each file is written atomically."""
     from PIL import Image
 
     samples = np.clip(np.asarray(samples, np.float32), 0.0, 1.0)
@@ -51,7 +51,7 @@ def save_samples(samples: np.ndarray, path_stem: str) -> None:
         np.savez_compressed(tmp, samples=samples)
     grid = image_grid(samples)
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    scale = max(1, 256 // img.size[0])
+    scale = max(1, 512 // max(img.size))
     img = img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST)
     with atomic_path(path_stem + ".png") as tmp:
         img.save(tmp, format="PNG")
