@@ -241,8 +241,15 @@ def pc_loop(sde, score_fn, x, step_inputs, draw, *, predictor, corrector, snr, n
 
 def check_pc_args(sde, predictor, corrector, probability_flow, n_steps) -> None:
     """Raises ValueError on unknown predictor/corrector names, ancestral sampling where it is not
-    defined (sub-VP, probability flow), and n_steps that is not a positive integer."""
-    get_corrector(corrector)
+    defined (sub-VP, probability flow), Langevin/ALD on VP/sub-VP with N <= beta_max (negative
+    alpha: NaN samples, also officially), and n_steps that is not a positive integer."""
+    if get_corrector(corrector) in (langevin, ald) and isinstance(sde, sde_lib.VPSDE):
+        if float(sde.alphas.min()) <= 0:
+            # alpha_i = 1 - beta_max / N at the last level; its square root would be NaN.
+            raise ValueError(
+                f"the {corrector!r} corrector on {type(sde).__name__} needs N > beta_max (its step "
+                f"scales with alpha = 1 - beta_i, beta_i up to beta_max / N); got "
+                f"model.num_scales N={sde.N}, model.beta_max={sde.beta_max}")
     if get_predictor(predictor) is ancestral_sampling:
         _check_ancestral(sde, probability_flow)
     if int(n_steps) != n_steps or n_steps < 1:

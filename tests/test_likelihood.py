@@ -22,28 +22,34 @@ def likelihood_fn(name, exact_trace=False, hutchinson_type="Rademacher"):
                                         hutchinson_type=hutchinson_type)
 
 
-@pytest.mark.parametrize("name", list(SDES))
-def test_bpd_matches_official_and_exact(name):
-    """With the official probe: bpd within 5e-5 of the official and 1e-4 of the exact flow
-    (Rademacher is exact for this diagonal Jacobian; Gaussian is an estimate, compared to the
-    official only); z within 2e-3 relative to its scale of both."""
+def official_bpd_runs(name):
+    """Yields `(prefix, probe, bpd, z, nfe)` of ours on each official likelihood run of SDE `name`
+    (same data and Hutchinson probe; also used by benchmarks/parity.py)."""
     fn = likelihood_fn(name)
     for kind in ("iso", "diag"):
         prefix = f"lik.{name}.{kind}"
         data = jnp.asarray(ref(prefix + ".data"))
         for probe in ("Rademacher", "Gaussian"):
-            if f"{prefix}.{probe}.bpd" not in REFS:
-                continue
-            bpd, z, nfe = fn(jax.random.key(0), variables(kind), data,
-                             jnp.asarray(ref(f"{prefix}.{probe}.hutchinson_eps")))
-            np.testing.assert_allclose(bpd, ref(f"{prefix}.{probe}.bpd"), rtol=0, atol=5e-5)
-            scale = np.abs(ref(prefix + ".exact_z")).max()
-            np.testing.assert_allclose(z, ref(f"{prefix}.{probe}.z"), rtol=0, atol=2e-3 * scale)
-            official_nfe = int(REFS[f"{prefix}.{probe}.nfe"])
-            assert 0.75 * official_nfe < int(nfe) < 1.3 * official_nfe, (prefix, nfe, official_nfe)
-            if probe == "Rademacher":
-                np.testing.assert_allclose(bpd, ref(prefix + ".exact_bpd"), rtol=0, atol=1e-4)
-                np.testing.assert_allclose(z, ref(prefix + ".exact_z"), rtol=0, atol=1e-4 * scale)
+            if f"{prefix}.{probe}.bpd" in REFS:
+                bpd, z, nfe = fn(jax.random.key(0), variables(kind), data,
+                                 jnp.asarray(ref(f"{prefix}.{probe}.hutchinson_eps")))
+                yield prefix, probe, bpd, z, nfe
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_bpd_matches_official_and_exact(name):
+    """With the official probe: bpd within 5e-5 of the official and 1e-4 of the exact flow
+    (Rademacher is exact for this diagonal Jacobian; Gaussian is an estimate, compared to the
+    official only); z within 2e-3 relative to its scale of both."""
+    for prefix, probe, bpd, z, nfe in official_bpd_runs(name):
+        np.testing.assert_allclose(bpd, ref(f"{prefix}.{probe}.bpd"), rtol=0, atol=5e-5)
+        scale = np.abs(ref(prefix + ".exact_z")).max()
+        np.testing.assert_allclose(z, ref(f"{prefix}.{probe}.z"), rtol=0, atol=2e-3 * scale)
+        official_nfe = int(REFS[f"{prefix}.{probe}.nfe"])
+        assert 0.75 * official_nfe < int(nfe) < 1.3 * official_nfe, (prefix, nfe, official_nfe)
+        if probe == "Rademacher":
+            np.testing.assert_allclose(bpd, ref(prefix + ".exact_bpd"), rtol=0, atol=1e-4)
+            np.testing.assert_allclose(z, ref(prefix + ".exact_z"), rtol=0, atol=1e-4 * scale)
 
 
 def test_exact_trace_equals_closed_form():

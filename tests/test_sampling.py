@@ -78,6 +78,13 @@ def test_ancestral_sampling_undefined_cases_raise():
     with pytest.raises(ValueError, match="n_steps"):
         sampling.get_pc_sampler(sde_lib.VPSDE(), model, (2, 4, 4, 1), "none", "langevin",
                                 identity, 0.16, n_steps=0)
+    # alpha = 1 - beta_max / N < 0: the official sampler returns NaN; ours says why.
+    for corrector in ("langevin", "ald"):
+        with pytest.raises(ValueError, match=r"needs N > beta_max .* N=10, model.beta_max=20.0"):
+            sampling.get_pc_sampler(sde_lib.subVPSDE(N=10), model, (2, 4, 4, 1), "none",
+                                    corrector, identity, 0.16)
+    sampling.get_pc_sampler(sde_lib.VPSDE(N=21), model, (2, 4, 4, 1), "none", "langevin",
+                            identity, 0.16)
 
 
 def test_shape_mismatch_is_a_clear_error():
@@ -323,13 +330,17 @@ def test_solve_ode_counts_every_evaluation(method, fixed_nfe):
         sampling.solve_ode(lambda t, y: y, jnp.zeros(3), 1.0, 0.0, method="rk4")
 
 
-@pytest.mark.parametrize("case", ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small",
-                                  "ddpmpp_subvp_cont_small", "ddpm_vp_small"])
-def test_model_case_pc_step_matches_official(case):
-    """The corrector then the predictor of the case's official config, with its stored noises."""
+PC_STEP_KEYS = ("pc_corrector_x", "pc_corrector_x_mean", "pc_predictor_x", "pc_predictor_x_mean")
+
+
+def model_case_pc_step(case, params=None):
+    """Our corrector-then-predictor update of reference `case` (its official config, EMA weights
+    and stored noises): the outputs in `PC_STEP_KEYS` order (also used by benchmarks/parity.py)."""
     config, arrays = refcases.case_config(case), refcases.case_arrays(case)
     step = refcases.case_meta(case)["pc_step"]
-    params = convert.load_official_checkpoint(refcases.case_checkpoint(case), config)["ema_params"]
+    if params is None:
+        params = convert.load_official_checkpoint(refcases.case_checkpoint(case),
+                                                  config)["ema_params"]
     sde, _ = sde_lib.get_sde(config)
     model = mutils.create_model(config)
     n_c = step["n_steps_used"] if step["corrector"] != "none" else 0
@@ -347,8 +358,14 @@ def test_model_case_pc_step_matches_official(case):
         return xc + sampling.get_predictor(step["predictor"])(sde, score_fn, xc[0], t,
                                                               z_predictor, False)
 
-    out = pc_step(params, x, jnp.asarray(arrays["pc_t"]), z_corrector, z_predictor)
-    for got, key in zip(out, ("pc_corrector_x", "pc_corrector_x_mean", "pc_predictor_x",
-                              "pc_predictor_x_mean")):
+    return pc_step(params, x, jnp.asarray(arrays["pc_t"]), z_corrector, z_predictor)
+
+
+@pytest.mark.parametrize("case", ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small",
+                                  "ddpmpp_subvp_cont_small", "ddpm_vp_small"])
+def test_model_case_pc_step_matches_official(case):
+    """The corrector then the predictor of the case's official config, with its stored noises."""
+    arrays = refcases.case_arrays(case)
+    for got, key in zip(model_case_pc_step(case), PC_STEP_KEYS):
         want = arrays[key]
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max(), err_msg=key)
