@@ -39,8 +39,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
-        # orbax logs every checkpoint operation at INFO; keep our own progress messages.
-        logging.set_verbosity(logging.WARNING)
+        # orbax logs every checkpoint operation at INFO (and benign notes at WARNING, e.g. on
+        # read-only restores), tfds a note about OpenCV; keep our own progress messages.
+        logging.set_verbosity(logging.ERROR)
         py_logging.getLogger("score_jax").setLevel(py_logging.INFO)
     mode_flags = {"checkpoint": FLAGS.checkpoint} if FLAGS.mode == "convert" else {}
     try:

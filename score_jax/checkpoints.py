@@ -28,8 +28,10 @@ _TREE_ITEMS = ("params", "ema_params", "opt_state")
 
 
 def _manager(directory: str, max_to_keep: int | None, read_only: bool = False):
+    # A reader sets save_interval_steps=0 itself: orbax warns about it otherwise.
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                           read_only=read_only, cleanup_tmp_directories=not read_only)
+                                           read_only=read_only, cleanup_tmp_directories=not read_only,
+                                           **({"save_interval_steps": 0} if read_only else {}))
     return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                  item_handlers=ocp.StandardCheckpointHandler())
 
