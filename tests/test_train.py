@@ -165,7 +165,8 @@ def test_bad_batch_size_and_workdir(tmp_path):
 
 # The digits default shrunk: 8x8x1 DIGITS, a tiny DDPM++.
 SMALL = ["--config.model.nf=16", "--config.model.num_res_blocks=1", "--config.training.batch_size=8",
-         "--config.training.log_freq=1", "--config.training.snapshot_sampling=False"]
+         "--config.training.log_freq=1", "--config.training.snapshot_sampling=False",
+         "--config.training.final_eval=False"]
 
 
 def _main(workdir, *overrides, config="configs/digits.py", env=None, wait=True):
@@ -245,12 +246,13 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
     assert np.mean(losses_[-10:]) < 0.9 * np.mean(losses_[:10])
 
 
-# One step of --mode train for the other two families, on DIGITS (8x8x1) with shrunk networks.
+# One step of --mode train for the other families, on DIGITS (8x8x1) with shrunk networks.
 FAMILY_RUNS = {
     "ddpm": ("configs/vp/ddpm/cifar10.py",
              ["--config.model.nf=32", "--config.model.ch_mult=(1,2)",
               "--config.model.num_res_blocks=1", "--config.model.attn_resolutions=(4,)"]),
     "ncsnv2": ("configs/ve/ncsnv2/cifar10.py", ["--config.model.nf=8"]),
+    "ncsn": ("configs/ve/ncsn/cifar10.py", ["--config.model.nf=8"]),
 }
 
 
