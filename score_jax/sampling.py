@@ -241,15 +241,18 @@ def pc_loop(sde, score_fn, x, step_inputs, draw, *, predictor, corrector, snr, n
 
 def check_pc_args(sde, predictor, corrector, probability_flow, n_steps) -> None:
     """Raises ValueError on unknown predictor/corrector names, ancestral sampling where it is not
-    defined (sub-VP, probability flow), Langevin/ALD on VP/sub-VP with N <= beta_max (negative
-    alpha: NaN samples, also officially), and n_steps that is not a positive integer."""
-    if get_corrector(corrector) in (langevin, ald) and isinstance(sde, sde_lib.VPSDE):
-        if float(sde.alphas.min()) <= 0:
-            # alpha_i = 1 - beta_max / N at the last level; its square root would be NaN.
-            raise ValueError(
-                f"the {corrector!r} corrector on {type(sde).__name__} needs N > beta_max (its step "
-                f"scales with alpha = 1 - beta_i, beta_i up to beta_max / N); got "
-                f"model.num_scales N={sde.N}, model.beta_max={sde.beta_max}")
+    defined (sub-VP, probability flow), Langevin/ALD/ancestral sampling on VP/sub-VP with
+    N <= beta_max (negative alpha_i: all samples NaN, also officially), and n_steps that is not a
+    positive integer."""
+    uses_alphas = {corrector: get_corrector(corrector) in (langevin, ald),
+                   predictor: get_predictor(predictor) is ancestral_sampling}
+    uses_alphas = [name for name, uses in uses_alphas.items() if uses]
+    if uses_alphas and isinstance(sde, sde_lib.VPSDE) and float(sde.alphas.min()) <= 0:
+        # alpha_i = 1 - beta_i reaches 1 - beta_max / N; its square root is NaN.
+        raise ValueError(
+            f"{' and '.join(map(repr, uses_alphas))} on {type(sde).__name__} needs N > beta_max "
+            f"(it takes square roots of alpha_i = 1 - beta_i, beta_i up to beta_max / N); got "
+            f"model.num_scales N={sde.N}, model.beta_max={sde.beta_max}")
     if get_predictor(predictor) is ancestral_sampling:
         _check_ancestral(sde, probability_flow)
     if int(n_steps) != n_steps or n_steps < 1:
