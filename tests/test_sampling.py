@@ -368,7 +368,7 @@ def model_case_pc_step(case, params=None):
 
 
 @pytest.mark.parametrize("case", ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small",
-                                  "ddpmpp_subvp_cont_small", "ddpm_vp_small"])
+                                  "ddpmpp_subvp_cont_small", "ncsnv2_ve_small", "ddpm_vp_small"])
 def test_model_case_pc_step_matches_official(case):
     """The corrector then the predictor of the case's official config, with its stored noises."""
     arrays = refcases.case_arrays(case)
