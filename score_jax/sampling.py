@@ -244,9 +244,9 @@ def check_pc_args(sde, predictor, corrector, probability_flow, n_steps) -> None:
     defined (sub-VP, probability flow), Langevin/ALD/ancestral sampling on VP/sub-VP with
     N <= beta_max (negative alpha_i: all samples NaN, also officially), and n_steps that is not a
     positive integer."""
-    uses_alphas = {corrector: get_corrector(corrector) in (langevin, ald),
-                   predictor: get_predictor(predictor) is ancestral_sampling}
-    uses_alphas = [name for name, uses in uses_alphas.items() if uses]
+    uses_alphas = [name for name, uses in (
+        (corrector, get_corrector(corrector) in (langevin, ald)),
+        (predictor, get_predictor(predictor) is ancestral_sampling)) if uses]
     if uses_alphas and isinstance(sde, sde_lib.VPSDE) and float(sde.alphas.min()) <= 0:
         # alpha_i = 1 - beta_i reaches 1 - beta_max / N; its square root is NaN.
         raise ValueError(

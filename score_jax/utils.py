@@ -42,8 +42,9 @@ def image_grid(images: np.ndarray, pad: int = 1) -> np.ndarray:
 
 
 def save_samples(samples: np.ndarray, path_stem: str) -> None:
-    """`samples` (B, H, W, C) in [0, 1] -> `<stem>.npz` (float32 `samples`) and `<stem>.png`, a
-    grid scaled up (nearest neighbour) to about 512 px on its longer side. Each file is written atomically."""
+    """`samples` (B, H, W, C) in [0, 1] -> `<stem>.npz` (float32 `samples`, clipped to [0, 1]) and
+    `<stem>.png`, a grid scaled up (nearest neighbour) to about 512 px on its longer side. Each file
+    is written atomically."""
     from PIL import Image
 
     samples = np.clip(np.asarray(samples, np.float32), 0.0, 1.0)
