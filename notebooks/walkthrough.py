@@ -109,4 +109,7 @@ if __name__ == "__main__":
     parser.add_argument("--workdir", default="workdir/digits")
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
+    # As main.py: hide orbax's read-only-directory and tfds's OpenCV warnings.
+    from absl import logging
+    logging.set_verbosity(logging.ERROR)
     walkthrough(load_config(args.config), args.workdir, args.batch)
