@@ -138,7 +138,10 @@ class VPSDE(SDE):
 
     @property
     def sqrt_alphas_cumprod(self) -> np.ndarray:
-        return np.sqrt(self.alphas_cumprod)
+        # N <= beta_max makes some alpha_i <= 0: NaN where the product is negative, as official
+        # (the samplers that need these tables refuse such N).
+        with np.errstate(invalid="ignore"):
+            return np.sqrt(self.alphas_cumprod)
 
     @property
     def sqrt_1m_alphas_cumprod(self) -> np.ndarray:
