@@ -17,6 +17,7 @@ MODES = {
     "likelihood": "score_jax.evaluate:likelihood",
     "eval": "score_jax.evaluate:evaluate",
     "train": "score_jax.train:train",
+    "train_classifier": "score_jax.train_classifier:train_classifier",
 }
 
 FLAGS = flags.FLAGS

@@ -23,6 +23,8 @@ bits/dim we report; lr 1e-3 with a short warm-up and EMA 0.995 because the run i
 steps); one snapshot (with its sample grid) at the end and one dequantization of the test split in
 the final evaluation, to stay near ten minutes.
 """
+import ml_collections
+
 from configs.default_cifar10_configs import get_default_configs
 
 
@@ -92,6 +94,24 @@ def get_config():
     optim.lr = 1e-3
     optim.warmup = 100
     optim.grad_clip = 1.
+
+    # The noise-conditional classifier (`--mode train_classifier`, `sampling.class_label`).
+    config.classifier = classifier = ml_collections.ConfigDict()
+    classifier.name = 'wideresnet_noise_conditional'
+    classifier.blocks_per_group = 1  # WRN-10-2
+    classifier.channel_multiplier = 2
+    classifier.num_classes = 10
+    classifier.scale = 1.0  # weight of grad log p(y | x, t) in the conditional score
+    classifier.batch_size = 128
+    classifier.n_iters = 600
+    classifier.lr = 1e-3
+    classifier.warmup = 50
+    classifier.ema_rate = 0.99
+    classifier.log_freq = 50
+    classifier.eval_freq = 100
+    classifier.snapshot_freq = 600
+    classifier.snapshot_freq_for_preemption = 200
+    config.sampling.class_label = -1  # >= 0: sample that class (needs the trained classifier)
 
     config.seed = 0
     return config

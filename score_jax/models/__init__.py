@@ -1,4 +1,4 @@
-"""Score networks and their registry.
+"""Score networks, the noise-conditional classifier, and their registry.
 
 A network module registers itself with `@register_model(name="ncsnpp")`; `get_model(name)` returns
 the class, built as `get_model(name)(config=config)`. The modules are imported lazily here so that
@@ -15,6 +15,7 @@ _FAMILIES = {
     "ncsnv2_128": "score_jax.models.ncsnv2",
     "ncsnv2_256": "score_jax.models.ncsnv2",
     "ncsn": "score_jax.models.ncsn",
+    "wideresnet_noise_conditional": "score_jax.models.wideresnet_noise_conditional",
 }
 
 

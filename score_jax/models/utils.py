@@ -46,3 +46,36 @@ def get_score_fn(sde, model, variables, train: bool = False, continuous: bool = 
         return sde.score_from_output(model_fn(x, sde.network_label(t, continuous)), t, continuous)
 
     return score_fn
+
+
+def create_classifier(config):
+    """The (unbound) noise-conditional classifier of `config.classifier.name`."""
+    return get_model(config.classifier.name)(config=config)
+
+
+def init_classifier(rng, config, batch_size: int = 1):
+    """Initial variables (`{'params': ...}`) of the config's classifier, for NHWC inputs."""
+    shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
+    return create_classifier(config).init(rng, jnp.zeros(shape, jnp.float32),
+                                          jnp.ones((batch_size,), jnp.float32), train=False)
+
+
+def get_logit_fn(sde, classifier, variables):
+    """`logit_fn(x, t) -> (B, num_classes)` logits of the classifier for x (B, H, W, C) at time t
+    (B,); the classifier sees the noise level `sde.sigma(t)` (official: the marginal std)."""
+
+    def logit_fn(x, t):
+        return classifier.apply(variables, x, sde.sigma(t), train=False)
+
+    return logit_fn
+
+
+def get_classifier_grad_fn(logit_fn):
+    """`grad_fn(x, t, labels) -> grad_x log p(labels | x, t)`, shaped like x (official
+    `get_classifier_grad_fn`; each example's log-probability depends on its own x only)."""
+
+    def log_prob(x, t, labels):
+        log_p = jax.nn.log_softmax(logit_fn(x, t), axis=-1)
+        return jnp.take_along_axis(log_p, labels[:, None], axis=-1).sum()
+
+    return jax.grad(log_prob)
