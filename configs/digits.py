@@ -49,6 +49,8 @@ def get_config():
     sampling.method = 'pc'
     sampling.predictor = 'euler_maruyama'
     sampling.corrector = 'none'
+    # --config.sampling.class_label=3: --mode sample draws 3s (needs --mode train_classifier).
+    sampling.class_label = ml_collections.config_dict.placeholder(int)
 
     evaluate = config.eval
     evaluate.batch_size = 100
@@ -111,7 +113,6 @@ def get_config():
     classifier.eval_freq = 100
     classifier.snapshot_freq = 600
     classifier.snapshot_freq_for_preemption = 200
-    config.sampling.class_label = -1  # >= 0: sample that class (needs the trained classifier)
 
     config.seed = 0
     return config

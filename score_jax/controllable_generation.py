@@ -1,5 +1,6 @@
-"""Controllable generation with PC samplers (Song et al. 2021, Sec. 5 and App. I): inpainting and
-colorization, with the official semantics.
+"""Controllable generation with PC samplers (Song et al. 2021, Sec. 5 and App. I): inpainting,
+colorization and class-conditional sampling with a noise-conditional classifier, with the official
+semantics.
 
 After every corrector and every predictor update the known part of x is replaced by a sample of
 its marginal at time t, `mean(t) * known + std(t) * z` (the known pixels for inpainting; the gray
@@ -15,7 +16,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
+from score_jax import parallel
 from score_jax import sampling
 from score_jax.models import utils as mutils
 from score_jax.sde import batch_mul
@@ -43,10 +46,14 @@ def get_mask(images):
     return jnp.concatenate([jnp.ones_like(images[..., :1]), jnp.zeros_like(images[..., 1:])], -1)
 
 
-def _run(sde, model, variables, x, rng, project, predictor, corrector, snr, n_steps,
-         probability_flow, continuous, eps):
+def _score_fn(sde, model, variables, continuous, shape):
     score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
-    sampling.check_model_shape(score_fn, x.shape)
+    sampling.check_model_shape(score_fn, shape)
+    return score_fn
+
+
+def _run(sde, score_fn, x, rng, project, predictor, corrector, snr, n_steps, probability_flow,
+         eps):
     return sampling.pc_loop(
         sde, score_fn, x, jax.random.split(rng, sde.N),
         lambda key: sampling.normal_step_noise(key, x.shape, n_steps), predictor=predictor,
@@ -75,8 +82,9 @@ def get_pc_inpainter(sde, model, predictor, corrector, inverse_scaler, snr, n_st
 
         prior_key, loop_key = jax.random.split(rng)
         x = data * mask + sde.prior_sampling(prior_key, data.shape) * (1.0 - mask)
-        x, x_mean = _run(sde, model, variables, x, loop_key, project, predictor, corrector, snr,
-                         n_steps, probability_flow, continuous, eps)
+        score_fn = _score_fn(sde, model, variables, continuous, x.shape)
+        x, x_mean = _run(sde, score_fn, x, loop_key, project, predictor, corrector, snr, n_steps,
+                         probability_flow, eps)
         return inverse_scaler(x_mean if denoise else x)
 
     return jax.jit(inpainter)
@@ -109,8 +117,72 @@ def get_pc_colorizer(sde, model, predictor, corrector, inverse_scaler, snr, n_st
         # As official: the prior draw is masked in RGB space, then decoupled.
         x = couple(gray_decoupled * mask
                    + decouple(sde.prior_sampling(prior_key, gray.shape) * (1.0 - mask)))
-        x, x_mean = _run(sde, model, variables, x, loop_key, project, predictor, corrector, snr,
-                         n_steps, probability_flow, continuous, eps)
+        score_fn = _score_fn(sde, model, variables, continuous, x.shape)
+        x, x_mean = _run(sde, score_fn, x, loop_key, project, predictor, corrector, snr, n_steps,
+                         probability_flow, eps)
         return inverse_scaler(x_mean if denoise else x)
 
     return jax.jit(colorizer)
+
+
+def get_pc_conditional_sampler(sde, model, classifier, shape, predictor, corrector, inverse_scaler,
+                               snr, n_steps=1, probability_flow=False, continuous=False,
+                               denoise=True, eps=1e-3, scale=1.0,
+                               sharding: NamedSharding | None = None):
+    """A jitted class-conditional PC sampler
+    `(rng, variables, classifier_variables, labels) -> (samples, nfe)`.
+
+    The official formula: every predictor and corrector update uses the conditional score
+    grad log p_t(x | y) = s_theta(x, t) + scale * grad_x log p(y | x, t), the second term the
+    gradient of the noise-conditional `classifier`'s log-softmax at `labels` (int (batch,)), with
+    the classifier fed the noise level `sde.sigma(t)`. Otherwise `sampling.get_pc_sampler` (same
+    arguments, same random draws, same nfe = N (n_steps + 1) counting score evaluations): with
+    `scale=0` it returns the unconditional sampler's samples bit for bit.
+    """
+    shape = tuple(int(s) for s in shape)
+    sampling.check_pc_args(sde, predictor, corrector, probability_flow, n_steps)
+    parallel.check_sharding(shape, sharding)
+
+    def sampler(rng, variables, classifier_variables, labels):
+        labels = jnp.asarray(labels, jnp.int32)
+        if labels.shape != shape[:1]:
+            raise ValueError(f"labels has shape {labels.shape}, the sampler needs one label per "
+                             f"sample: ({shape[0]},)")
+        score_fn = _score_fn(sde, model, variables, continuous, shape)
+        grad_fn = mutils.get_classifier_grad_fn(
+            mutils.get_logit_fn(sde, classifier, classifier_variables))
+
+        def conditional_score_fn(x, t):
+            return score_fn(x, t) + scale * grad_fn(x, t, labels)
+
+        prior_key, loop_key = jax.random.split(rng)
+        x = parallel.constrain(sde.prior_sampling(prior_key, shape), sharding)
+        x, x_mean = _run(sde, conditional_score_fn, x, loop_key, None, predictor, corrector, snr,
+                         n_steps, probability_flow, eps)
+        samples = parallel.constrain(inverse_scaler(x_mean if denoise else x), sharding)
+        return samples, jnp.int32(sde.N * (n_steps + 1))
+
+    return jax.jit(sampler)
+
+
+def get_conditional_sampling_fn(config, sde, model, classifier_variables, shape, inverse_scaler,
+                                eps, sharding: NamedSharding | None = None):
+    """`(rng, variables) -> (samples, nfe)` of class `sampling.class_label` for every sample: the
+    PC sampler of `config.sampling` guided by the classifier `config.classifier` (weight
+    `classifier.scale`). Only PC sampling is conditional: another `sampling.method` raises."""
+    s = config.sampling
+    if str(s.method).lower() != "pc":
+        raise ValueError(f"sampling.method={s.method!r}: class-conditional sampling "
+                         "(sampling.class_label) runs the PC sampler only; set sampling.method=pc")
+    label = int(s.class_label)
+    num_classes = int(config.classifier.num_classes)
+    if not 0 <= label < num_classes:
+        raise ValueError(f"sampling.class_label={label} is outside [0, classifier.num_classes="
+                         f"{num_classes})")
+    sampler = get_pc_conditional_sampler(
+        sde, model, mutils.create_classifier(config), shape, s.predictor, s.corrector,
+        inverse_scaler, s.snr, n_steps=s.n_steps_each, probability_flow=s.probability_flow,
+        continuous=config.training.continuous, denoise=s.noise_removal, eps=eps,
+        scale=float(config.classifier.scale), sharding=sharding)
+    labels = jnp.full(shape[:1], label, jnp.int32)
+    return lambda rng, variables: sampler(rng, variables, classifier_variables, labels)

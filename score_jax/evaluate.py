@@ -55,7 +55,9 @@ def _eval_batch_size(config) -> int:
 
 def sample(config, workdir: str) -> dict:
     """Draws `eval.num_samples` samples in batches of `eval.batch_size` with the config's sampler
-    (`sampling.method`: 'pc' or 'ode').
+    (`sampling.method`: 'pc' or 'ode'); with `sampling.class_label` set, every sample is of that
+    class (PC sampling guided by the classifier of `W/classifier/`, see
+    `controllable_generation.get_conditional_sampling_fn`).
 
     Writes `W/samples/ckpt_<step>/samples_<i>.{npz,png}` (float32 in [0, 1], NHWC; a PNG grid of
     each batch). A batch containing NaN or inf raises FloatingPointError naming how many samples
@@ -65,8 +67,17 @@ def sample(config, workdir: str) -> dict:
     batch = _eval_batch_size(config)
     shape = (batch, config.data.image_size, config.data.image_size, config.data.num_channels)
     inverse_scaler = datasets.get_data_inverse_scaler(config)
-    sampling_fn = sampling.get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
-                                           sharding=NamedSharding(mesh, P("data")))
+    sharding = NamedSharding(mesh, P("data"))
+    if config.sampling.get("class_label") is None:
+        sampling_fn = sampling.get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
+                                               sharding=sharding)
+    else:
+        from score_jax import controllable_generation, train_classifier
+
+        classifier_variables, _ = train_classifier.restore_classifier(
+            config, workdir, sharding=NamedSharding(mesh, P()))
+        sampling_fn = controllable_generation.get_conditional_sampling_fn(
+            config, sde, model, classifier_variables, shape, inverse_scaler, eps, sharding)
     out_dir = os.path.join(workdir, "samples", f"ckpt_{step}")
     n_batches = math.ceil(int(config.eval.num_samples) / batch)
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)

@@ -55,15 +55,6 @@ def _meta(config) -> dict:
             "data.num_channels": int(config.data.num_channels)}
 
 
-def check_label(config, class_label: int) -> int:
-    """`class_label` as an int; ValueError naming `sampling.class_label` unless in [0, classes)."""
-    n = int(config.classifier.num_classes)
-    if int(class_label) != class_label or not 0 <= class_label < n:
-        raise ValueError(f"sampling.class_label={class_label!r} is outside [0, "
-                         f"classifier.num_classes={n})")
-    return int(class_label)
-
-
 def _check_meta(config, directory: str) -> None:
     meta_path = os.path.join(directory, _META)
     if not os.path.exists(meta_path):

@@ -27,11 +27,12 @@ def atomic_path(path: str):
             os.remove(tmp)
 
 
-def image_grid(images: np.ndarray, pad: int = 1) -> np.ndarray:
-    """`images` (B, H, W, C) in [0, 1] -> one uint8 (rows, cols, C) grid, as square as possible."""
+def image_grid(images: np.ndarray, pad: int = 1, cols: int | None = None) -> np.ndarray:
+    """`images` (B, H, W, C) in [0, 1] -> one uint8 (rows, cols, C) grid, row by row, `cols`
+    images wide (default: as square as possible)."""
     images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
     b, h, w, c = images.shape
-    cols = int(np.ceil(np.sqrt(b)))
+    cols = int(np.ceil(np.sqrt(b))) if cols is None else int(cols)
     rows = int(np.ceil(b / cols))
     grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.float32)
     for i in range(b):

@@ -121,27 +121,6 @@ def test_modes_need_a_checkpoint(tmp_path):
         main.run("sample", config, str(tmp_path / "empty"))
 
 
-def test_walkthrough_runs_every_step(tmp_path):
-    """notebooks/walkthrough.py (the README's Python examples) on a randomly initialised network."""
-    spec = importlib.util.spec_from_file_location("walkthrough",
-                                                  os.path.join(ROOT, "notebooks", "walkthrough.py"))
-    walkthrough = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(walkthrough)
-    config = digits_config(tmp_path)
-    # Langevin on VP/sub-VP uses alpha = 1 - beta_i of the N-step discretization: N >= 20 keeps
-    # it positive (beta_max / N < 1), as official.
-    config.model.num_scales = 50
-    workdir = str(tmp_path / "w")
-    write_checkpoint(config, workdir, lambda p: p)
-    out = walkthrough.walkthrough(config, workdir, batch=4)
-    assert out["nfe_pc"] == 100  # N = 50 levels x (predictor + corrector)
-    assert out["nfe_ode"] > 2 and np.isfinite(out["bpd"])
-    assert out["roundtrip"] < 1e-2  # decode(encode(x)) = x up to the ODE tolerance
-    assert out["inpaint_kept"] < 1e-3  # known pixels come back (marginal mean at eps)
-    assert sorted(os.listdir(os.path.join(workdir, "walkthrough"))) == [
-        "inpainted.npz", "inpainted.png", "ode.npz", "ode.png", "pc.npz", "pc.png"]
-
-
 def test_training_ends_with_the_final_eval(tmp_path):
     """`training.final_eval` (the main job's last step): a completed run evaluates its last
     checkpoint, as `--mode eval` does, and returns the numbers prefixed `final_`."""
