@@ -33,8 +33,8 @@ from score_jax import losses
 from score_jax import parallel
 from score_jax import sde as sde_lib
 from score_jax import utils
-from score_jax.train import MetricsLog, _crossed
 from score_jax.models import utils as mutils
+from score_jax.train import MetricsLog, _crossed
 
 CLASSIFIER_DIR = "classifier"
 _META = "classifier.json"
@@ -51,7 +51,8 @@ def _meta(config) -> dict:
     c = config.classifier
     return {"classifier.name": c.name, "classifier.blocks_per_group": int(c.blocks_per_group),
             "classifier.channel_multiplier": int(c.channel_multiplier),
-            "classifier.num_classes": int(c.num_classes), "data.image_size": int(config.data.image_size),
+            "classifier.num_classes": int(c.num_classes),
+            "data.image_size": int(config.data.image_size),
             "data.num_channels": int(config.data.num_channels)}
 
 
@@ -82,7 +83,7 @@ def restore_classifier(config, workdir: str, sharding=None):
 
 
 def _optimizer_config(config) -> ml_collections.ConfigDict:
-    """`config` with `optim.lr` / `optim.warmup` taken from `classifier.lr` / `classifier.warmup`."""
+    """`config` with `optim.lr`, `optim.warmup` taken from `classifier.lr`, `classifier.warmup`."""
     cfg = config.copy_and_resolve_references()
     with cfg.unlocked():
         cfg.optim.lr = float(config.classifier.lr)
