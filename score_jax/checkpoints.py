@@ -5,7 +5,7 @@
 
 Each step directory holds one orbax `StandardSave` item, the pytree
 `{'params', 'ema_params', 'opt_state', 'step' (int), 'rng' (uint32 (2,))}`. The converter of
-official weights (`score_jax.convert.save_converted`) writes the same layout without `opt_state`
+official weights (`save_converted`) writes the same layout without `opt_state`
 and `rng` under `W/checkpoints/`, so `restore_for_sampling` serves both, and training can start
 from converted weights (with a fresh optimizer state).
 
@@ -16,6 +16,8 @@ only once every item is committed; a process killed during a save leaves the tem
 from __future__ import annotations
 
 import os
+import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -116,3 +118,33 @@ def restore_for_sampling(workdir: str, step: int | None = None, sharding=None):
     target = _abstract(manager.item_metadata(found), sharding)
     restored = manager.restore(found, args=ocp.args.StandardRestore(target))
     return restored["ema_params"], found
+
+
+def save_converted(workdir, state: dict) -> pathlib.Path:
+    """Writes `state` as an orbax checkpoint under `workdir/checkpoints/<step>`; returns that dir.
+
+    Layout (what training and sampling restore): a `CheckpointManager` on `workdir/checkpoints`,
+    one `StandardSave` item, the pytree `{'params': tree, 'ema_params': tree, 'step': int}` at
+    step `state['step']`, restorable with `mngr.restore(step)` or
+    `mngr.restore(step, args=ocp.args.StandardRestore(abstract_tree))`. Directories this call
+    created are removed again if writing fails.
+    """
+    ckpt_dir = pathlib.Path(os.path.abspath(workdir)) / "checkpoints"
+    created = ckpt_dir
+    while not created.parent.exists():
+        created = created.parent
+    created = created if not created.exists() else None
+    item = {"params": state["params"], "ema_params": state["ema_params"],
+            "step": int(state["step"])}
+    try:
+        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True)
+        with ocp.CheckpointManager(ckpt_dir, options=options) as mngr:
+            if item["step"] in mngr.all_steps():
+                raise ValueError(f"{ckpt_dir} already holds a checkpoint at step {item['step']}")
+            mngr.save(item["step"], args=ocp.args.StandardSave(item))
+            mngr.wait_until_finished()
+    except BaseException:
+        if created is not None and created.exists():
+            shutil.rmtree(created)
+        raise
+    return ckpt_dir / str(item["step"])

@@ -161,7 +161,9 @@ def get_dataset(config, split: str = "train", *, evaluation: bool = False,
     if evaluation:  # Every host gets the same number of full batches.
         ds = ds[:len(ds) // global_batch * global_batch]
     ds = ds.random_map(transform, seed=noise_seed)
-    ds = ds[shard_index::shard_count].batch(batch_size, drop_remainder=True)[start_step:]
+    # Host h reads rows [h B, (h + 1) B) of every global batch: the global batch, in order, is the
+    # one a single process reads, so per-position draws (the loss's noise) match for any layout.
+    ds = ds.batch(batch_size, drop_remainder=True)[shard_index::shard_count][start_step:]
     if additional_dim is not None:
         ds = ds.batch(additional_dim, drop_remainder=True)
     threads = min(8, os.cpu_count() or 1)

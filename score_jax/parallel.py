@@ -76,9 +76,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def _start(what: str, timeout_s: int, **kwargs) -> None:
-    if os.environ.get("JAX_PLATFORMS", "").lower() == "cpu":
-        # CPU processes exchange collectives through gloo (XLA:CPU has no default for that).
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU devices of different processes exchange collectives through gloo (XLA:CPU has no
+    # default for that; accelerators are unaffected).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(initialization_timeout=int(timeout_s), **kwargs)
     except Exception as e:  # jax raises XlaRuntimeError/ValueError with a long gRPC status

@@ -17,7 +17,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import main
-from score_jax import convert
+from score_jax import checkpoints as ckpt_lib
 from score_jax import datasets
 from score_jax import digits
 from score_jax import sampling
@@ -44,7 +44,7 @@ def write_checkpoint(config, workdir, params_fn, step=7):
     """A converted-style checkpoint (`params`, `ema_params`, `step`) with `params_fn(init)`."""
     variables = mutils.init_model(jax.random.PRNGKey(0), config)
     params = jax.tree.map(params_fn, variables["params"])
-    convert.save_converted(workdir, {"params": params, "ema_params": params, "step": step})
+    ckpt_lib.save_converted(workdir, {"params": params, "ema_params": params, "step": step})
     return params
 
 

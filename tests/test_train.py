@@ -283,7 +283,7 @@ def test_training_starts_from_converted_official_weights(tmp_path):
     case = "ddpm_vp_small"
     config = refcases.case_config(case)
     official = convert.load_official_checkpoint(str(refcases.case_checkpoint(case)), config)
-    convert.save_converted(str(tmp_path), official)
+    ckpt_lib.save_converted(str(tmp_path), official)
     mesh = parallel.make_mesh()
     ck = ckpt_lib.Checkpointer(str(tmp_path))
     state = ck.restore(train.create_train_state(config, mesh))
