@@ -39,7 +39,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from score_jax import likelihood, sampling, sde as sde_lib  # noqa: E402
+from score_jax import likelihood, ode, sampling, sde as sde_lib  # noqa: E402
 from score_jax.models import utils as mutils  # noqa: E402
 
 
@@ -116,7 +116,7 @@ def main():
         return mutils.get_score_fn(sde, model, v, continuous=True)(x, t)
 
     def jvp(v, x, t):
-        drift = sampling.probability_flow_drift(sde, mutils.get_score_fn(sde, model, v,
+        drift = ode.probability_flow_drift(sde, mutils.get_score_fn(sde, model, v,
                                                                          continuous=True))
         return likelihood.hutchinson_divergence(lambda y: drift(t[0], y), x, x)
 

@@ -21,6 +21,7 @@ from score_jax import checkpoints as ckpt_lib
 from score_jax import datasets
 from score_jax import likelihood as likelihood_lib
 from score_jax import losses
+from score_jax import train_state
 from score_jax import parallel
 from score_jax import sampling
 from score_jax import sde as sde_lib
@@ -128,7 +129,7 @@ def _eval_loss(config, sde, model, variables, mesh) -> dict:
     t = config.training
     eval_fn = losses.get_step_fn(sde, model, train=False, reduce_mean=t.reduce_mean,
                                  continuous=t.continuous, likelihood_weighting=t.likelihood_weighting)
-    state = losses.TrainState(step=0, params=None, ema_params=variables["params"], opt_state=None,
+    state = train_state.TrainState(step=0, params=None, ema_params=variables["params"], opt_state=None,
                               rng=None)
     eval_step = jax.jit(lambda x, rng: eval_fn(state, x, rng))
     scaler = datasets.get_data_scaler(config)

@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
 from score_jax import losses
+from score_jax import train_state
 from score_jax import parallel
 from score_jax import sde as sde_lib
 from score_jax import utils
@@ -44,7 +45,7 @@ def create_train_state(config, mesh):
     if extra:
         raise ValueError(f"model {config.model.name!r} has variable collections {sorted(extra)} "
                          "besides 'params'; training supports parameters only")
-    state = losses.TrainState.create(variables["params"], losses.get_optimizer(config), state_rng)
+    state = train_state.TrainState.create(variables["params"], train_state.get_optimizer(config), state_rng)
     return jax.device_put(state, NamedSharding(mesh, P()))
 
 
@@ -59,9 +60,9 @@ def get_train_fns(config, model, mesh, use_scan: bool | None = None):
     t = config.training
     kwargs = dict(reduce_mean=t.reduce_mean, continuous=t.continuous,
                   likelihood_weighting=t.likelihood_weighting)
-    step_fn = losses.get_step_fn(sde, model, train=True, optimize_fn=losses.get_optimizer(config),
+    step_fn = losses.get_step_fn(sde, model, train=True, optimize_fn=train_state.get_optimizer(config),
                                  ema_rate=config.model.ema_rate,
-                                 lr_fn=losses.learning_rate_fn(config), **kwargs)
+                                 lr_fn=train_state.learning_rate_fn(config), **kwargs)
     eval_fn = losses.get_step_fn(sde, model, train=False, **kwargs)
 
     if use_scan is None:
