@@ -44,6 +44,8 @@ def _restore(config, workdir):
 
 
 def _write_json(path: str, payload: dict) -> None:
+    if not parallel.is_main_process():
+        return
     with utils.atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(payload, f, indent=1)
 
@@ -74,9 +76,10 @@ def sample(config, workdir: str) -> dict:
     nfe = None
     for i in tqdm.trange(n_batches, desc=f"sampling ({config.sampling.method})", unit="batch"):
         samples, nfe = sampling_fn(jax.random.fold_in(rng, i), variables)
-        samples = jax.device_get(samples)
+        samples = parallel.to_host(samples)
         sampling.check_finite(samples)
-        utils.save_samples(samples, os.path.join(out_dir, f"samples_{i}"))
+        if parallel.is_main_process():
+            utils.save_samples(samples, os.path.join(out_dir, f"samples_{i}"))
     result = {"step": step, "num_samples": n_batches * batch, "nfe": int(nfe), "dir": out_dir}
     log.info("wrote %d samples (NFE %d per batch) to %s", result["num_samples"], nfe, out_dir)
     print(json.dumps(result))
@@ -111,7 +114,7 @@ def _bpd(config, sde, model, variables, mesh) -> dict:
             x = jax.make_array_from_process_local_data(data_sharding, scaler(batch["image"]))
             bpd, _, nfe = likelihood_fn(jax.random.fold_in(rng, repeat * 1_000_003 + i),
                                         variables, x)
-            bpds.append(np.asarray(jax.device_get(bpd)))
+            bpds.append(parallel.to_host(bpd))
             nfes.append(int(nfe))
     if not bpds:
         raise ValueError(f"eval.bpd_dataset={config.eval.bpd_dataset!r} gave no full batch of "

@@ -117,6 +117,20 @@ def global_batch(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, local)
 
 
+def to_host(x) -> np.ndarray:
+    """The whole (possibly multi-process) array `x` as numpy on every process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def is_main_process() -> bool:
+    """Process 0 writes the outputs of a multi-process run."""
+    return jax.process_index() == 0
+
+
 def check_sharding(shape, sharding: NamedSharding | None) -> None:
     """Raises ValueError unless the leading axis of `shape` divides over `sharding`'s devices."""
     if sharding is None:

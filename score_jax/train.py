@@ -265,6 +265,6 @@ def _get_snapshot_sampler(config, model, inverse_scaler):
 
     def sample(rng, state):
         samples, _ = sampling_fn(rng, {"params": state.ema_params})
-        return jax.device_get(samples)
+        return parallel.to_host(samples)
 
     return sample
