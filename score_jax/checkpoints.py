@@ -63,40 +63,47 @@ class Checkpointer:
         self.workdir = workdir
         self.snapshots = _manager(os.path.join(workdir, SNAPSHOT_DIR), max_to_keep=None)
         self.preemption = _manager(os.path.join(workdir, PREEMPTION_DIR), max_to_keep=1)
-        self._pending = []  # (step, folder) of saves not yet known to be committed
+        self._last_save = {}  # folder -> step of its latest save (orbax runs one at a time)
         self._reported = False  # a failed save was raised already
 
     def save(self, state, preemption: bool) -> None:
-        """Starts an (asynchronous) save of `state` at `state.step`; returns once the arrays are
-        copied off the devices, so the caller may donate `state` afterwards. Raises
-        `CheckpointWriteError` if an earlier save failed."""
-        self.check()
+        """Starts an (asynchronous) save of `state` at `state.step` once the previous save is
+        committed; returns once the arrays are copied off the devices, so the caller may donate
+        `state` afterwards. Raises `CheckpointWriteError` if the previous save failed: a failed
+        save stops the run at the next save at the latest."""
+        self.wait()
         manager = self.preemption if preemption else self.snapshots
         step = int(state.step)
         if step in manager.all_steps():
             return
         item = {k: getattr(state, k) for k in _TREE_ITEMS}
         item.update(step=step, rng=state.rng)
-        self._pending.append((step, str(manager.directory)))
+        self._last_save[str(manager.directory)] = step
         try:
             manager.save(step, args=ocp.args.StandardSave(item))
         except Exception as e:  # noqa: BLE001 - a synchronous failure (folder creation, metadata)
             self._failed(e)
 
     def check(self) -> None:
-        """Raises `CheckpointWriteError` (after removing its temporary folder) if a save failed;
-        does not wait for saves in flight."""
-        try:
-            self.snapshots.check_for_errors()
-            self.preemption.check_for_errors()
-        except Exception as e:  # noqa: BLE001 - orbax re-raises the writer thread's error
-            self._failed(e)
+        """Raises `CheckpointWriteError` if a save has failed; does not wait for one in flight."""
+        for manager in (self.snapshots, self.preemption):
+            if not manager.is_saving_in_progress():
+                try:
+                    manager.wait_until_finished()  # returns at once; raises the save's error
+                except Exception as e:  # noqa: BLE001 - orbax re-raises the writer's error
+                    self._failed(e)
 
     def _failed(self, error: Exception) -> None:
         self._reported = True
-        for directory in (self.snapshots.directory, self.preemption.directory):
-            _remove_tmp_folders(str(directory))
-        where = ", ".join(f"step {s} in {d}" for s, d in self._pending) or self.workdir
+        failed = [(d, s) for d, s in self._last_save.items()
+                  if not os.path.isdir(os.path.join(d, str(s)))]
+        for manager in (self.snapshots, self.preemption):
+            try:
+                manager.wait_until_finished()
+            except Exception:  # noqa: BLE001 - the error reported below, or its echo
+                pass
+            _remove_tmp_folders(str(manager.directory))
+        where = ", ".join(f"step {s} in {d}" for d, s in failed) or self.workdir
         raise CheckpointWriteError(f"writing the checkpoint ({where}) failed; the earlier "
                                    f"checkpoints are intact. Cause: {_cause(error)}") from error
 
@@ -122,13 +129,11 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until pending saves are committed; raises `CheckpointWriteError` if one failed."""
-        try:
-            self.snapshots.wait_until_finished()
-            self.preemption.wait_until_finished()
-        except Exception as e:  # noqa: BLE001
-            self._failed(e)
-        self.check()
-        self._pending = []
+        for manager in (self.snapshots, self.preemption):
+            try:
+                manager.wait_until_finished()
+            except Exception as e:  # noqa: BLE001
+                self._failed(e)
 
     def close(self) -> None:
         """Waits for pending saves and releases orbax's threads; raises `CheckpointWriteError`
