@@ -12,7 +12,8 @@ from converted weights (with a fresh optimizer state).
 Atomicity: orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>`
 only once every item is committed; a process killed during a save leaves the temporary folder
 (ignored, deleted on the next start) and the previous checkpoints intact. A save that fails (disk
-full) raises `CheckpointWriteError` at the next `check()` and its temporary folder is removed.
+full) raises `CheckpointWriteError` at the next `check()` or save, and its temporary folder is
+removed.
 
 Restoring validates: a checkpoint that cannot be read (missing files, a stray empty `<step>`
 folder, truncated arrays) or holds NaN/inf is skipped, with a warning naming the step and why, and
@@ -118,7 +119,8 @@ class Checkpointer:
             return {k: _abstract(getattr(template, k), sharding)
                     for k in _TREE_ITEMS + ("rng",) if k in meta}
 
-        found = _newest_intact(_candidates(self.workdir), target, set_aside=True)
+        found = _newest_intact(_candidates(self.workdir), target,
+                               set_aside=jax.process_index() == 0)
         self.snapshots.reload()
         self.preemption.reload()
         if found is None:

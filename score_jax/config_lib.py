@@ -60,8 +60,6 @@ def check_key(config, key: str) -> None:
         seen.append(part)
 
 
-# --------------------------------------------------------------------------- validation
-
 def _int(lo, hi=None):
     def check(v):
         return isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
@@ -174,8 +172,6 @@ def validate(config) -> None:
 
         sde_lib.get_sde(config)  # names training.sde when it is unknown
 
-
-# ------------------------------------------------------------------- the workdir's record
 
 def defining_keys(config) -> dict:
     """{dotted key: value} of the keys that define the network and the SDE: `model.*` (but the EMA

@@ -280,9 +280,8 @@ def _train(config, workdir: str, stop: list) -> dict:
                     raise FloatingPointError(
                         f"{what}; the update was not applied and nothing after it is saved. Last "
                         "finite checkpoint (checked): "
-                        f"{f'step {good}' if good is not None else 'none'} in {workdir}. Lower "
-                        "optim.lr, or set training.skip_nonfinite=True to skip such batches")
-                skipped += 1
+                        f"{f'step {good} in {workdir}' if good is not None else 'none yet'}. "
+                        "Lower optim.lr, or set training.skip_nonfinite=True to skip such batches")
                 logging.getLogger(__name__).warning("%s; update skipped "
                                                     "(training.skip_nonfinite)", what)
             before, step = step, step + n_jit
@@ -291,6 +290,7 @@ def _train(config, workdir: str, stop: list) -> dict:
             rate = (step - tick_step) / max(now - tick, 1e-9)
             for i in range(n_jit):
                 s = before + i
+                skipped += int(not metrics.finite[i])
                 if s % t.log_freq == 0:
                     last = {"step": s, "loss": _json_number(metrics.loss[i]),
                             "lr": _json_number(metrics.lr[i]),

@@ -73,7 +73,7 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(x, y)
 
 
-# 1 ------------------------------------------------------------------------ non-finite updates
+# 1. Non-finite updates.
 
 def test_nonfinite_update_is_not_applied_and_a_finite_checkpoint_is_named(tmp_path):
     w = str(tmp_path)
@@ -102,7 +102,7 @@ def test_nonfinite_update_is_not_applied_and_a_finite_checkpoint_is_named(tmp_pa
     assert rows[2]["lr"] is None  # inf is written as null: the file stays JSON
 
 
-# 2 ---------------------------------------------------------------- a checkpoint cannot be written
+# 2. A checkpoint cannot be written.
 
 def test_failed_checkpoint_write_stops_at_once_and_keeps_the_earlier_ones(tmp_path):
     w = str(tmp_path)
@@ -130,7 +130,7 @@ def test_failed_checkpoint_write_stops_at_once_and_keeps_the_earlier_ones(tmp_pa
     _assert_same(_ema(w, step=2)[0], kept)
 
 
-# 3 ------------------------------------------------------------------------ concurrent runs
+# 3. Concurrent runs.
 
 def test_second_trainer_is_refused_and_a_stale_lock_is_taken_over(tmp_path, caplog):
     w = str(tmp_path)
@@ -177,7 +177,7 @@ def test_sampling_passes_over_a_checkpoint_deleted_while_it_is_read(tmp_path, mo
     assert step == 2
 
 
-# 4 ------------------------------------------------------------------------ damaged checkpoints
+# 4. Damaged checkpoints.
 
 def test_damaged_newest_checkpoints_are_skipped_and_named(tmp_path, caplog):
     w = str(tmp_path)
@@ -225,7 +225,7 @@ def test_damaged_newest_checkpoints_are_skipped_and_named(tmp_path, caplog):
         ckpt_lib.Checkpointer(str(tmp_path / "nan_opt")).restore(state)
 
 
-# 5 -------------------------------------------------------------------------------- SIGTERM
+# 5. SIGTERM.
 
 def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_bit_identical(tmp_path):
     n = 300
@@ -268,7 +268,7 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_bit_identical(tmp_pa
     _assert_same(_ema(stopped)[0], _ema(ref)[0])
 
 
-# 6 ----------------------------------------------------------------------------- config drift
+# 6. Config drift.
 
 def test_changed_model_or_sde_is_refused_naming_each_key(tmp_path):
     w = str(tmp_path)
@@ -296,7 +296,7 @@ def test_changed_model_or_sde_is_refused_naming_each_key(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["training"]["sde"] == "subvpsde"
 
 
-# 7 ------------------------------------------------------------------------- read-only workdir
+# 7. Read-only workdir.
 
 def test_read_only_workdir_is_refused_before_any_work(tmp_path, monkeypatch):
     w = tmp_path / "w"
@@ -318,7 +318,7 @@ def test_read_only_workdir_is_refused_before_any_work(tmp_path, monkeypatch):
     assert sorted(str(p) for p in w.rglob("*")) == sorted(before)
 
 
-# 8 ------------------------------------------------------------------------- config validation
+# 8. Config validation.
 
 @pytest.mark.parametrize("key,value,valid", [
     ("training.n_iters", 0, "an integer >= 1"),
@@ -355,7 +355,7 @@ def test_unknown_config_key_is_named(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-# 9 ---------------------------------------------------------------- concurrent dataset preparation
+# 9. Concurrent dataset preparation.
 
 def test_concurrent_first_use_of_digits_prepares_it_once(tmp_path, monkeypatch):
     """Two preparations of one fresh data dir that overlap (as two hosts on a shared filesystem
