@@ -33,6 +33,7 @@ def get_default_configs():
     training.continuous = True
     training.n_jitted_steps = 5  # official JAX default; log_freq must be a multiple of it
     training.reduce_mean = False
+    training.skip_nonfinite = False  # ours: skip a non-finite update instead of stopping
 
     # sampling
     config.sampling = sampling = ml_collections.ConfigDict()
@@ -84,5 +85,6 @@ def get_default_configs():
     optim.grad_clip = 1.
 
     config.seed = 42
+    config.allow_config_change = False  # ours: resume/sample with a changed model or SDE
 
     return config

@@ -151,6 +151,7 @@ class StepMetrics(NamedTuple):
     loss: jax.Array
     grad_norm: jax.Array
     lr: jax.Array
+    finite: jax.Array  # bool: the loss, gradients and updated parameters were finite (applied)
 
 
 def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformation | None = None,
@@ -161,7 +162,9 @@ def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformati
 
     Train: `step_fn(state, x) -> (new_state, StepMetrics)`: the gradient of the loss with the
     step's randomness `fold_in(state.rng, state.step)` (dropout on), the `optimize_fn` update,
-    step + 1, and the EMA update with the new parameters. Eval: `step_fn(state, x, rng) -> loss` of
+    step + 1, and the EMA update with the new parameters. When the loss, the gradients or the
+    updated parameters are not finite, the update is not applied (parameters, EMA and optimizer
+    state stay, step + 1) and `StepMetrics.finite` is False. Eval: `step_fn(state, x, rng) -> loss` of
     the EMA parameters in eval mode (no dropout), its draws from `rng`.
     `x` is (B, H, W, C) scaled data. Pure and traceable: jit it, scan it, shard its batch.
     """
@@ -185,9 +188,17 @@ def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformati
         step = state.step + 1
         decay = ema_decay(ema_rate, step)
         ema_params = jax.tree.map(lambda e, p: e - (1.0 - decay) * (e - p), state.ema_params, params)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.all(jnp.stack(
+            [jnp.isfinite(p).all() for p in jax.tree.leaves((params, ema_params))]))
+        # A non-finite update is dropped here, on device: the caller reads `finite` with the
+        # metrics it fetches anyway.
+        params, ema_params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), (params, ema_params, opt_state),
+            (state.params, state.ema_params, state.opt_state))
         lr = lr_fn(state.step) if lr_fn is not None else jnp.full((), jnp.nan)
         new_state = state.replace(params=params, ema_params=ema_params, opt_state=opt_state,
                                   step=step)
-        return new_state, StepMetrics(loss=loss, grad_norm=optax.tree.norm(grads), lr=lr)
+        return new_state, StepMetrics(loss=loss, grad_norm=grad_norm, lr=lr, finite=finite)
 
     return train_step

@@ -18,6 +18,7 @@ from sklearn.datasets import load_digits
 
 import main
 from score_jax import checkpoints as ckpt_lib
+from score_jax import config_lib
 from score_jax import datasets
 from score_jax import digits
 from score_jax import sampling
@@ -28,11 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def digits_config(tmp_path, **eval_overrides):
-    spec = importlib.util.spec_from_file_location("digits_cfg", os.path.join(ROOT, "configs",
-                                                                             "digits.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "digits.py"))
     config.data.data_dir = str(tmp_path / "tfds")
     config.model.num_scales = 10  # a 10-step sampler keeps the test fast
     config.eval.update({"batch_size": 150, "num_samples": 150, "bpd_num_repeats": 1,
