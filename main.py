@@ -15,6 +15,7 @@ MODES = {
     "sample": "score_jax.evaluate:sample",
     "likelihood": "score_jax.evaluate:likelihood",
     "eval": "score_jax.evaluate:evaluate",
+    "fid_stats": "score_jax.evaluate:fid_stats",
     "train": "score_jax.train:train",
 }
 

@@ -63,14 +63,14 @@ def get_inception_fn(weights: str | None = None, batch_size: int = 100):
 
     `images`: uint8 (B, H, W, 3), or (B, H, W, 1) repeated to 3 channels, any B; preprocessed
     by `preprocess`. `weights`: see `score_jax.inception.load_params` (None: the default, which
-    has no classifier, so `logits` is None). The network runs jitted in chunks of `batch_size`
-    images (rounded up to a multiple of the device count; the last chunk padded), sharded over
-    all devices, parameters replicated. Raises ValueError for other dtypes or channel counts.
+    has no classifier, so `logits` is None). The network runs jitted in chunks of at most
+    `batch_size` images (rounded up to a multiple of the device count; the last chunk padded),
+    sharded over all devices, parameters replicated. Raises ValueError for other dtypes or
+    channel counts.
     """
     flat, has_logits = inception.load_params(weights)
     mesh = train_lib.make_mesh()
     n_dev = jax.device_count()
-    chunk = -(-batch_size // n_dev) * n_dev
     params = jax.device_put(inception.unflatten(flat), NamedSharding(mesh, P()))
     model = inception.InceptionV3(logits=has_logits)
     sharding = NamedSharding(mesh, P("data"))
@@ -79,6 +79,7 @@ def get_inception_fn(weights: str | None = None, batch_size: int = 100):
     def inception_fn(images) -> dict:
         images = np.asarray(images)
         check_images(images)
+        chunk = -(-min(batch_size, max(len(images), 1)) // n_dev) * n_dev
         outs = []
         for start in range(0, len(images), chunk):
             part = images[start:start + chunk]

@@ -295,7 +295,8 @@ def train(config, workdir: str) -> dict:
         # The run is complete: evaluate its last checkpoint as `--mode eval` would.
         from score_jax import evaluate
 
-        last = {**last, **{f"final_{k}": v for k, v in evaluate.evaluate(config, workdir).items()}}
+        final = evaluate.evaluate(config, workdir, step)
+        last = {**last, **{f"final_{k}": v for k, v in final.items()}}
     return last
 
 
