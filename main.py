@@ -17,6 +17,7 @@ MODES = {
     "likelihood": "score_jax.evaluate:likelihood",
     "eval": "score_jax.evaluate:evaluate",
     "train": "score_jax.train:train",
+    "nfe_sweep": "score_jax.sweep:nfe_sweep",
 }
 
 FLAGS = flags.FLAGS
