@@ -425,6 +425,7 @@ def get_solver_sampler(sde, model, shape, inverse_scaler, method, nfe=20, time_g
     def sampler(rng, variables, z=None):
         score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
         check_model_shape(score_fn, shape)
+        score_fn = _dtype_stable(score_fn, jnp.float32)
         prior_key, noise_key = jax.random.split(rng)
         if z is None:
             x = sde.prior_sampling(prior_key, shape)

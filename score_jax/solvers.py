@@ -57,7 +57,7 @@ class Table(NamedTuple):
 
 
 class _Schedule:
-    """alpha, sigma, lambda of an SDE and the inverse of lambda, as float64 host scalars."""
+    """alpha, sigma, lambda of an SDE and the inverse of lambda, as float64 numpy arrays."""
 
     def __init__(self, sde):
         self.sde = sde
@@ -301,6 +301,10 @@ def table(sde, method: str, nfe: int, eps: float, *, time_grid_kind: str | None 
     if eps <= 0 or eps >= sde.T:
         raise ValueError(f"the sampling end time eps={eps} must lie in (0, T={sde.T}) (sigma_eps "
                          "> 0: the solvers step in lambda = log(alpha/sigma))")
+    ends = _Schedule(sde).lam(np.array([sde.T, eps]))
+    if not np.all(np.isfinite(ends)):
+        raise ValueError(f"sampling.method={method!r} needs alpha_t > 0 and sigma_t > 0 on "
+                         f"[eps, T]; {type(sde).__name__} has lambda = {ends} at T and eps={eps}")
     kind = time_grid_kind or ("karras" if method == "edm_heun" else "logsnr")
     budget = nfe - int(denoise)
     steps = (budget + 1) // 2 if method == "edm_heun" else budget

@@ -290,6 +290,8 @@ def test_bad_input_names_the_key():
             solvers.table(sde, eps=1e-3, **kwargs)
     with pytest.raises(ValueError, match="eps=0.0 must lie in"):
         solvers.table(sde, "ddim", 5, 0.0)
+    with pytest.raises(ValueError, match="'unipc' needs alpha_t > 0 and sigma_t > 0"):
+        solvers.table(sde_lib.VPSDE(beta_min=0.0, beta_max=0.0), "unipc", 5, 1e-3)
 
 
 def test_config_sampler_is_sharded_exact_and_counts_evaluations():
