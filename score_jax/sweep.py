@@ -40,7 +40,7 @@ from score_jax.models import utils as mutils
 
 log = logging.getLogger(__name__)
 
-METRICS = ("rms_error", "max_error", "wall_s", "fid", "kid")
+METRICS = ("rms_error", "max_error", "wall_s", "fid", "kid", "kid_std")
 _OVERRIDES = {"order": int, "variant": str, "time_grid": str, "rtol": float, "atol": float}
 
 
@@ -73,8 +73,10 @@ def _points(config):
 
 
 def quality_fn(config):
-    """`fn(samples in [0, 1]) -> {'fid', 'kid'}` against `eval.fid_stats_file`, or None when
-    `sweep.fid` is off or `score_jax.metrics` (the Inception network) is not installed."""
+    """`fn(samples in [0, 1]) -> {'fid', 'kid', 'kid_std'}` against `eval.fid_stats_file`, or None
+    when `sweep.fid` is off or `score_jax.metrics` (the Inception network) is not installed.
+    Inception weights: `eval.inception_weights` (None: metrics' default); KID over
+    `eval.kid_subsets` subsets of `eval.kid_subset_size` (100 and 1000 by default)."""
     if not config.sweep.fid or importlib.util.find_spec("score_jax.metrics") is None:
         return None
     stats_file = config.eval.get("fid_stats_file")
@@ -83,16 +85,18 @@ def quality_fn(config):
         return None
     from score_jax import metrics
 
-    reference = metrics.load_stats(stats_file)
-    inception = metrics.get_inception_fn(batch_size=int(config.eval.batch_size))
+    reference = metrics.load_stats(os.path.expanduser(stats_file))
+    inception = metrics.get_inception_fn(config.eval.get("inception_weights") or None,
+                                         batch_size=int(config.eval.batch_size))
 
     def fn(samples):
         pool = inception(metrics.samples_to_uint8(samples))["pool_3"]
-        mu, sigma = metrics.feature_stats(pool)
-        kid = metrics.kernel_inception_distance(
-            pool, reference["pool_3"], subset_size=min(1000, len(pool), len(reference["pool_3"])))
-        return {"fid": metrics.frechet_distance(mu, sigma, reference["mu"], reference["sigma"]),
-                "kid": float(kid[0])}
+        kid, kid_std = metrics.kernel_inception_distance(
+            pool, reference["pool_3"], int(config.eval.get("kid_subsets", 100)),
+            int(config.eval.get("kid_subset_size", 1000)), seed=int(config.seed))
+        fid = metrics.frechet_distance(*metrics.feature_stats(pool), reference["mu"],
+                                       reference["sigma"])
+        return {"fid": float(fid), "kid": float(kid), "kid_std": float(kid_std)}
 
     return fn
 
