@@ -215,6 +215,9 @@ def write_table(rows: list[dict], out_dir: str) -> None:
             pts = sorted((r["nfe"], r[metric]) for r in rows if r["method"] == method)
             ax.plot(*zip(*pts), marker="o", label=method)
         ax.set_xscale("log")
+        nfes = sorted({r["nfe"] for r in rows})
+        ax.minorticks_off()
+        ax.set_xticks(nfes, [str(n) for n in nfes])
         if metric.endswith("error"):
             ax.set_yscale("log")
         ax.set_xlabel("NFE")
