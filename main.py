@@ -19,6 +19,7 @@ MODES = {
     "eval": "score_jax.evaluate:evaluate",
     "fid_stats": "score_jax.evaluate:fid_stats",
     "train": "score_jax.train:train",
+    "nfe_sweep": "score_jax.sweep:nfe_sweep",
 }
 
 FLAGS = flags.FLAGS

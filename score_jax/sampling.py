@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding
 from score_jax import ode
 from score_jax import parallel
 from score_jax import sde as sde_lib
+from score_jax import solvers
 from score_jax.models import utils as mutils
 from score_jax.sde import batch_mul
 
@@ -327,14 +328,56 @@ def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5,
     return jax.jit(sampler)
 
 
+def get_solver_sampler(sde, model, shape, inverse_scaler, method, nfe=20, time_grid=None,
+                       order=3, variant="bh2", rtol=0.05, atol=0.0078, denoise=False, eps=1e-3,
+                       continuous=True, sharding: NamedSharding | None = None):
+    """A jitted few-step sampler `(rng, variables, z=None) -> (samples, nfe)` of `score_jax.solvers`.
+
+    ODE methods ('ddim', 'dpm_solver', 'dpm_solver++', 'unipc', 'edm_heun') map x_T = `z` (or a
+    prior draw from `rng`) deterministically to eps in at most `nfe` evaluations on `time_grid`
+    (`solvers.table`); 'adaptive_sde' solves the reverse SDE with noise from `rng` to tolerances
+    `rtol`, `atol`. `denoise` ends with x = D(x, eps) (one evaluation, counted). The returned nfe
+    (int32) is exact. `continuous` as `get_ode_sampler`.
+    """
+    shape = tuple(int(s) for s in shape)
+    solvers.check_args(method, nfe, time_grid, order, variant, denoise)
+    tab = None if method == "adaptive_sde" else solvers.table(
+        sde, method, nfe, eps, time_grid_kind=time_grid, order=order, variant=variant,
+        denoise=denoise)
+    parallel.check_sharding(shape, sharding)
+
+    def sampler(rng, variables, z=None):
+        score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
+        check_model_shape(score_fn, shape)
+        score_fn = _dtype_stable(score_fn, jnp.float32)
+        prior_key, noise_key = jax.random.split(rng)
+        if z is None:
+            x = sde.prior_sampling(prior_key, shape)
+        elif tuple(z.shape) != shape:
+            raise ValueError(f"latent z has shape {tuple(z.shape)}, the sampler's shape is {shape}")
+        else:
+            x = jnp.asarray(z, jnp.float32)
+        x = parallel.constrain(x, sharding)
+        if tab is None:
+            x, n = solvers.adaptive_sde(sde, score_fn, x, noise_key, eps, rtol=rtol, atol=atol,
+                                        denoise=denoise)
+        else:
+            x, n = solvers.integrate(sde, score_fn, x, tab), jnp.int32(len(tab.t))
+        return parallel.constrain(inverse_scaler(x), sharding), n
+
+    return jax.jit(sampler)
+
+
 def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
                     sharding: NamedSharding | None = None):
-    """The sampler of `config.sampling.method` ('pc' or 'ode'):
-    `(rng, variables) -> (samples, nfe)`.
+    """The sampler of `config.sampling.method`: `(rng, variables) -> (samples, nfe)`; 'ode' and the
+    few-step methods also take a latent `z`.
 
-    PC reads `sampling.{predictor, corrector, snr, n_steps_each, probability_flow, noise_removal}`
-    and `training.continuous`; ODE reads `sampling.noise_removal` and uses continuous-time labels
-    as the official code, except for discrete VE networks (official crash) which get their own.
+    'pc' reads `sampling.{predictor, corrector, snr, n_steps_each, probability_flow,
+    noise_removal}` and `training.continuous`; 'ode' reads `sampling.noise_removal`; the few-step
+    methods of `solvers.METHODS` read `sampling.{nfe, time_grid, order, variant, rtol, atol,
+    noise_removal}`. 'ode' and the few-step methods use continuous-time labels as the official
+    ODE sampler, except for discrete VE networks (which index a noise table) that get their own.
     """
     s = config.sampling
     method = str(s.method).lower()
@@ -343,12 +386,17 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
                               n_steps=s.n_steps_each, probability_flow=s.probability_flow,
                               continuous=config.training.continuous, denoise=s.noise_removal,
                               eps=eps, sharding=sharding)
+    continuous = config.training.continuous if sde.discrete_label_is_index else True
     if method == "ode":
-        # Time labels work for every network but those indexing a noise table (discrete VE).
-        continuous = config.training.continuous if sde.discrete_label_is_index else True
         return get_ode_sampler(sde, model, shape, inverse_scaler, denoise=s.noise_removal, eps=eps,
                                continuous=continuous, sharding=sharding)
-    raise ValueError(f"sampling.method={s.method!r} is unknown; valid: ['ode', 'pc']")
+    if method not in solvers.METHODS:
+        raise ValueError(f"sampling.method={s.method!r} is unknown; valid: "
+                         f"{['pc', 'ode', *solvers.METHODS]}")
+    return get_solver_sampler(
+        sde, model, shape, inverse_scaler, method, nfe=s.nfe, time_grid=s.time_grid,
+        order=s.order, variant=s.variant, rtol=s.rtol, atol=s.atol, denoise=s.noise_removal,
+        eps=eps, continuous=continuous, sharding=sharding)
 
 
 def check_finite(samples) -> None:

@@ -263,8 +263,8 @@ def test_get_sampling_fn_dispatches_on_config():
     ode = sampling.get_sampling_fn(config, sde, AnalyticScore(sde), shape, identity, 1e-5)
     x, nfe = jax.eval_shape(ode, jax.random.key(0), variables("iso"))  # traced, not compiled
     assert x.shape == shape and nfe.dtype == jnp.int32
-    config.sampling.method = "ddim"
-    with pytest.raises(ValueError, match=r"sampling.method='ddim' is unknown"):
+    config.sampling.method = "ddpm"
+    with pytest.raises(ValueError, match=r"sampling.method='ddpm' is unknown; valid: .*'unipc'"):
         sampling.get_sampling_fn(config, sde, AnalyticScore(sde), shape, identity, 1e-5)
 
 
