@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from score_jax.models.up_or_down_sampling import naive_upsample_2d
 
@@ -37,9 +38,40 @@ def get_act(config) -> Callable[[Array], Array]:
     return acts[name]
 
 
-def group_norm(num_groups: int) -> nn.GroupNorm:
-    """GroupNorm with the official epsilon (1e-6) and the exact two-pass variance."""
-    return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, use_fast_variance=False)
+class GroupNorm(nn.Module):
+    """Group normalisation of (B, H, W, C) with flax's parameters (`scale`, `bias`, (C,)).
+
+    Statistics over each group's (H, W, C / num_groups) values in float32 with the exact two-pass
+    variance; the output has the input's dtype. The group sums are taken from per-channel sums
+    (reductions over H, W that XLA:CPU vectorises over C), which is several times faster on CPU
+    than `flax.linen.GroupNorm`'s reduction over a (B, H, W, G, C / G) view.
+    """
+
+    num_groups: int
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        if c % self.num_groups:
+            raise ValueError(f"GroupNorm: {c} channels are not divisible into "
+                             f"{self.num_groups} groups")
+        per_group = c // self.num_groups
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+
+        def group_mean(v):  # (B, H, W, C) -> (B, 1, 1, C): each channel gets its group's mean
+            sums = jnp.sum(v, axis=(1, 2)).reshape(b, self.num_groups, per_group).sum(-1)
+            return jnp.repeat(sums / (h * w * per_group), per_group, axis=1)[:, None, None, :]
+
+        centred = x.astype(jnp.float32) - group_mean(x.astype(jnp.float32))
+        inv_std = lax.rsqrt(group_mean(centred * centred) + self.epsilon)
+        return (centred * (inv_std * scale) + bias).astype(x.dtype)
+
+
+def group_norm(num_groups: int) -> GroupNorm:
+    """GroupNorm with the official epsilon (1e-6)."""
+    return GroupNorm(num_groups=num_groups, epsilon=1e-6)
 
 
 def ddpm_conv(x: Array, out_ch: int, kernel_size: int, stride: int = 1, bias: bool = True,
