@@ -139,6 +139,7 @@ class Conv2d(nn.Module):
             raise ValueError(f"Conv2d: kernel must be odd and >= 1, got {self.kernel}")
         init = self.kernel_init or nn.initializers.lecun_normal()
         w = self.param("weight", init, (self.kernel, self.kernel, x.shape[-1], self.fmaps))
+        w = w.astype(x.dtype)
         if self.up:
             x = upsample_conv_2d(x, w, k=self.resample_kernel)
         elif self.down:
@@ -147,5 +148,5 @@ class Conv2d(nn.Module):
             x = lax.conv_general_dilated(x, w, window_strides=(1, 1), padding="SAME",
                                          dimension_numbers=_DIMS)
         if self.use_bias:
-            x = x + self.param("bias", nn.initializers.zeros, (self.fmaps,))
+            x = x + self.param("bias", nn.initializers.zeros, (self.fmaps,)).astype(x.dtype)
         return x
