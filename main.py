@@ -2,6 +2,7 @@
 
 Kept short on purpose: every mode is one call into an importable, tested function of `score_jax`.
 Any config key can be overridden on the command line, e.g. `--config.training.batch_size=8`.
+A multi-process run starts the distributed runtime first, for every mode (`score_jax.parallel`).
 """
 import importlib
 import logging as py_logging
@@ -29,15 +30,31 @@ flags.DEFINE_string("checkpoint", None, "--mode convert: the official checkpoint
 flags.DEFINE_string("compilation_cache", None,
                     "jax compilation cache directory (default: $SCORE_JAX_COMPILATION_CACHE, else "
                     "~/.cache/score_jax/jax); '' disables it.")
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-process runs: host:port of process 0 (else JAX_COORDINATOR_ADDRESS, or "
+                    "the launcher jax detects: SLURM, Open MPI, Cloud TPU, Kubernetes).")
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: the number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.")
+flags.DEFINE_integer("distributed_timeout", 300,
+                     "Seconds to wait for all processes to reach the coordinator.")
 flags.mark_flags_as_required(["config", "workdir", "mode"])
 
 
 def run(mode: str, config, workdir: str, **mode_flags):
-    """Runs `mode`; raises ValueError naming the valid modes for an unknown one."""
+    """Runs `mode`; raises ValueError naming the valid modes for an unknown one.
+
+    `train` with `training.final_eval` (our key; the main job sets it) ends a completed run with
+    `eval` on its last checkpoint and returns the eval's numbers prefixed `final_`.
+    """
     if mode not in MODES:
         raise ValueError(f"--mode={mode!r} is unknown; valid modes: {', '.join(sorted(MODES))}")
     module, fn = MODES[mode].split(":")
-    return getattr(importlib.import_module(module), fn)(config, workdir, **mode_flags)
+    result = getattr(importlib.import_module(module), fn)(config, workdir, **mode_flags)
+    if (mode == "train" and config.training.get("final_eval", False)
+            and result.get("updates", 0) >= config.training.n_iters):
+        final = run("eval", config, workdir)
+        result = {**result, **{f"final_{k}": v for k, v in final.items()}}
+    return result
 
 
 def main(argv):
@@ -49,13 +66,18 @@ def main(argv):
         # read-only restores), tfds a note about OpenCV; keep our own progress messages.
         logging.set_verbosity(logging.ERROR)
         py_logging.getLogger("score_jax").setLevel(py_logging.INFO)
-    mode_flags = {"checkpoint": FLAGS.checkpoint} if FLAGS.mode == "convert" else {}
+    if FLAGS.mode not in MODES:
+        raise app.UsageError(f"--mode={FLAGS.mode!r} is unknown; valid modes: "
+                             f"{', '.join(sorted(MODES))}")
+    from score_jax import parallel
+
     try:
-        run(FLAGS.mode, FLAGS.config, FLAGS.workdir, **mode_flags)
+        parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                            timeout_s=FLAGS.distributed_timeout)
     except ValueError as e:
-        if FLAGS.mode not in MODES:
-            raise app.UsageError(str(e)) from None
-        raise
+        raise app.UsageError(str(e)) from None
+    mode_flags = {"checkpoint": FLAGS.checkpoint} if FLAGS.mode == "convert" else {}
+    run(FLAGS.mode, FLAGS.config, FLAGS.workdir, **mode_flags)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def main():
     sde, model, variables, shape = build(args.model, args.batch, args.image_size, args.channels,
                                          args.N)
     identity = lambda x: x
-    eps = 1e-5 if isinstance(sde, sde_lib.VESDE) else 1e-3
+    eps = sde.sampling_eps
     rng = jax.random.key(1)
     x = jax.random.normal(jax.random.key(2), shape)
     data = jnp.clip(0.5 * x, -1, 1)

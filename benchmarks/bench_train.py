@@ -27,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from score_jax import losses, sde as sde_lib, train  # noqa: E402
+from score_jax import losses, parallel, sde as sde_lib, train  # noqa: E402
 from score_jax.models import utils as mutils  # noqa: E402
 
 CASES = ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small", "ddpmpp_subvp_cont_small",
@@ -70,7 +70,7 @@ def bench(name: str, batch_size: int, repeats: int) -> dict:
     config = load_config(name)
     config.training.batch_size = batch_size
     config.training.n_jitted_steps = 1
-    mesh = train.make_mesh()
+    mesh = parallel.make_mesh()
     model = mutils.create_model(config)
     state = train.create_train_state(config, mesh)
     train_step, _ = train.get_train_fns(config, model, mesh)

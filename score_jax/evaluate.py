@@ -21,9 +21,9 @@ from score_jax import checkpoints as ckpt_lib
 from score_jax import datasets
 from score_jax import likelihood as likelihood_lib
 from score_jax import losses
+from score_jax import parallel
 from score_jax import sampling
 from score_jax import sde as sde_lib
-from score_jax import train as train_lib
 from score_jax import utils
 from score_jax.models import utils as mutils
 
@@ -37,7 +37,7 @@ def _restore(config, workdir):
     """(sde, eps, model, variables, step, mesh) with the EMA weights replicated on every device."""
     sde, eps = sde_lib.get_sde(config)
     model = mutils.create_model(config)
-    mesh = train_lib.make_mesh()
+    mesh = parallel.make_mesh()
     ema_params, step = ckpt_lib.restore_for_sampling(workdir, sharding=NamedSharding(mesh, P()))
     return sde, eps, model, {"params": ema_params}, int(step), mesh
 
@@ -49,7 +49,7 @@ def _write_json(path: str, payload: dict) -> None:
 
 def _eval_batch_size(config) -> int:
     batch = int(config.eval.batch_size)
-    train_lib.check_batch_size(batch, jax.device_count(), what="eval.batch_size")
+    parallel.check_batch_size(batch, what="eval.batch_size")
     return batch
 
 

@@ -92,7 +92,7 @@ def _draw_labels_and_z(n_levels: int):
 def get_smld_loss_fn(vesde, model, train: bool, reduce_mean: bool = False):
     """The NCSN objective on the N discrete noise levels of a VE SDE (labels index the levels from
     sigma_max down to sigma_min, as the SMLD networks expect). Returns `(draw_noise, loss_fn)`."""
-    if not isinstance(vesde, sde_lib.VESDE):
+    if vesde.discrete_loss != "smld":
         raise ValueError("SMLD training only works for VESDEs.")
     smld_sigmas = jnp.asarray(vesde.discrete_sigmas[::-1].copy())
     reduce_op = _reduce_op(reduce_mean)
@@ -116,7 +116,7 @@ def get_smld_loss_fn(vesde, model, train: bool, reduce_mean: bool = False):
 def get_ddpm_loss_fn(vpsde, model, train: bool, reduce_mean: bool = True):
     """The DDPM objective (predict the noise) on the N discrete timesteps of a VP SDE. Returns
     `(draw_noise, loss_fn)`."""
-    if not isinstance(vpsde, sde_lib.VPSDE):
+    if vpsde.discrete_loss != "ddpm":
         raise ValueError("DDPM training only works for VPSDEs.")
     sqrt_ab = jnp.asarray(vpsde.sqrt_alphas_cumprod)
     sqrt_1m_ab = jnp.asarray(vpsde.sqrt_1m_alphas_cumprod)
@@ -144,11 +144,10 @@ def get_loss_fn(sde, model, train: bool, reduce_mean: bool = False, continuous: 
                                likelihood_weighting=likelihood_weighting)
     if likelihood_weighting:
         raise ValueError("Likelihood weighting is not supported for original SMLD/DDPM training.")
-    if isinstance(sde, sde_lib.VESDE):
-        return get_smld_loss_fn(sde, model, train, reduce_mean=reduce_mean)
-    if isinstance(sde, sde_lib.VPSDE) and not isinstance(sde, sde_lib.subVPSDE):
-        return get_ddpm_loss_fn(sde, model, train, reduce_mean=reduce_mean)
-    raise ValueError(f"Discrete training for {type(sde).__name__} is not recommended.")
+    discrete = {"smld": get_smld_loss_fn, "ddpm": get_ddpm_loss_fn}.get(sde.discrete_loss)
+    if discrete is None:
+        raise ValueError(f"Discrete training for {type(sde).__name__} is not recommended.")
+    return discrete(sde, model, train, reduce_mean=reduce_mean)
 
 
 def learning_rate_fn(config) -> Callable[[jax.Array], jax.Array]:

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
+from score_jax import parallel
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
 from score_jax.sde import batch_mul
@@ -58,34 +59,18 @@ def reverse_diffusion(sde, score_fn, x, t, z, probability_flow=False):
 
 
 def ancestral_sampling(sde, score_fn, x, t, z, probability_flow=False):
-    """Ancestral sampling of SMLD (VE) and DDPM (VP) on the discrete noise tables.
-
-    Not defined for sub-VP (it has no discrete Markov chain) nor for the probability flow: both
-    raise ValueError.
-    """
+    """Ancestral sampling of SMLD (VE) and DDPM (VP) on the discrete noise tables
+    (`sde.ancestral_step`). Not defined for sub-VP (no discrete Markov chain) nor for the
+    probability flow: both raise ValueError."""
     _check_ancestral(sde, probability_flow)
-    timestep = sde._timestep(t)
-    score = score_fn(x, t)
-    if isinstance(sde, sde_lib.VESDE):
-        sigmas = jnp.asarray(sde.discrete_sigmas)
-        sigma = sigmas[timestep]
-        previous = sigmas[jnp.maximum(timestep - 1, 0)]
-        adjacent = jnp.where(timestep == 0, jnp.zeros_like(sigma), previous)
-        x_mean = x + batch_mul(sigma**2 - adjacent**2, score)
-        std = jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
-    else:
-        beta = jnp.asarray(sde.discrete_betas)[timestep]
-        x_mean = batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score))
-        std = jnp.sqrt(beta)
+    x_mean, std = sde.ancestral_step(x, score_fn(x, t), t)
     return x_mean + batch_mul(std, z), x_mean
 
 
 def _check_ancestral(sde, probability_flow):
-    if isinstance(sde, sde_lib.subVPSDE):
-        raise ValueError("ancestral_sampling is not defined for the sub-VP SDE (it has no discrete "
-                         "Markov chain); use reverse_diffusion or euler_maruyama")
-    if not isinstance(sde, (sde_lib.VESDE, sde_lib.VPSDE)):
-        raise ValueError(f"ancestral_sampling supports VE and VP SDEs, not {type(sde).__name__}")
+    if not sde.has_ancestral_step:
+        raise ValueError(f"ancestral_sampling is not defined for {type(sde).__name__} (it has no "
+                         "discrete Markov chain); use reverse_diffusion or euler_maruyama")
     if probability_flow:
         raise ValueError(
             "ancestral_sampling has no probability-flow version (probability_flow=True)")
@@ -94,19 +79,6 @@ def _check_ancestral(sde, probability_flow):
 def none_predictor(sde, score_fn, x, t, z, probability_flow=False):
     """No update (corrector-only sampling): returns (x, x)."""
     return x, x
-
-
-def _langevin_alpha(sde, t):
-    """The alpha_i of the paper's Langevin step size: 1 for VE; for VP the DDPM
-    alpha_i = 1 - beta_i.
-
-    Sub-VP uses the same alpha_i = 1 - beta_i of its (shared) beta schedule: that is what the
-    official code reads (`sde.alphas` for VP *and* sub-VP), where it crashes because its subVPSDE
-    lacks the table.
-    """
-    if isinstance(sde, sde_lib.VPSDE):  # VP and sub-VP
-        return jnp.asarray(sde.alphas)[sde._timestep(t)]
-    return jnp.ones_like(t)
 
 
 def _batch_norm(v):
@@ -132,7 +104,7 @@ def langevin(sde, score_fn, x, t, z, snr):
     """Langevin corrector (paper Alg. 4/5): step size 2 alpha (snr ||z|| / ||score||)^2, the norms
     averaged over the whole batch as the official code (so a sharded batch reduces across
     devices). `z`: (n_steps,) + x.shape."""
-    alpha = _langevin_alpha(sde, t)
+    alpha = sde.langevin_alpha(t)
 
     def step_size(grad, z_i):
         return (snr * _batch_norm(z_i) / _batch_norm(grad)) ** 2 * 2 * alpha
@@ -143,7 +115,7 @@ def langevin(sde, score_fn, x, t, z, snr):
 def ald(sde, score_fn, x, t, z, snr):
     """Annealed Langevin dynamics of NCSN: step size 2 alpha (snr std(t))^2.
     `z`: (n_steps,) + x.shape."""
-    alpha = _langevin_alpha(sde, t)
+    alpha = sde.langevin_alpha(t)
     std = sde.marginal_prob(x, t)[1]
     return _langevin_loop(score_fn, x, t, z, lambda grad, z_i: (snr * std) ** 2 * 2 * alpha)
 
@@ -201,7 +173,7 @@ def normal_step_noise(key, shape, n_steps: int, dtype=jnp.float32) -> StepNoise:
 def timesteps(sde, eps: float) -> np.ndarray:
     """The PC time grid linspace(T, eps, N), float32 as torch computes it (so the discrete table
     index floor(t (N-1)/T) of every step equals the official one)."""
-    return sde_lib._linspace32(sde.T, eps, sde.N)
+    return sde_lib.linspace32(sde.T, eps, sde.N)
 
 
 def pc_loop(sde, score_fn, x, step_inputs, draw, *, predictor, corrector, snr, n_steps=1,
@@ -247,12 +219,8 @@ def check_pc_args(sde, predictor, corrector, probability_flow, n_steps) -> None:
     uses_alphas = [name for name, uses in (
         (corrector, get_corrector(corrector) in (langevin, ald)),
         (predictor, get_predictor(predictor) is ancestral_sampling)) if uses]
-    if uses_alphas and isinstance(sde, sde_lib.VPSDE) and float(sde.alphas.min()) <= 0:
-        # alpha_i = 1 - beta_i reaches 1 - beta_max / N; its square root is NaN.
-        raise ValueError(
-            f"{' and '.join(map(repr, uses_alphas))} on {type(sde).__name__} needs N > beta_max "
-            f"(it takes square roots of alpha_i = 1 - beta_i, beta_i up to beta_max / N); got "
-            f"model.num_scales N={sde.N}, model.beta_max={sde.beta_max}")
+    if uses_alphas:
+        sde.check_discrete_chain(" and ".join(map(repr, uses_alphas)))
     if get_predictor(predictor) is ancestral_sampling:
         _check_ancestral(sde, probability_flow)
     if int(n_steps) != n_steps or n_steps < 1:
@@ -264,29 +232,6 @@ def _dtype_stable(score_fn, dtype):
     """Casts scores to the state's dtype: a float64 score (discrete-VE networks with a float64 sigma
     table under x64) must not promote the state, where the official sampler then crashes."""
     return lambda x, t: score_fn(x, t).astype(dtype)
-
-
-def _check_sharding(shape, sharding):
-    if sharding is None:
-        return
-    spec = sharding.spec
-    axes = spec[0] if len(spec) else None
-    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    shards = int(np.prod([sharding.mesh.shape[a] for a in names])) if names else 1
-    if shape[0] % shards:
-        raise ValueError(f"batch size {shape[0]} is not divisible by the {shards} devices the "
-                         f"batch is sharded over ({sharding.spec})")
-
-
-def _constrain(x, sharding):
-    """Shards x as `sharding` inside jit. The constraint is placed on an Auto-typed copy of the
-    mesh, so an explicit-axes mesh (`jax.make_mesh`'s default) works without a mesh context."""
-    if sharding is None:
-        return x
-    mesh = sharding.mesh
-    auto = jax.sharding.Mesh(mesh.devices, mesh.axis_names,
-                             axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
-    return jax.lax.with_sharding_constraint(x, NamedSharding(auto, sharding.spec))
 
 
 def check_model_shape(score_fn, shape) -> None:
@@ -325,20 +270,20 @@ def get_pc_sampler(sde, model, shape, predictor, corrector, inverse_scaler, snr,
     """
     shape = tuple(int(s) for s in shape)
     check_pc_args(sde, predictor, corrector, probability_flow, n_steps)
-    _check_sharding(shape, sharding)
+    parallel.check_sharding(shape, sharding)
 
     def sampler(rng, variables):
         score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
         check_model_shape(score_fn, shape)
         prior_key, loop_key = jax.random.split(rng)
-        x = _constrain(sde.prior_sampling(prior_key, shape), sharding)
+        x = parallel.constrain(sde.prior_sampling(prior_key, shape), sharding)
         x, x_mean = pc_loop(
             sde, score_fn, x, jax.random.split(loop_key, sde.N),
             lambda key: normal_step_noise(key, shape, n_steps), predictor=predictor,
             corrector=corrector, snr=snr, n_steps=n_steps, probability_flow=probability_flow,
             eps=eps)
         samples = inverse_scaler(x_mean if denoise else x)
-        return _constrain(samples, sharding), jnp.int32(sde.N * (n_steps + 1))
+        return parallel.constrain(samples, sharding), jnp.int32(sde.N * (n_steps + 1))
 
     return jax.jit(sampler)
 
@@ -434,7 +379,7 @@ def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5,
     shape = tuple(int(s) for s in shape)
     if method not in ODE_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; valid: {list(ODE_METHODS)}")
-    _check_sharding(shape, sharding)
+    parallel.check_sharding(shape, sharding)
 
     def sampler(rng, variables, z=None):
         score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
@@ -446,14 +391,14 @@ def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5,
             raise ValueError(f"latent z has shape {tuple(z.shape)}, the sampler's shape is {shape}")
         else:
             x = jnp.asarray(z, jnp.float32)
-        x = _constrain(x, sharding)
+        x = parallel.constrain(x, sharding)
         x, nfe = solve_ode(probability_flow_drift(sde, score_fn), x, sde.T, eps, method=method,
                            rtol=rtol, atol=atol, fixed_nfe=fixed_nfe)
         if denoise:
             t = jnp.full((shape[0],), eps, jnp.float32)
             _, x = reverse_diffusion(sde, score_fn, x, t, jnp.zeros_like(x))
             nfe = nfe + 1
-        return _constrain(inverse_scaler(x), sharding), nfe
+        return parallel.constrain(inverse_scaler(x), sharding), nfe
 
     return jax.jit(sampler)
 
@@ -475,7 +420,8 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
                               continuous=config.training.continuous, denoise=s.noise_removal,
                               eps=eps, sharding=sharding)
     if method == "ode":
-        continuous = True if not isinstance(sde, sde_lib.VESDE) else config.training.continuous
+        # Time labels work for every network but those indexing a noise table (discrete VE).
+        continuous = config.training.continuous if sde.discrete_label_is_index else True
         return get_ode_sampler(sde, model, shape, inverse_scaler, denoise=s.noise_removal, eps=eps,
                                continuous=continuous, sharding=sharding)
     raise ValueError(f"sampling.method={s.method!r} is unknown; valid: ['ode', 'pc']")

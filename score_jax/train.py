@@ -3,8 +3,7 @@
 One jitted, data-parallel update function: the global batch is sharded over a one-axis device mesh
 ('data') and the `TrainState` is replicated, so the same code runs on one CPU, on every GPU of a
 host, and on a multi-host pod (there, every process runs this function after
-`jax.distributed.initialize()`, which `train` calls itself when the environment names a
-coordinator: `JAX_COORDINATOR_ADDRESS`, or SLURM with more than one task). `training.n_jitted_steps`
+`parallel.initialize`, which main.py calls first). `training.n_jitted_steps`
 updates are fused per device call with `jax.lax.scan` (on CPU: traced back to back, see
 `get_train_fns`). The randomness of update s is
 `fold_in(key(config.seed), s)` and the data pipeline is a function of (seed, step), so a resumed
@@ -13,9 +12,8 @@ run computes exactly what an uninterrupted one would.
 Outputs in W: `checkpoints/` and `checkpoints-meta/` (see `score_jax.checkpoints`),
 `tensorboard/` (loss, learning rate, grad norm, steps/s, images/s, eval loss), `metrics.jsonl`
 (one JSON object per logged step), and `samples/iter_<step>.{png,npz}` at every snapshot when
-`training.snapshot_sampling`. With `training.final_eval` (an addition to the official keys; the
-embedded default sets it), a run that reaches `training.n_iters` ends with `--mode eval` on its
-last checkpoint (`eval.enable_loss`, `eval.enable_bpd`, ...; `W/eval/ckpt_<step>.json`).
+`training.snapshot_sampling`. (`training.final_eval`, which chains `--mode eval` after a completed
+run, is main.py's.)
 """
 from __future__ import annotations
 
@@ -31,42 +29,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
 from score_jax import losses
+from score_jax import parallel
 from score_jax import sde as sde_lib
 from score_jax import utils
 from score_jax.models import utils as mutils
-
-
-def maybe_initialize_distributed() -> None:
-    """`jax.distributed.initialize()` when the environment describes a multi-process job."""
-    multi = bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or \
-        int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    if multi and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
-
-
-def make_mesh() -> jax.sharding.Mesh:
-    """All devices of all processes on one 'data' axis (Auto axis type: XLA propagates the batch
-    sharding through the network)."""
-    return jax.make_mesh((jax.device_count(),), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def check_batch_size(batch_size: int, n_devices: int, what: str = "training.batch_size") -> None:
-    if batch_size % n_devices:
-        raise ValueError(f"{what}={batch_size} is not divisible by the number of devices "
-                         f"({n_devices}); choose a multiple of {n_devices}")
-
-
-def check_workdir(workdir: str) -> None:
-    """Creates `workdir` and proves it writable, or raises a clear error."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise PermissionError(f"--workdir={workdir!r} is not writable: {e}") from None
 
 
 def create_train_state(config, mesh):
@@ -116,10 +82,6 @@ def get_train_fns(config, model, mesh, use_scan: bool | None = None):
     eval_step = jax.jit(eval_fn, in_shardings=(replicated, NamedSharding(mesh, P("data")), replicated),
                         out_shardings=replicated)
     return train_step, eval_step
-
-
-def _global_batch(local: np.ndarray, sharding) -> jax.Array:
-    return jax.make_array_from_process_local_data(sharding, local)
 
 
 def _data_iterators(config, start_step: int, local_batch: int):
@@ -196,17 +158,13 @@ def _crossed(before: int, after: int, freq: int) -> bool:
 
 def train(config, workdir: str) -> dict:
     """Trains `config` in `workdir` until `training.n_iters` updates, resuming from the newest
-    checkpoint there. Returns the last logged metrics (for tests and scripts)."""
-    maybe_initialize_distributed()
-    check_workdir(workdir)
+    checkpoint there. Returns the last logged metrics and `updates`, the number of updates done."""
+    utils.check_workdir(workdir)
     t = config.training
-    n_dev, n_proc = jax.device_count(), jax.process_count()
-    check_batch_size(t.batch_size, n_dev)
-    check_batch_size(t.batch_size, n_proc, "training.batch_size (per process)")
-    local_batch = t.batch_size // n_proc
+    local_batch = parallel.check_batch_size(int(t.batch_size))
     is_main = jax.process_index() == 0
 
-    mesh = make_mesh()
+    mesh = parallel.make_mesh()
     model = mutils.create_model(config)
     state = create_train_state(config, mesh)
     checkpointer = ckpt_lib.Checkpointer(workdir)
@@ -243,7 +201,7 @@ def train(config, workdir: str) -> dict:
         while step < n_iters:
             x = np.asarray(next(train_it)["image"], np.float32)
             _check_images(x, config)
-            state, metrics = train_step(state, _global_batch(scaler(x), train_sharding))
+            state, metrics = train_step(state, parallel.global_batch(scaler(x), train_sharding))
             metrics = jax.device_get(metrics)
             bad = np.flatnonzero(~np.isfinite(metrics.loss))
             if bad.size:
@@ -271,7 +229,7 @@ def train(config, workdir: str) -> dict:
             if _crossed(before, step, t.eval_freq):
                 ex = np.asarray(next(eval_it)["image"], np.float32)
                 _check_images(ex, config)
-                eval_loss = float(eval_step(state, _global_batch(scaler(ex), eval_sharding),
+                eval_loss = float(eval_step(state, parallel.global_batch(scaler(ex), eval_sharding),
                                             jax.random.fold_in(eval_rng, step)))
                 metrics_log.write({"step": step, "eval_loss": eval_loss})
                 if writer is not None:
@@ -291,12 +249,7 @@ def train(config, workdir: str) -> dict:
         checkpointer.close()
         if writer is not None:
             writer.close()
-    if t.get("final_eval", False) and step >= n_iters:
-        # The run is complete: evaluate its last checkpoint as `--mode eval` would.
-        from score_jax import evaluate
-
-        last = {**last, **{f"final_{k}": v for k, v in evaluate.evaluate(config, workdir).items()}}
-    return last
+    return {**last, "updates": step}
 
 
 def _get_snapshot_sampler(config, model, inverse_scaler):

@@ -87,3 +87,15 @@ def save_samples(samples: np.ndarray, path_stem: str) -> None:
     img = img.resize((img.size[0] * scale, img.size[1] * scale), Image.NEAREST)
     with atomic_path(path_stem + ".png") as tmp:
         img.save(tmp, format="PNG")
+
+
+def check_workdir(workdir: str) -> None:
+    """Creates `workdir` and proves it writable, or raises a clear error."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f"--workdir={workdir!r} is not writable: {e}") from None

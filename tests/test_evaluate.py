@@ -145,13 +145,13 @@ def test_walkthrough_runs_every_step(tmp_path):
 def test_training_ends_with_the_final_eval(tmp_path):
     """`training.final_eval` (the main job's last step): a completed run evaluates its last
     checkpoint, as `--mode eval` does, and returns the numbers prefixed `final_`."""
-    from score_jax import train
+    import main
 
     config = digits_config(tmp_path, enable_loss=True, enable_bpd=False, enable_sampling=False)
     config.training.update({"n_iters": 2, "batch_size": 8, "log_freq": 1, "eval_freq": 100,
                             "snapshot_sampling": False, "final_eval": True})
     workdir = str(tmp_path / "w")
-    result = train.train(config, workdir)
+    result = main.run("train", config, workdir)
     saved = json.load(open(os.path.join(workdir, "eval", "ckpt_2.json")))
     assert result["final_step"] == saved["step"] == 2
     assert result["final_loss"] == saved["loss"] and saved["loss_batches"] == 2

@@ -69,7 +69,7 @@ def test_registries_list_valid_names():
 
 def test_ancestral_sampling_undefined_cases_raise():
     model = AnalyticScore(sde_lib.subVPSDE())
-    with pytest.raises(ValueError, match="not defined for the sub-VP"):
+    with pytest.raises(ValueError, match="not defined for subVPSDE"):
         sampling.get_pc_sampler(sde_lib.subVPSDE(), model, (2, 4, 4, 1), "ancestral_sampling",
                                 "none", identity, 0.16)
     with pytest.raises(ValueError, match="no probability-flow"):

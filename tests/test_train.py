@@ -15,6 +15,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
+from score_jax import parallel
 from score_jax import train
 from score_jax.models import register_model
 
@@ -84,7 +85,7 @@ def test_step_rng_is_a_function_of_the_step():
     """Two chunks of 2 steps = the same 4 steps in one scan (fold_in(rng, step))."""
     config = tiny_config()
     xs = jax.random.uniform(jax.random.PRNGKey(0), (4, 4, 8, 8, 1)) * 2 - 1
-    mesh = train.make_mesh()
+    mesh = parallel.make_mesh()
     from score_jax.models import utils as mutils
 
     model = mutils.create_model(config)
@@ -102,7 +103,7 @@ def test_step_rng_is_a_function_of_the_step():
 
 def test_checkpoint_roundtrip_and_sampling_restore(tmp_path):
     config = tiny_config()
-    mesh = train.make_mesh()
+    mesh = parallel.make_mesh()
     state = train.create_train_state(config, mesh)
     state = state.replace(step=jnp.asarray(7, jnp.int32),
                           ema_params=jax.tree.map(lambda p: p + 1.0, state.params))
@@ -283,7 +284,7 @@ def test_training_starts_from_converted_official_weights(tmp_path):
     config = refcases.case_config(case)
     official = convert.load_official_checkpoint(str(refcases.case_checkpoint(case)), config)
     convert.save_converted(str(tmp_path), official)
-    mesh = train.make_mesh()
+    mesh = parallel.make_mesh()
     ck = ckpt_lib.Checkpointer(str(tmp_path))
     state = ck.restore(train.create_train_state(config, mesh))
     ck.close()
