@@ -1,9 +1,9 @@
 """score_jax against the official PyTorch code on the same CPU, weights and inputs.
 
     python benchmarks/compare_official.py --official /path/to/score_sde_pytorch
-    python benchmarks/compare_official.py --official ... --config configs/ve/cifar10_ncsnpp_continuous.py \
-        --nf 32 --batch 8 --only forward
-    python benchmarks/compare_official.py --official ... --case ncsnpp_ve_cont_small --only forward,ode
+    python benchmarks/compare_official.py --official OFFICIAL \
+        --config configs/vp/cifar10_ddpmpp_continuous.py --nf 32 --batch 64 --only conv,forward
+    python benchmarks/compare_official.py --official OFFICIAL --case ncsnpp_ve_cont_small
 
 `--official` is a checkout of `yang-song/score_sde_pytorch` (not a dependency of score_jax). The
 network is either a reference case (`--case`: its official checkpoint in `tests/data/` and its
@@ -13,7 +13,9 @@ saved as an official checkpoint and converted with `score_jax.convert.load_offic
 exactly as a user converts a released one. Both sides get the same inputs; the script first prints
 how far apart their network outputs are.
 
-Rows (`--only` picks some): `forward` (one network call, eval mode), `ode` (probability-flow
+Rows (`--only` picks some): `conv` (one 3x3 convolution, `--nf` * 2 channels in and out, at the
+network's image size: jitted NHWC `lax.conv_general_dilated` against `F.conv2d` on NCHW),
+`forward` (one network call, eval mode), `ode` (probability-flow
 sampler from the same latent at rtol = atol = 1e-3 and 1e-5: official scipy RK45, ours diffrax
 Dopri5), `bpd` (likelihood at `--bpd_tol`, same data), `pc` (reverse diffusion + Langevin with
 `--pc_N` noise levels). Every timing interleaves the two implementations, `--repeats` times, and
@@ -31,7 +33,6 @@ CPU shims for the official code, kept here and applied only inside `import_offic
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import pathlib
 import statistics
@@ -66,7 +67,8 @@ class _NoCudaExtension:
 def import_official(path: pathlib.Path) -> dict:
     """The official modules this script uses, imported from the checkout at `path`."""
     if not (path / "models" / "ncsnpp.py").is_file():
-        raise ValueError(f"--official={path}: not a score_sde_pytorch checkout (no models/ncsnpp.py)")
+        raise ValueError(f"--official={path}: not a score_sde_pytorch checkout "
+                         "(no models/ncsnpp.py)")
     import torch.utils.cpp_extension as cpp_extension
 
     load = cpp_extension.load
@@ -75,7 +77,8 @@ def import_official(path: pathlib.Path) -> dict:
     try:
         # Official top-level names (`models`, `sampling`, `likelihood`, `sde_lib`) would clash
         # with nothing of ours: score_jax's modules are all under `score_jax.`.
-        names = ["models.ncsnpp", "models.ddpm", "models.utils", "sde_lib", "sampling", "likelihood"]
+        names = ["models.ncsnpp", "models.ddpm", "models.utils", "sde_lib", "sampling",
+                 "likelihood"]
         mods = {n: importlib.import_module(n) for n in names}
     finally:
         sys.path.remove(str(path))
@@ -111,26 +114,28 @@ def build_pair(args, official):
         raise ValueError(f"model.name={config.model.name!r}: only ncsnpp and ddpm are compared")
     torch.manual_seed(0)
     net = cls[config.model.name](config)
-    if checkpoint is None:
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        net.load_state_dict({k.removeprefix("module."): v for k, v in state["model"].items()})
+        params = convert.load_official_checkpoint(checkpoint, config)["params"]
+    else:
         with torch.no_grad():
             for p in net.parameters():
                 p.add_(0.02 * torch.randn_like(p))
-        tmp = tempfile.NamedTemporaryFile(suffix=".pth", delete=False)
         trainable = [p.detach().clone() for p in net.parameters() if p.requires_grad]
-        torch.save({"model": net.state_dict(), "ema": {"shadow_params": trainable}, "step": 0},
-                   tmp.name)
-        checkpoint = tmp.name
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    net.load_state_dict({k.removeprefix("module."): v for k, v in state["model"].items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = pathlib.Path(tmp) / "official.pth"
+            torch.save({"model": net.state_dict(), "ema": {"shadow_params": trainable}, "step": 0},
+                       checkpoint)
+            params = convert.load_official_checkpoint(checkpoint, config)["params"]
     net.eval()
-    variables = {"params": convert.load_official_checkpoint(checkpoint, config)["params"]}
-    return config, net, variables
+    return config, net, {"params": params}
 
 
 def labels_for(config, sde, t):
     """The network labels of continuous times `t` (numpy, (B,)), as `get_score_fn` feeds them."""
     if config.training.sde.lower() == "vesde":
-        return np.asarray(sde.marginal_prob(jnp.zeros((1,) * 4), jnp.asarray(t))[1], np.float32)
+        return np.array(sde.marginal_prob(jnp.zeros((1,) * 4), jnp.asarray(t))[1], np.float32)
     return (999.0 * t).astype(np.float32)
 
 
@@ -159,7 +164,7 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", default="forward,ode,bpd,pc")
+    parser.add_argument("--only", default="conv,forward,ode,bpd,pc")
     parser.add_argument("--bpd_tol", type=float, default=1e-3)
     parser.add_argument("--pc_N", type=int, default=100)
     args = parser.parse_args()
@@ -179,12 +184,15 @@ def main():
     x_t, labels_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(labels)
     x_j, labels_j = jnp.asarray(x), jnp.asarray(labels)
 
-    forward = jax.jit(lambda v, x, l: model.apply(v, x, l, train=False))
     with torch.no_grad():
         ref = net(x_t, labels_t).numpy().transpose(0, 2, 3, 1)
-    ours = np.asarray(forward(variables, x_j, labels_j))
+    # A separate jit of the same function, so that the `forward` row times its own compilation.
+    ours = np.asarray(jax.jit(lambda v, x, l: model.apply(v, x, l, train=False))(
+        variables, x_j, labels_j))
+    forward = jax.jit(lambda v, x, l: model.apply(v, x, l, train=False))
+    err = np.abs(ours - ref).max() / np.abs(ref).max()
     print(f"# {args.case or args.config} nf={config.model.nf} {size}x{size}x{channels} batch {b}; "
-          f"max|ours - official| / max|official| = {np.abs(ours - ref).max() / np.abs(ref).max():.1e}")
+          f"max|ours - official| / max|official| = {err:.1e}")
     print(f"# jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
           f"({args.threads} threads); medians of {args.repeats} interleaved repeats")
     print("| what | official (s) | score_jax (s) | ratio | official NFE | score_jax NFE | "
@@ -193,14 +201,28 @@ def main():
 
     def row(what, res, nfe=("", "")):
         (_, t_off), (first, t_ours) = res["official"], res["ours"]
-        print(f"| {what} | {t_off:.4g} | {t_ours:.4g} | {t_ours / t_off:.2f} | {nfe[0]} | {nfe[1]} | "
-              f"{max(first - t_ours, 0):.1f} |", flush=True)
+        print(f"| {what} | {t_off:.4g} | {t_ours:.4g} | {t_ours / t_off:.2f} | {nfe[0]} | "
+              f"{nfe[1]} | {max(first - t_ours, 0):.1f} |", flush=True)
 
     def torch_call(fn):
         def call():
             with torch.no_grad():
                 return fn()
         return call
+
+    if "conv" in rows:
+        c = 2 * config.model.nf
+        w = rng.normal(size=(3, 3, c, c)).astype(np.float32) / (3 * np.sqrt(c))
+        h = rng.normal(size=(b, size, size, c)).astype(np.float32)
+        w_t = torch.from_numpy(w.transpose(3, 2, 0, 1).copy())
+        h_t = torch.from_numpy(h.transpose(0, 3, 1, 2).copy())
+        conv = jax.jit(lambda h, w: jax.lax.conv_general_dilated(
+            h, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        w_j, h_j = jnp.asarray(w), jnp.asarray(h)
+        res = interleaved(
+            {"official": torch_call(lambda: torch.nn.functional.conv2d(h_t, w_t, padding=1)),
+             "ours": lambda: conv(h_j, w_j).block_until_ready()}, args.repeats * 10)
+        row(f"one 3x3 conv, {b}x{size}x{size}x{c} -> {c}", res)
 
     if "forward" in rows:
         res = interleaved({"official": torch_call(lambda: net(x_t, labels_t)),

@@ -5,7 +5,8 @@ Called as `model.apply(variables, x, labels, train=...)` with `x` (B, H, W, C) f
 32 groups, so `model.nf * ch_mult[i]` must be a multiple of 32.
 
 Flags: nf, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv, conditional,
-nonlinearity, normalization (GroupNorm), dtype ('float32' | 'bfloat16', see ncsnpp), scale_by_sigma (divides by `sigmas[int(label)]`, in
+nonlinearity, normalization (GroupNorm), dtype ('float32' | 'bfloat16', see ncsnpp),
+scale_by_sigma (divides by `sigmas[int(label)]`, in
 float32 here, float64 in PyTorch); data.centered=False maps x to 2x - 1 first.
 `conditional=False` (the official PyTorch model crashes on it) builds no time embedding at all,
 as the official JAX model: no `Dense_0/1` and no `Dense_0` in the ResNet blocks.

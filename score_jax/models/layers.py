@@ -77,7 +77,7 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(config):
-    """The dtype of `config.model.dtype` ('float32' default, or 'bfloat16') the network computes in."""
+    """The dtype the network computes in: `config.model.dtype`, 'float32' (default) or 'bfloat16'."""
     name = str(config.model.get("dtype", "float32"))
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"model.dtype={name!r} is unknown; valid: {sorted(COMPUTE_DTYPES)}")

@@ -50,7 +50,8 @@ def upfirdn2d(x: jax.Array, k: np.ndarray, up: int = 1, down: int = 1,
     out_h = (h * up + p0 + p1 - kh) // down + 1
     out_w = (w * up + p0 + p1 - kw) // down + 1
     flipped = np.asarray(k, np.float64)[::-1, ::-1]
-    taps = [lax.slice(x, (0, i, j, 0), (n, i + down * (out_h - 1) + 1, j + down * (out_w - 1) + 1, c),
+    taps = [lax.slice(x, (0, i, j, 0),
+                      (n, i + down * (out_h - 1) + 1, j + down * (out_w - 1) + 1, c),
                       (1, down, down, 1)) * jnp.asarray(flipped[i, j], x.dtype)
             for i in range(kh) for j in range(kw)]
     return sum(taps[1:], taps[0])
