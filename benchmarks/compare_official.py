@@ -108,7 +108,6 @@ def build_pair(args, official):
         if args.image_size:
             config.data.image_size = args.image_size
         checkpoint = None
-    config.device = torch.device("cpu")
     cls = {"ncsnpp": official["models.ncsnpp"].NCSNpp, "ddpm": official["models.ddpm"].DDPM}
     if config.model.name not in cls:
         raise ValueError(f"model.name={config.model.name!r}: only ncsnpp and ddpm are compared")
@@ -212,7 +211,7 @@ def main():
 
     if "conv" in rows:
         c = 2 * config.model.nf
-        w = rng.normal(size=(3, 3, c, c)).astype(np.float32) / (3 * np.sqrt(c))
+        w = (rng.normal(size=(3, 3, c, c)) / (3 * np.sqrt(c))).astype(np.float32)
         h = rng.normal(size=(b, size, size, c)).astype(np.float32)
         w_t = torch.from_numpy(w.transpose(3, 2, 0, 1).copy())
         h_t = torch.from_numpy(h.transpose(0, 3, 1, 2).copy())
