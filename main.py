@@ -11,6 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from score_jax import utils
+
 # mode -> "module:function"; the function is called as fn(config, workdir, **mode flags).
 MODES = {
     "convert": "score_jax.convert:convert",
@@ -28,6 +30,9 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (e.g. co
 flags.DEFINE_string("workdir", None, "Working directory: checkpoints, logs, samples.")
 flags.DEFINE_string("mode", None, "What to run; one of the modes listed in README.md.")
 flags.DEFINE_string("checkpoint", None, "--mode convert: the official checkpoint file to convert.")
+flags.DEFINE_string("compilation_cache", None,
+                    "jax compilation cache directory (default: $SCORE_JAX_COMPILATION_CACHE, else "
+                    "~/.cache/score_jax/jax); '' disables it.")
 flags.DEFINE_string("coordinator_address", None,
                     "Multi-process runs: host:port of process 0 (else JAX_COORDINATOR_ADDRESS, or "
                     "the launcher jax detects: SLURM, Open MPI, Cloud TPU, Kubernetes).")
@@ -68,6 +73,7 @@ def run(mode: str, config, workdir: str, **mode_flags):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    utils.enable_compilation_cache(FLAGS.compilation_cache)
     if not FLAGS["verbosity"].present:
         # orbax logs every checkpoint operation at INFO (and benign notes at WARNING, e.g. on
         # read-only restores), tfds a note about OpenCV; keep our own progress messages.

@@ -95,6 +95,7 @@ def get_default_configs():
     model.beta_min = 0.1
     model.beta_max = 20.
     model.dropout = 0.1
+    model.dtype = 'float32'  # ours: 'bfloat16' computes the network in bfloat16
     model.embedding_type = 'fourier'
 
     # optimization

@@ -51,8 +51,10 @@ def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=
     * 'euler', 'heun': fixed steps spending `fixed_nfe` evaluations (1 resp. 2 per step).
 
     `adjoint` is diffrax's (default: its standard one); counting tests pass `DirectAdjoint()`.
-    An adaptive solve that needs more than `max_steps` steps raises at run time (diffrax's
-    check), rather than returning an unfinished state.
+    An adaptive solve that needs more than `max_steps` steps returns NaN rather than an unfinished
+    state (the samplers and the likelihood refuse non-finite results). Not diffrax's run-time
+    error: that is a host callback, and jax does not put executables with host callbacks in the
+    persistent compilation cache (`utils.enable_compilation_cache`).
     """
     term = diffrax.ODETerm(lambda t, y, args: fn(t, y))
     saveat = diffrax.SaveAt(t1=True)
@@ -64,21 +66,43 @@ def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=
         n = int(fixed_nfe) // evals
         grid = diffrax.StepTo(ts=jnp.linspace(t0, t1, n + 1, dtype=jnp.float32))
         sol = diffrax.diffeqsolve(term, solver_cls(), t0, t1, None, y0, saveat=saveat,
-                                  stepsize_controller=grid, max_steps=n, adjoint=adjoint)
-        return jax.tree_util.tree_map(lambda v: v[-1], sol.ys), jnp.int32(n * evals)
+                                  stepsize_controller=grid, max_steps=n, adjoint=adjoint,
+                                  throw=False)
+        return _final_state(sol), jnp.int32(n * evals)
     if method != "dopri5":
         raise ValueError(f"unknown ODE method {method!r}; valid: {list(ODE_METHODS)}")
     direction = 1.0 if t1 > t0 else -1.0
     t0_arr = jnp.asarray(t0, jnp.float32)
     f0 = fn(t0_arr, y0)
-    dt0 = direction * _initial_step(fn, t0_arr, y0, f0, direction, abs(t1 - t0), rtol, atol)
+    first_step = _initial_step(fn, t0_arr, y0, f0, direction, abs(t1 - t0), rtol, atol)
     sol = diffrax.diffeqsolve(
-        term, diffrax.Dopri5(), t0, t1, dt0, y0, saveat=saveat,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps,
+        term, diffrax.Dopri5(), t0, t1, None, y0, saveat=saveat,
+        stepsize_controller=_FirstStepPID(rtol=rtol, atol=atol, first_step=first_step),
+        max_steps=max_steps,
         # diffrax's FSAL state (first_step, f0): the first step reuses our f(t0, y0).
-        solver_state=(jnp.array(False), f0), adjoint=adjoint)
+        solver_state=(jnp.array(False), f0), adjoint=adjoint, throw=False)
     nfe = 2 + 6 * sol.stats["num_steps"]
-    return jax.tree_util.tree_map(lambda v: v[-1], sol.ys), jnp.asarray(nfe, jnp.int32)
+    return _final_state(sol), jnp.asarray(nfe, jnp.int32)
+
+
+class _FirstStepPID(diffrax.PIDController):
+    """diffrax's PIDController whose first step is `first_step` (> 0, a traced value).
+
+    Passed here rather than as `dt0`, it keeps diffrax's sign check of `dt0` (a host callback
+    when dt0 is traced) out of the program. diffrax integrates t1 < t0 in negated time, so the
+    step is positive either way.
+    """
+
+    first_step: jax.Array = None
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        return super().init(terms, t0, t1, y0, self.first_step, args, func, error_order)
+
+
+def _final_state(sol):
+    """y(t1) of a diffrax solution saved at t1; NaN where the solve did not succeed."""
+    ok = sol.result == diffrax.RESULTS.successful
+    return jax.tree_util.tree_map(lambda v: jnp.where(ok, v[-1], jnp.nan), sol.ys)
 
 
 def probability_flow_drift(sde, score_fn):

@@ -1,4 +1,5 @@
-"""Small shared helpers: writing outputs atomically, image grids, the workdir's checks and lock."""
+"""Small shared helpers: the compilation cache, writing outputs atomically, image grids, the
+workdir's checks and lock."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,38 @@ import socket
 import tempfile
 import time
 
+import jax
 import numpy as np
+
+COMPILATION_CACHE_ENV = "SCORE_JAX_COMPILATION_CACHE"
+
+
+def default_compilation_cache_dir() -> str:
+    """`$SCORE_JAX_COMPILATION_CACHE` if set, else `<user cache dir>/score_jax/jax` (the user
+    cache dir is `$XDG_CACHE_HOME`, default `~/.cache`)."""
+    if COMPILATION_CACHE_ENV in os.environ:
+        return os.environ[COMPILATION_CACHE_ENV]
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache_home, "score_jax", "jax")
+
+
+def enable_compilation_cache(path: str | None = None) -> str | None:
+    """Turns on jax's persistent compilation cache, so that a second run of the same program
+    (same config, shapes and jax version) loads its compiled executables instead of compiling.
+
+    `path`: the cache directory; None means `default_compilation_cache_dir()`; '' disables the
+    cache. Every compilation is cached, however short. Call once, before the first compilation.
+    Returns the directory in use, or None when disabled.
+    """
+    path = default_compilation_cache_dir() if path is None else path
+    if not path:
+        return None
+    path = os.path.abspath(os.path.expanduser(path))
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
 
 
 @contextlib.contextmanager

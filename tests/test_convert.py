@@ -73,6 +73,36 @@ def test_parity_with_official_outputs(case, converted):
             _assert_close(raw_int, arrays[f"{name}_raw_int"], f"{case} {name}_raw_int")
 
 
+BFLOAT16_SCORE_RTOL = 3e-2  # max|bf16 - f32| / max|f32|; measured 5e-3 .. 1e-2 (README)
+
+
+@pytest.mark.parametrize("case", ["ncsnpp_ve_cont_small", "ddpm_vp_small"])
+def test_bfloat16_score_is_close_to_float32(case, converted):
+    """model.dtype='bfloat16' keeps float32 parameters and a float32 score within
+    BFLOAT16_SCORE_RTOL of the float32 network's, and does compute in bfloat16 (the scores differ)."""
+    arrays = refcases.case_arrays(case)
+    x, t = jnp.asarray(arrays["x"]), jnp.asarray(arrays["t"])
+    params = converted(case)["params"]
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        config = refcases.case_config(case)
+        config.model.dtype = dtype
+        sde, _ = sde_lib.get_sde(config)
+        model = mutils.create_model(config)
+
+        def score(p, x, t):
+            return mutils.get_score_fn(sde, model, {"params": p},
+                                       continuous=config.training.continuous)(x, t)
+
+        scores[dtype] = compile_fast(score, params, x, t)(params, x, t)
+        template = jax.eval_shape(lambda: mutils.init_model(jax.random.PRNGKey(0), config))
+        assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(template)} == {np.dtype("float32")}
+    assert scores["bfloat16"].dtype == jnp.float32
+    ref = np.asarray(scores["float32"], np.float64)
+    err = np.abs(np.asarray(scores["bfloat16"], np.float64) - ref).max() / np.abs(ref).max()
+    assert 1e-4 < err <= BFLOAT16_SCORE_RTOL, err
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_parameter_count_and_ema(case, converted):
     state = converted(case)

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 
 from score_jax.models import get_model, register_model
-from score_jax.models.layers import get_act, get_sigmas
+from score_jax.models.layers import compute_dtype, get_act, get_sigmas
 from score_jax.models.normalization import get_normalization
 
 Array = jax.Array
@@ -260,6 +260,9 @@ class RefineNet(nn.Module):
         if x.shape[-1] != cfg.data.num_channels:
             raise ValueError(f"input has {x.shape[-1]} channels, data.num_channels is "
                              f"{cfg.data.num_channels}")
+        if compute_dtype(cfg) != jnp.float32:
+            raise ValueError(f"model.dtype={cfg.model.dtype!r}: {name} computes in float32 only "
+                             "(bfloat16 is supported by ncsnpp and ddpm)")
 
     @nn.compact
     def __call__(self, x: Array, labels: Array, train: bool = False) -> Array:
