@@ -27,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from score_jax import losses, parallel, sde as sde_lib, train  # noqa: E402
+from score_jax import config_lib, losses, parallel, sde as sde_lib, train  # noqa: E402
 from score_jax.models import utils as mutils  # noqa: E402
 
 CASES = ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small", "ddpmpp_subvp_cont_small",
@@ -44,12 +44,7 @@ def _tuples(v):
 def load_config(name: str) -> ml_collections.ConfigDict:
     """A reference case name (its official config from tests/data/<case>.json) or a config file."""
     if name.endswith(".py"):
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("bench_config", ROOT / name)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.get_config()
+        return config_lib.load_config(ROOT / name)
     meta = json.loads((ROOT / "tests" / "data" / f"{name}.json").read_text())
     return ml_collections.ConfigDict(_tuples(meta["config"]))
 

@@ -29,9 +29,9 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
-from score_jax import losses
 from score_jax import parallel
 from score_jax import sde as sde_lib
+from score_jax import train_state
 from score_jax import utils
 from score_jax.models import utils as mutils
 from score_jax.train import MetricsLog, _crossed
@@ -113,7 +113,8 @@ def get_train_fns(config, classifier, mesh):
     sde, _ = sde_lib.get_sde(config)
     loss_fn = get_loss_fn(sde, classifier)
     opt_config = _optimizer_config(config)
-    optimizer, lr_fn = losses.get_optimizer(opt_config), losses.learning_rate_fn(opt_config)
+    optimizer = train_state.get_optimizer(opt_config)
+    lr_fn = train_state.learning_rate_fn(opt_config)
     ema_rate = float(config.classifier.ema_rate)
 
     def train_step(state, x, labels):
@@ -122,7 +123,7 @@ def get_train_fns(config, classifier, mesh):
                                                                         rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        decay = losses.ema_decay(ema_rate, state.step + 1)
+        decay = train_state.ema_decay(ema_rate, state.step + 1)
         ema = jax.tree.map(lambda e, p: e - (1.0 - decay) * (e - p), state.ema_params, params)
         metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
                    "lr": lr_fn(state.step)}
@@ -139,11 +140,11 @@ def get_train_fns(config, classifier, mesh):
 
 
 def create_train_state(config, mesh):
-    """A fresh classifier `losses.TrainState` (init from `config.seed`), replicated on `mesh`."""
+    """A fresh classifier `TrainState` (init from `config.seed`), replicated on `mesh`."""
     init_rng, state_rng = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 7))
     variables = jax.jit(lambda r: mutils.init_classifier(r, config))(init_rng)
-    state = losses.TrainState.create(variables["params"],
-                                     losses.get_optimizer(_optimizer_config(config)), state_rng)
+    state = train_state.TrainState.create(
+        variables["params"], train_state.get_optimizer(_optimizer_config(config)), state_rng)
     return jax.device_put(state, NamedSharding(mesh, P()))
 
 

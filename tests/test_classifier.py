@@ -21,11 +21,11 @@ from flax import traverse_util
 from score_jax import checkpoints as ckpt_lib
 from score_jax import controllable_generation as cg
 from score_jax import evaluate
-from score_jax import losses
 from score_jax import parallel
 from score_jax import sampling
 from score_jax import sde as sde_lib
 from score_jax import train_classifier
+from score_jax import train_state
 from score_jax.models import get_model, register_model
 from score_jax.models import utils as mutils
 
@@ -176,8 +176,8 @@ def trained(tmp_path_factory):
     config = _score_config()
     mesh = parallel.make_mesh()
     model_params = mutils.init_model(jax.random.PRNGKey(2), config)["params"]
-    state = losses.TrainState.create(model_params, losses.get_optimizer(config),
-                                     jax.random.PRNGKey(0))
+    state = train_state.TrainState.create(model_params, train_state.get_optimizer(config),
+                                          jax.random.PRNGKey(0))
     ck = ckpt_lib.Checkpointer(workdir)
     ck.save(jax.device_put(state.replace(step=jnp.asarray(5, jnp.int32)),
                            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())),

@@ -10,6 +10,7 @@ import nbformat
 import numpy as np
 from nbclient import NotebookClient
 
+from score_jax import config_lib
 from score_jax import convert
 from score_jax import train_classifier
 from score_jax.models import utils as mutils
@@ -18,24 +19,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "walkthrough.ipynb")
 
 
-def _digits_config(overrides):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("digits_nb", os.path.join(ROOT, "configs",
-                                                                            "digits.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.update_from_flattened_dict(overrides)
-    return config
-
-
 def test_walkthrough_notebook_runs_every_cell(tmp_path, monkeypatch):
     # Langevin on sub-VP needs N > beta_max (= 20): N = 50.
     overrides = {"model.num_scales": 50, "data.data_dir": str(tmp_path / "tfds"),
                  "classifier.channel_multiplier": 1, "classifier.n_iters": 1,
                  "classifier.batch_size": 8, "classifier.eval_freq": 0}
-    config = _digits_config(overrides)
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "digits.py"), overrides)
     workdir = str(tmp_path / "w")
     params = mutils.init_model(jax.random.PRNGKey(0), config)["params"]
     convert.save_converted(workdir, {"params": params, "ema_params": params, "step": 7})
