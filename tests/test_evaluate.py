@@ -6,7 +6,6 @@ x(eps) exp(-B/2) with B = int_eps^1 beta(t) dt, and the log-density has a closed
 modes' numbers are checked against it.
 """
 import glob
-import importlib.util
 import json
 import os
 

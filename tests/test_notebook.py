@@ -10,8 +10,8 @@ import nbformat
 import numpy as np
 from nbclient import NotebookClient
 
+from score_jax import checkpoints as ckpt_lib
 from score_jax import config_lib
-from score_jax import convert
 from score_jax import train_classifier
 from score_jax.models import utils as mutils
 
@@ -27,7 +27,7 @@ def test_walkthrough_notebook_runs_every_cell(tmp_path, monkeypatch):
     config = config_lib.load_config(os.path.join(ROOT, "configs", "digits.py"), overrides)
     workdir = str(tmp_path / "w")
     params = mutils.init_model(jax.random.PRNGKey(0), config)["params"]
-    convert.save_converted(workdir, {"params": params, "ema_params": params, "step": 7})
+    ckpt_lib.save_converted(workdir, {"params": params, "ema_params": params, "step": 7})
     train_classifier.train_classifier(config, workdir)
 
     monkeypatch.setenv("WALKTHROUGH_WORKDIR", workdir)
