@@ -2,7 +2,7 @@
 
 Everything runs on device inside one jitted function: the PC sampler is a `jax.lax.scan` over the
 N noise levels, the ODE sampler a diffrax solve (no host round trip per step, unlike the official
-scipy solver).
+scipy solver). `get_solver_sampler` wraps the few-step solvers of `score_jax.solvers` the same way.
 
 Building blocks, each usable on its own (e.g. one update of a real network with injected noise):
 
