@@ -223,7 +223,8 @@ def test_narrow_mixture_goal(sde_name):
 
 
 def test_ddim_on_vp_is_the_ddim_update():
-    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, x0 = (x_s - sqrt(1 - abar_s) eps) / sqrt(abar_s),
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with
+    x0 = (x_s - sqrt(1 - abar_s) eps) / sqrt(abar_s),
     eps = -sqrt(1 - abar_s) score (Song, Meng and Ermon 2021, eta = 0), on the same grid."""
     sde, z, _, score, _ = problem("vp", "mixture")
     ts = solvers.time_grid(sde, "logsnr", 5, sde.sampling_eps)
@@ -240,7 +241,8 @@ def test_ddim_on_vp_is_the_ddim_update():
 
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_edm_heun_with_one_step_is_an_euler_step(sde_name):
-    """In x^ = x / alpha and sigma^ = sigma / alpha: x^ + (sigma^_eps - sigma^_T) (x^ - D) / sigma^_T."""
+    """In x^ = x / alpha and sigma^ = sigma / alpha:
+    x^ + (sigma^_eps - sigma^_T) (x^ - D) / sigma^_T."""
     sde, z, _, score, _ = problem(sde_name, "mixture")
     eps = sde.sampling_eps
     tab = solvers.table(sde, "edm_heun", 1, eps)

@@ -64,7 +64,8 @@ def test_bad_sweep_input_names_the_key(tmp_path):
     with pytest.raises(ValueError, match="sampling.method='ddpm' is unknown"):
         sweep.nfe_sweep(config, str(tmp_path / "w"))
     config.sweep.methods = ("unipc:order=5",)
-    with pytest.raises(ValueError, match=r"sampling.order=5 is not valid for unipc; valid: \[1, 2, 3\]"):
+    with pytest.raises(ValueError,
+                       match=r"sampling.order=5 is not valid for unipc; valid: \[1, 2, 3\]"):
         sweep.nfe_sweep(config, str(tmp_path / "w"))
     config.sweep.methods = ("unipc:speed=2",)
     with pytest.raises(ValueError, match="is not key=value with key in"):
