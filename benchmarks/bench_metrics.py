@@ -16,20 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import statistics
-import sys
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import digits as digits_config  # noqa: E402
-from score_jax import evaluate, metrics  # noqa: E402
+from configs import digits as digits_config
+from score_jax import evaluate, metrics
 
 
 def throughput(batch: int, repeats: int) -> None:

@@ -90,6 +90,7 @@ def get_config():
     model.fourier_scale = 16.
     model.conv_size = 3
     model.dropout = 0.1
+    model.dtype = 'float32'  # or 'bfloat16' (README: bits/dim within 0.05 of float32)
 
     optim = config.optim
     optim.lr = 1e-3

@@ -24,9 +24,10 @@ from score_jax import inception
 from score_jax import likelihood as likelihood_lib
 from score_jax import losses
 from score_jax import metrics
+from score_jax import parallel
+from score_jax import train_state
 from score_jax import sampling
 from score_jax import sde as sde_lib
-from score_jax import train as train_lib
 from score_jax import utils
 from score_jax.models import utils as mutils
 
@@ -41,20 +42,22 @@ def _restore(config, workdir, step=None):
     the newest checkpoint, or snapshot `step`."""
     sde, eps = sde_lib.get_sde(config)
     model = mutils.create_model(config)
-    mesh = train_lib.make_mesh()
+    mesh = parallel.make_mesh()
     ema_params, step = ckpt_lib.restore_for_sampling(workdir, step,
                                                      sharding=NamedSharding(mesh, P()))
     return sde, eps, model, {"params": ema_params}, int(step), mesh
 
 
 def _write_json(path: str, payload: dict) -> None:
+    if not parallel.is_main_process():
+        return
     with utils.atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(payload, f, indent=1)
 
 
 def _eval_batch_size(config) -> int:
     batch = int(config.eval.batch_size)
-    train_lib.check_batch_size(batch, jax.device_count(), what="eval.batch_size")
+    parallel.check_batch_size(batch, what="eval.batch_size")
     return batch
 
 
@@ -71,7 +74,7 @@ def _draw_fn(config, sde, eps, model, variables, step, mesh):
 
     def draw(i):
         samples, nfe = sampling_fn(jax.random.fold_in(rng, i), variables)
-        samples = jax.device_get(samples)
+        samples = parallel.to_host(samples)
         sampling.check_finite(samples)
         return samples, int(nfe)
 
@@ -94,7 +97,8 @@ def sample(config, workdir: str) -> dict:
     nfe = None
     for i in tqdm.trange(n_batches, desc=f"sampling ({config.sampling.method})", unit="batch"):
         samples, nfe = draw(i)
-        utils.save_samples(samples, os.path.join(out_dir, f"samples_{i}"))
+        if parallel.is_main_process():
+            utils.save_samples(samples, os.path.join(out_dir, f"samples_{i}"))
     result = {"step": step, "num_samples": n_batches * batch, "nfe": int(nfe), "dir": out_dir}
     log.info("wrote %d samples (NFE %d per batch) to %s", result["num_samples"], nfe, out_dir)
     print(json.dumps(result))
@@ -129,7 +133,7 @@ def _bpd(config, sde, model, variables, mesh) -> dict:
             x = jax.make_array_from_process_local_data(data_sharding, scaler(batch["image"]))
             bpd, _, nfe = likelihood_fn(jax.random.fold_in(rng, repeat * 1_000_003 + i),
                                         variables, x)
-            bpds.append(np.asarray(jax.device_get(bpd)))
+            bpds.append(parallel.to_host(bpd))
             nfes.append(int(nfe))
     if not bpds:
         raise ValueError(f"eval.bpd_dataset={config.eval.bpd_dataset!r} gave no full batch of "
@@ -147,7 +151,7 @@ def _eval_loss(config, sde, model, variables, mesh) -> dict:
     t = config.training
     eval_fn = losses.get_step_fn(sde, model, train=False, reduce_mean=t.reduce_mean,
                                  continuous=t.continuous, likelihood_weighting=t.likelihood_weighting)
-    state = losses.TrainState(step=0, params=None, ema_params=variables["params"], opt_state=None,
+    state = train_state.TrainState(step=0, params=None, ema_params=variables["params"], opt_state=None,
                               rng=None)
     eval_step = jax.jit(lambda x, rng: eval_fn(state, x, rng))
     scaler = datasets.get_data_scaler(config)

@@ -11,6 +11,13 @@ Arrays are NHWC (any rank works: per-example quantities broadcast over the trail
 shape `(batch,)` and is in `[0, T]`. Every SDE is an immutable dataclass whose fields are all static
 pytree metadata: it can be closed over or passed into a jitted function, and equal SDEs hit the same
 compilation cache entry.
+
+Each SDE also says what the samplers, losses and networks need to know about it, so no other module
+asks which SDE it has: the marginal x_t = alpha(t) x_0 + sigma(t) z and its half-log-SNR
+`log_snr(t)` = log(alpha/sigma) with the inverse `t_from_log_snr`; the network's label
+(`network_label`) and how its output becomes a score (`score_from_output`); the discrete chain's
+coefficients (`ancestral_step`, `langevin_alpha`); the discrete objective (`discrete_loss`); and the
+paper's sampling end time (`sampling_eps`).
 """
 from __future__ import annotations
 
@@ -51,6 +58,14 @@ class SDE:
 
     N: int
     T: float = 1.0
+    # The paper's smallest sampling/likelihood time.
+    sampling_eps: float = 1e-3
+    # Name of the discrete objective of `training.continuous=False` ('smld', 'ddpm'), or None.
+    discrete_loss = None
+    # Discrete networks take an integer index into their noise table (so no time label works).
+    discrete_label_is_index = False
+    # Whether `ancestral_step` is defined (a discrete Markov chain exists).
+    has_ancestral_step = False
 
     def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
         """Drift f(x, t) (shape of x) and diffusion g(t) (batch,)."""
@@ -82,14 +97,50 @@ class SDE:
         """The reverse-time SDE (or its probability-flow ODE) for a score model `score_fn(x, t)`."""
         return ReverseSDE(forward=self, score_fn=score_fn, probability_flow=probability_flow)
 
-    def _timestep(self, t: Array) -> Array:
+    def timestep(self, t: Array) -> Array:
         """Discrete index floor(t (N-1)/T) of the official code (computed in t's precision)."""
         _check_t(t, self.T)
         idx = (t * (self.N - 1) / self.T).astype(jnp.int32)
         return jnp.clip(idx, 0, self.N - 1)
 
+    def alpha(self, t: Array) -> Array:
+        """Mean coefficient of the marginal x_t = alpha_t x_0 + sigma_t z (shape of t)."""
+        raise NotImplementedError
 
-def _linspace32(start: float, stop: float, num: int) -> np.ndarray:
+    def sigma(self, t: Array) -> Array:
+        """Noise std of the marginal x_t = alpha_t x_0 + sigma_t z (shape of t)."""
+        raise NotImplementedError
+
+    def log_snr(self, t: Array) -> Array:
+        """Half log signal-to-noise ratio lambda_t = log(alpha_t / sigma_t), decreasing in t."""
+        raise NotImplementedError
+
+    def t_from_log_snr(self, lam: Array) -> Array:
+        """The inverse of `log_snr`: the time t with lambda_t = lam."""
+        raise NotImplementedError
+
+    def network_label(self, t: Array, continuous: bool) -> Array:
+        """The label the score network is conditioned on at time t (shape of t)."""
+        raise NotImplementedError
+
+    def score_from_output(self, output: Array, t: Array, continuous: bool) -> Array:
+        """The score of p_t from the network output at x_t (both (batch, ...))."""
+        raise NotImplementedError
+
+    def ancestral_step(self, x: Array, score: Array, t: Array) -> tuple[Array, Array]:
+        """One ancestral sampling step of the discrete chain: mean (shape of x) and std (batch,)."""
+        raise ValueError(f"ancestral sampling is not defined for {type(self).__name__} (it has no "
+                         "discrete Markov chain); use reverse_diffusion or euler_maruyama")
+
+    def langevin_alpha(self, t: Array) -> Array:
+        """The alpha_i in the Langevin corrector's step size 2 alpha_i (snr ...)^2 (shape of t)."""
+        return jnp.ones_like(t)
+
+    def check_discrete_chain(self, what: str) -> None:
+        """Raises ValueError if `what` (a sampler using the discrete alpha_i) cannot run here."""
+
+
+def linspace32(start: float, stop: float, num: int) -> np.ndarray:
     """float32 linspace as torch computes it (from both ends toward the middle), so the discrete
     noise tables equal the official ones bit for bit; sqrt(sigma_i^2 - sigma_{i-1}^2) amplifies a
     one-ulp difference fifty-fold."""
@@ -113,6 +164,8 @@ class VPSDE(SDE):
     beta_max: float = struct.field(pytree_node=False, default=20.0)
     N: int = struct.field(pytree_node=False, default=1000)
     T: float = struct.field(pytree_node=False, default=1.0)
+    discrete_loss = "ddpm"
+    has_ancestral_step = True
 
     def __post_init__(self):
         _check_positive_int("model.num_scales (N)", self.N)
@@ -125,7 +178,7 @@ class VPSDE(SDE):
     # DDPM tables (float32, computed as the official code does).
     @property
     def discrete_betas(self) -> np.ndarray:
-        return _linspace32(self.beta_min / self.N, self.beta_max / self.N, self.N)
+        return linspace32(self.beta_min / self.N, self.beta_max / self.N, self.N)
 
     @property
     def alphas(self) -> np.ndarray:
@@ -158,9 +211,58 @@ class VPSDE(SDE):
         beta_t = self.beta(t)
         return batch_mul(-0.5 * beta_t, x), jnp.sqrt(beta_t)
 
-    def marginal_prob(self, x, t):
+    def alpha(self, t):
+        return jnp.exp(self.log_mean_coeff(t))
+
+    def sigma(self, t):
+        # 1 - e^{2 lmc}, not expm1: the official std, which the networks were trained with.
+        return jnp.sqrt(1.0 - jnp.exp(2.0 * self.log_mean_coeff(t)))
+
+    def log_snr(self, t):
         lmc = self.log_mean_coeff(t)
-        return batch_mul(jnp.exp(lmc), x), jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
+        return lmc - 0.5 * jnp.log(-jnp.expm1(2.0 * lmc))
+
+    def _t_from_log_mean_coeff(self, lmc):
+        # Positive root of (beta_max - beta_min) t^2 / 4 + beta_min t / 2 + lmc = 0, in the form
+        # without cancellation (also exact when beta_max = beta_min).
+        d = self.beta_max - self.beta_min
+        return -2.0 * lmc / (0.5 * self.beta_min + jnp.sqrt(0.25 * self.beta_min**2 - d * lmc))
+
+    def t_from_log_snr(self, lam):
+        # alpha^2 = sigmoid(2 lambda)  =>  lmc = -softplus(-2 lambda) / 2.
+        return self._t_from_log_mean_coeff(-0.5 * jax.nn.softplus(-2.0 * jnp.asarray(lam)))
+
+    def marginal_prob(self, x, t):
+        return batch_mul(self.alpha(t), x), self.sigma(t)
+
+    def network_label(self, t, continuous):
+        # Continuous VP networks see 999 t; discrete (DDPM) ones the float index t (N - 1).
+        return t * 999 if continuous else t * (self.N - 1)
+
+    def score_from_output(self, output, t, continuous):
+        # The network predicts the noise: score = -output / std.
+        if continuous:
+            std = self.sigma(t)
+        else:
+            std = jnp.asarray(self.sqrt_1m_alphas_cumprod)[(t * (self.N - 1)).astype(jnp.int32)]
+        return batch_mul(-1.0 / std, output)
+
+    def ancestral_step(self, x, score, t):
+        """DDPM ancestral step: mean (x + beta_i score) / sqrt(1 - beta_i), std sqrt(beta_i)."""
+        beta = jnp.asarray(self.discrete_betas)[self.timestep(t)]
+        return batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score)), jnp.sqrt(beta)
+
+    def langevin_alpha(self, t):
+        """The DDPM alpha_i = 1 - beta_i (sub-VP reads the same table of its shared betas)."""
+        return jnp.asarray(self.alphas)[self.timestep(t)]
+
+    def check_discrete_chain(self, what):
+        if float(self.alphas.min()) <= 0:
+            # alpha_i = 1 - beta_i reaches 1 - beta_max / N; its square root is NaN.
+            raise ValueError(
+                f"{what} on {type(self).__name__} needs N > beta_max (it takes square roots of "
+                f"alpha_i = 1 - beta_i, beta_i up to beta_max / N); got model.num_scales "
+                f"N={self.N}, model.beta_max={self.beta_max}")
 
     def prior_sampling(self, rng, shape):
         return jax.random.normal(rng, shape)
@@ -170,7 +272,7 @@ class VPSDE(SDE):
 
     def discretize(self, x, t):
         """DDPM step: f = (sqrt(alpha_i) - 1) x, G = sqrt(beta_i)."""
-        i = self._timestep(t)
+        i = self.timestep(t)
         beta = jnp.asarray(self.discrete_betas)[i]
         alpha = jnp.asarray(self.alphas)[i]
         return batch_mul(jnp.sqrt(alpha), x) - x, jnp.sqrt(beta)
@@ -189,10 +291,28 @@ class subVPSDE(VPSDE):
         discount = 1.0 - jnp.exp(-2.0 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
         return batch_mul(-0.5 * beta_t, x), jnp.sqrt(beta_t * discount)
 
-    def marginal_prob(self, x, t):
-        lmc = self.log_mean_coeff(t)
-        return batch_mul(jnp.exp(lmc), x), 1.0 - jnp.exp(2.0 * lmc)
+    discrete_loss = None
+    has_ancestral_step = False
 
+    def sigma(self, t):
+        return 1.0 - jnp.exp(2.0 * self.log_mean_coeff(t))
+
+    def log_snr(self, t):
+        lmc = self.log_mean_coeff(t)
+        return lmc - jnp.log(-jnp.expm1(2.0 * lmc))
+
+    def t_from_log_snr(self, lam):
+        # alpha / (1 - alpha^2) = e^lambda  =>  log alpha = -asinh(e^{-lambda} / 2).
+        return self._t_from_log_mean_coeff(-jnp.arcsinh(0.5 * jnp.exp(-jnp.asarray(lam))))
+
+    def network_label(self, t, continuous):
+        # Sub-VP networks always see 999 t (there is no discrete sub-VP).
+        return t * 999
+
+    def score_from_output(self, output, t, continuous):
+        return batch_mul(-1.0 / self.sigma(t), output)
+
+    ancestral_step = SDE.ancestral_step
     discretize = SDE.discretize
 
 
@@ -204,6 +324,10 @@ class VESDE(SDE):
     sigma_max: float = struct.field(pytree_node=False, default=50.0)
     N: int = struct.field(pytree_node=False, default=1000)
     T: float = struct.field(pytree_node=False, default=1.0)
+    sampling_eps = 1e-5
+    discrete_loss = "smld"
+    discrete_label_is_index = True
+    has_ancestral_step = True
 
     def __post_init__(self):
         _check_positive_int("model.num_scales (N)", self.N)
@@ -215,11 +339,40 @@ class VESDE(SDE):
     @property
     def discrete_sigmas(self) -> np.ndarray:
         """The SMLD noise levels, increasing from sigma_min to sigma_max (float32, shape (N,))."""
-        log_sigmas = _linspace32(np.log(self.sigma_min), np.log(self.sigma_max), self.N)
+        log_sigmas = linspace32(np.log(self.sigma_min), np.log(self.sigma_max), self.N)
         return np.exp(log_sigmas.astype(np.float64)).astype(np.float32)
 
-    def sigma(self, t: Array) -> Array:
+    def alpha(self, t):
+        return jnp.ones_like(t)
+
+    def sigma(self, t):
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def log_snr(self, t):
+        return -(np.log(self.sigma_min) + t * np.log(self.sigma_max / self.sigma_min))
+
+    def t_from_log_snr(self, lam):
+        return (-jnp.asarray(lam) - np.log(self.sigma_min)) / np.log(self.sigma_max / self.sigma_min)
+
+    def network_label(self, t, continuous):
+        # Continuous VE networks see sigma(t); discrete (NCSN) ones the index of their sigma table,
+        # which runs from sigma_max down: round((T - t)(N - 1)).
+        if continuous:
+            return self.sigma(t)
+        return jnp.round((self.T - t) * (self.N - 1)).astype(jnp.int32)
+
+    def score_from_output(self, output, t, continuous):
+        return output
+
+    def ancestral_step(self, x, score, t):
+        """SMLD ancestral step between adjacent noise levels sigma_i > sigma_{i-1}
+        (sigma_{-1} = 0)."""
+        i = self.timestep(t)
+        sigmas = jnp.asarray(self.discrete_sigmas)
+        sigma = sigmas[i]
+        adjacent = jnp.where(i == 0, jnp.zeros_like(sigma), sigmas[jnp.maximum(i - 1, 0)])
+        x_mean = x + batch_mul(sigma**2 - adjacent**2, score)
+        return x_mean, jnp.sqrt(adjacent**2 * (sigma**2 - adjacent**2) / sigma**2)
 
     def sde(self, x, t):
         diffusion = self.sigma(t) * np.sqrt(2 * (np.log(self.sigma_max) - np.log(self.sigma_min)))
@@ -236,7 +389,7 @@ class VESDE(SDE):
 
     def discretize(self, x, t):
         """SMLD step: f = 0, G = sqrt(sigma_i^2 - sigma_{i-1}^2) (sigma_{-1} = 0)."""
-        i = self._timestep(t)
+        i = self.timestep(t)
         sigmas = jnp.asarray(self.discrete_sigmas)
         sigma = sigmas[i]
         adjacent = jnp.where(i == 0, jnp.zeros_like(sigma), sigmas[jnp.maximum(i - 1, 0)])
@@ -279,24 +432,19 @@ class ReverseSDE:
         return self._reverse(x, t, *self.forward.discretize(x, t))
 
 
-SAMPLING_EPS = {"vesde": 1e-5, "vpsde": 1e-3, "subvpsde": 1e-3}
+_SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": subVPSDE}
 
 
 def get_sde(config) -> tuple[SDE, float]:
-    """The SDE of `config.training.sde` with the config's noise scales, and its sampling epsilon.
-
-    Epsilon (the smallest time the samplers and the likelihood integrate to) is 1e-5 for VE and
-    1e-3 for VP and sub-VP, as in the paper.
-    """
+    """The SDE of `config.training.sde` with the config's noise scales, and its `sampling_eps`
+    (the smallest time the samplers and the likelihood integrate to: 1e-5 for VE, 1e-3 for VP and
+    sub-VP, as in the paper)."""
     name = str(config.training.sde).lower()
-    m = config.model
-    if name == "vesde":
-        sde = VESDE(sigma_min=float(m.sigma_min), sigma_max=float(m.sigma_max), N=int(m.num_scales))
-    elif name == "vpsde":
-        sde = VPSDE(beta_min=float(m.beta_min), beta_max=float(m.beta_max), N=int(m.num_scales))
-    elif name == "subvpsde":
-        sde = subVPSDE(beta_min=float(m.beta_min), beta_max=float(m.beta_max), N=int(m.num_scales))
-    else:
+    if name not in _SDES:
         raise ValueError(
-            f"training.sde={config.training.sde!r} is unknown; valid: {sorted(SAMPLING_EPS)}")
-    return sde, SAMPLING_EPS[name]
+            f"training.sde={config.training.sde!r} is unknown; valid: {sorted(_SDES)}")
+    cls, m = _SDES[name], config.model
+    scales = ({"sigma_min": float(m.sigma_min), "sigma_max": float(m.sigma_max)} if cls is VESDE
+              else {"beta_min": float(m.beta_min), "beta_max": float(m.beta_max)})
+    sde = cls(N=int(m.num_scales), **scales)
+    return sde, sde.sampling_eps

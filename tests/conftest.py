@@ -5,6 +5,8 @@ import pathlib
 # Must happen before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# No persistent compilation cache for main.py runs inside the tests (nothing written to ~/.cache).
+os.environ.setdefault("SCORE_JAX_COMPILATION_CACHE", "")
 
 import pytest  # noqa: E402
 

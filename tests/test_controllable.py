@@ -69,7 +69,7 @@ def test_bad_input():
     sde = sde_lib.subVPSDE()
     with pytest.raises(ValueError, match="unknown corrector"):
         cg.get_pc_inpainter(sde, AnalyticScore(sde), "none", "gibbs", identity, 0.16)
-    with pytest.raises(ValueError, match="not defined for the sub-VP"):
+    with pytest.raises(ValueError, match="not defined for subVPSDE"):
         cg.get_pc_colorizer(sde, AnalyticScore(sde), "ancestral_sampling", "none", identity, 0.16)
     colorize = cg.get_pc_colorizer(sde, AnalyticScore(sde), "none", "none", identity, 0.16)
     with pytest.raises(ValueError, match="needs RGB images"):

@@ -17,7 +17,8 @@ import pytest
 from sklearn.datasets import load_digits
 
 import main
-from score_jax import convert
+from score_jax import checkpoints as ckpt_lib
+from score_jax import config_lib
 from score_jax import datasets
 from score_jax import digits
 from score_jax import metrics
@@ -29,11 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def digits_config(tmp_path, **eval_overrides):
-    spec = importlib.util.spec_from_file_location("digits_cfg", os.path.join(ROOT, "configs",
-                                                                             "digits.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "digits.py"))
     config.data.data_dir = str(tmp_path / "tfds")
     config.model.num_scales = 10  # a 10-step sampler keeps the test fast
     config.eval.update({"batch_size": 150, "num_samples": 150, "bpd_num_repeats": 1,
@@ -45,7 +42,7 @@ def write_checkpoint(config, workdir, params_fn, step=7):
     """A converted-style checkpoint (`params`, `ema_params`, `step`) with `params_fn(init)`."""
     variables = mutils.init_model(jax.random.PRNGKey(0), config)
     params = jax.tree.map(params_fn, variables["params"])
-    convert.save_converted(workdir, {"params": params, "ema_params": params, "step": step})
+    ckpt_lib.save_converted(workdir, {"params": params, "ema_params": params, "step": step})
     return params
 
 
@@ -146,13 +143,13 @@ def test_walkthrough_runs_every_step(tmp_path):
 def test_training_ends_with_the_final_eval(tmp_path):
     """`training.final_eval` (the main job's last step): a completed run evaluates its last
     checkpoint, as `--mode eval` does, and returns the numbers prefixed `final_`."""
-    from score_jax import train
+    import main
 
     config = digits_config(tmp_path, enable_loss=True, enable_bpd=False, enable_sampling=False)
     config.training.update({"n_iters": 2, "batch_size": 8, "log_freq": 1, "eval_freq": 100,
                             "snapshot_sampling": False, "final_eval": True})
     workdir = str(tmp_path / "w")
-    result = train.train(config, workdir)
+    result = main.run("train", config, workdir)
     saved = json.load(open(os.path.join(workdir, "eval", "ckpt_2.json")))
     assert result["final_step"] == saved["step"] == 2
     assert result["final_loss"] == saved["loss"] and saved["loss_batches"] == 2

@@ -189,3 +189,47 @@ def test_t_outside_range_raises():
         sde.discretize(X, jnp.array([0.1, 0.2, 1.5, 0.3]))
     with pytest.raises(ValueError, match="t must lie"):
         sde_lib.VPSDE().discretize(X, jnp.array([-0.1, 0.2, 0.5, 0.3]))
+
+
+SDES = [sde_lib.VPSDE(), sde_lib.subVPSDE(), sde_lib.VESDE(),
+        sde_lib.VPSDE(beta_min=5.0, beta_max=5.0), sde_lib.VESDE(sigma_min=0.002, sigma_max=80.0)]
+
+
+@pytest.mark.parametrize("sde", SDES, ids=lambda s: f"{type(s).__name__}")
+def test_marginal_coefficients_and_log_snr(sde):
+    """alpha, sigma are marginal_prob's; log_snr = log(alpha / sigma) against float64 closed forms;
+    t_from_log_snr inverts log_snr."""
+    t = np.linspace(1e-5, 1.0, 50)
+    mean, std = sde.marginal_prob(jnp.ones((50, 2)), jnp.asarray(t, jnp.float32))
+    np.testing.assert_allclose(sde.alpha(jnp.asarray(t, jnp.float32)), mean[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(sde.sigma(jnp.asarray(t, jnp.float32)), std, rtol=1e-6)
+    if hasattr(sde, "beta_min"):
+        lmc = -0.25 * t**2 * (sde.beta_max - sde.beta_min) - 0.5 * t * sde.beta_min
+        alpha = np.exp(lmc)
+        one_m_a2 = -np.expm1(2 * lmc)  # 1 - alpha^2 without cancellation at small t
+        sigma = one_m_a2 if type(sde) is sde_lib.subVPSDE else np.sqrt(one_m_a2)
+    else:
+        alpha, sigma = np.ones_like(t), sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t
+    lam = np.log(alpha / sigma)
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(sde.log_snr(jnp.asarray(t)), lam, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(sde.t_from_log_snr(jnp.asarray(lam)), t, rtol=1e-10)
+    # float32: a few ulps of lambda, hence of t (absolutely: VE's t is an affine map of lambda).
+    np.testing.assert_allclose(sde.log_snr(jnp.asarray(t, jnp.float32)), lam, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(sde.t_from_log_snr(jnp.asarray(lam, jnp.float32)), t, rtol=1e-4,
+                               atol=1e-6)
+    assert np.all(np.diff(lam) < 0)
+
+
+@pytest.mark.parametrize("sde", SDES[:3], ids=lambda s: type(s).__name__)
+def test_score_from_output_inverts_the_noise_parameterisation(sde):
+    """For x_t = alpha x_0 + sigma z the exact conditional score is -z / sigma: a noise-predicting
+    (VP, sub-VP) output z and a score-predicting (VE) output -z / sigma both give it."""
+    t = jnp.asarray([0.01, 0.3, 0.9], jnp.float32)
+    z = jax.random.normal(jax.random.key(0), (3, 4))
+    sigma = sde.sigma(t)[:, None]
+    out = z if sde.discrete_loss != "smld" else -z / sigma
+    np.testing.assert_allclose(sde.score_from_output(out, t, True), -z / sigma, rtol=1e-6)
+    label = sde.network_label(t, True)
+    np.testing.assert_allclose(label, sde.sigma(t) if sde.discrete_label_is_index else 999 * t,
+                               rtol=1e-6)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from score_jax import sde as sde_lib
 from score_jax.models import get_model
 
 
@@ -38,37 +37,12 @@ def get_model_fn(model, variables, train: bool = False, rng=None):
 
 
 def get_score_fn(sde, model, variables, train: bool = False, continuous: bool = False, rng=None):
-    """`score_fn(x, t)` of the official parameterisation (x: (B, H, W, C), t: (B,) in [0, T]).
-
-    * VP / sub-VP: the network predicts the noise; score = -output / std(t). Its label is 999 t
-      (continuous training, and always for sub-VP) with std from `marginal_prob`, or the DDPM index
-      t (N-1) (a float, as in the official code) with std = sqrt(1 - alpha_bar[floor(t (N-1))]).
-    * VE: the network output is the score. Its label is sigma(t) (continuous) or the reversed
-      integer noise index round((T - t)(N-1)) (discrete; the networks index their sigma table,
-      which runs from sigma_max down to sigma_min).
-    """
+    """`score_fn(x, t)` of the official parameterisation (x: (B, H, W, C), t: (B,) in [0, T]): the
+    network sees `sde.network_label(t, continuous)` and its output becomes a score through
+    `sde.score_from_output` (VP / sub-VP networks predict the noise, VE ones the score)."""
     model_fn = get_model_fn(model, variables, train=train, rng=rng)
 
-    if isinstance(sde, sde_lib.VPSDE):  # also sub-VP (a VPSDE subclass)
+    def score_fn(x, t):
+        return sde.score_from_output(model_fn(x, sde.network_label(t, continuous)), t, continuous)
 
-        def score_fn(x, t):
-            if continuous or isinstance(sde, sde_lib.subVPSDE):
-                labels = t * 999
-                std = sde.marginal_prob(jnp.zeros_like(x), t)[1]
-            else:
-                labels = t * (sde.N - 1)
-                std = jnp.asarray(sde.sqrt_1m_alphas_cumprod)[labels.astype(jnp.int32)]
-            return sde_lib.batch_mul(-1.0 / std, model_fn(x, labels))
-
-    elif isinstance(sde, sde_lib.VESDE):
-
-        def score_fn(x, t):
-            if continuous:
-                labels = sde.marginal_prob(jnp.zeros_like(x), t)[1]
-            else:
-                labels = jnp.round((sde.T - t) * (sde.N - 1)).astype(jnp.int32)
-            return model_fn(x, labels)
-
-    else:
-        raise ValueError(f"SDE class {type(sde).__name__} is not supported by get_score_fn")
     return score_fn
