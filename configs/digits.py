@@ -49,10 +49,13 @@ def get_config():
     sampling.corrector = 'none'
 
     evaluate = config.eval
+    evaluate.begin_ckpt = evaluate.end_ckpt = 1  # the snapshot at step 2,000
     evaluate.batch_size = 100
-    evaluate.num_samples = 100
+    evaluate.num_samples = 300
     evaluate.enable_bpd = True
     evaluate.bpd_num_repeats = 1  # official: 5 (--config.eval.bpd_num_repeats=5)
+    evaluate.enable_sampling = True  # FID and KID against the 300 test digits
+    evaluate.fid_stats_split = 'test'
 
     data = config.data
     data.dataset = 'DIGITS'
@@ -87,6 +90,7 @@ def get_config():
     model.fourier_scale = 16.
     model.conv_size = 3
     model.dropout = 0.1
+    model.dtype = 'float32'  # or 'bfloat16' (README: bits/dim within 0.05 of float32)
 
     optim = config.optim
     optim.lr = 1e-3

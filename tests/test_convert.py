@@ -13,7 +13,7 @@ import pytest
 import torch
 from flax import serialization, traverse_util
 
-import refcases
+from score_jax import reference as refcases
 from test_models import compile_fast
 from score_jax import checkpoints, convert, sde as sde_lib
 from score_jax.models import utils as mutils
@@ -71,6 +71,36 @@ def test_parity_with_official_outputs(case, converted):
         if "labels_int" in arrays:
             raw_int = raw_int_fn(state[weights], x, labels_int)
             _assert_close(raw_int, arrays[f"{name}_raw_int"], f"{case} {name}_raw_int")
+
+
+BFLOAT16_SCORE_RTOL = 3e-2  # max|bf16 - f32| / max|f32|; measured 5e-3 .. 1e-2 (README)
+
+
+@pytest.mark.parametrize("case", ["ncsnpp_ve_cont_small", "ddpm_vp_small"])
+def test_bfloat16_score_is_close_to_float32(case, converted):
+    """model.dtype='bfloat16' keeps float32 parameters and a float32 score within
+    BFLOAT16_SCORE_RTOL of the float32 network's, and does compute in bfloat16 (the scores differ)."""
+    arrays = refcases.case_arrays(case)
+    x, t = jnp.asarray(arrays["x"]), jnp.asarray(arrays["t"])
+    params = converted(case)["params"]
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        config = refcases.case_config(case)
+        config.model.dtype = dtype
+        sde, _ = sde_lib.get_sde(config)
+        model = mutils.create_model(config)
+
+        def score(p, x, t):
+            return mutils.get_score_fn(sde, model, {"params": p},
+                                       continuous=config.training.continuous)(x, t)
+
+        scores[dtype] = compile_fast(score, params, x, t)(params, x, t)
+        template = jax.eval_shape(lambda: mutils.init_model(jax.random.PRNGKey(0), config))
+        assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(template)} == {np.dtype("float32")}
+    assert scores["bfloat16"].dtype == jnp.float32
+    ref = np.asarray(scores["float32"], np.float64)
+    err = np.abs(np.asarray(scores["bfloat16"], np.float64) - ref).max() / np.abs(ref).max()
+    assert 1e-4 < err <= BFLOAT16_SCORE_RTOL, err
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -197,8 +227,8 @@ def test_main_convert_end_to_end(tmp_path, converted):
     case = "ddpmpp_vp_cont_small"
     config_file = tmp_path / "case_config.py"
     config_file.write_text(
-        f"import sys\nsys.path.insert(0, {str(REPO / 'tests')!r})\nimport refcases\n\n\n"
-        f"def get_config():\n    return refcases.case_config({case!r})\n")
+        f"from score_jax import reference\n\n\n"
+        f"def get_config():\n    return reference.case_config({case!r})\n")
     workdir = tmp_path / "work"
     subprocess.run([sys.executable, str(REPO / "main.py"), "--mode", "convert",
                     f"--config={config_file}", f"--workdir={workdir}",
@@ -215,3 +245,48 @@ def test_main_convert_end_to_end(tmp_path, converted):
     ema_params, step = checkpoints.restore_for_sampling(str(workdir))
     assert step == 1
     jax.tree_util.tree_map(np.testing.assert_array_equal, ema_params, ref["ema_params"])
+
+
+@pytest.mark.parametrize("case", ["ddpmpp_vp_cont_small", "ncsnpp_ve_cont_small"])
+def test_unconditional_networks_load(case, converted, tmp_path):
+    """An official `model.conditional=False` checkpoint: its residual blocks still own the unused
+    time-embedding projections `Dense_0` (checked, then dropped). Built from the conditional case
+    file as the official code builds such a network (no time-embedding Linear layers in
+    `all_modules`), it converts to the conditional case's tensors minus the time embedding."""
+    ckpt = torch.load(refcases.case_checkpoint(case), map_location="cpu", weights_only=False)
+    model = {k.removeprefix("module."): v for k, v in ckpt["model"].items()}
+    fourier = refcases.case_config(case).model.embedding_type == "fourier"
+    temb = {1, 2} if fourier else {0, 1}  # the two Linear layers after the (Fourier) projection
+    trainable = [k for k in model if k != "sigmas" and k != "all_modules.0.W"]
+    shadow = dict(zip(trainable, ckpt["ema"]["shadow_params"]))
+    renamed, new_shadow = {}, []
+    for key, value in model.items():
+        index = int(key.split(".")[1]) if key.startswith("all_modules.") else None
+        if index in temb:
+            continue
+        if index is not None:
+            key = f"all_modules.{index - sum(i < index for i in temb)}." + key.split(".", 2)[2]
+        renamed[key] = value
+    new_shadow = [shadow[k] for k in trainable if int(k.split(".")[1]) not in temb]
+    path = tmp_path / "uncond.pth"
+    torch.save({"model": renamed, "ema": {"shadow_params": new_shadow}, "step": 3}, path)
+    config = refcases.case_config(case)
+    config.model.conditional = False
+    out = convert.load_official_checkpoint(path, config)
+    full = converted(case)
+    for key in ("params", "ema_params"):
+        ours = traverse_util.flatten_dict(out[key])
+        theirs = {k: v for k, v in traverse_util.flatten_dict(full[key]).items()
+                  if not (k[0].startswith("Dense_") or k[-2] == "Dense_0")}
+        assert set(ours) == set(theirs)
+        for k in ours:
+            np.testing.assert_array_equal(ours[k], theirs[k], err_msg=str(k))
+    x = jnp.ones((1, 16, 16, 3)) * 0.1
+    y = mutils.create_model(config).apply({"params": out["ema_params"]}, x, jnp.ones((1,)))
+    assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))
+    # A wrong-shaped unused projection is refused, naming the tensor.
+    block = next(k for k in renamed if k.endswith("Dense_0.weight"))
+    renamed[block] = renamed[block][:, :3]
+    torch.save({"model": renamed, "ema": {"shadow_params": new_shadow}, "step": 3}, path)
+    with pytest.raises(ValueError, match=f"{block}.*unused time-embedding projection"):
+        convert.load_official_checkpoint(path, config)

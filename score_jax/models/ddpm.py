@@ -5,7 +5,8 @@ Called as `model.apply(variables, x, labels, train=...)` with `x` (B, H, W, C) f
 32 groups, so `model.nf * ch_mult[i]` must be a multiple of 32.
 
 Flags: nf, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv, conditional,
-nonlinearity, normalization (GroupNorm), scale_by_sigma (divides by `sigmas[int(label)]`, in
+nonlinearity, normalization (GroupNorm), dtype ('float32' | 'bfloat16', see ncsnpp),
+scale_by_sigma (divides by `sigmas[int(label)]`, in
 float32 here, float64 in PyTorch); data.centered=False maps x to 2x - 1 first.
 `conditional=False` (the official PyTorch model crashes on it) builds no time embedding at all,
 as the official JAX model: no `Dense_0/1` and no `Dense_0` in the ResNet blocks.
@@ -45,15 +46,16 @@ class DDPM(nn.Module):
             raise ValueError(f"model.nf * model.ch_mult = {bad} channels: DDPM's GroupNorm(32) "
                              "needs multiples of 32")
 
+        dtype = layers.compute_dtype(config)
         if m.conditional:
             temb = layers.get_timestep_embedding(labels, nf)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(temb)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(act(temb))
+            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dtype)(temb)
+            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dtype)(act(temb))
         else:
             temb = None
 
         ResnetBlock = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=m.dropout)
-        h = x if config.data.centered else 2 * x - 1.0
+        h = (x if config.data.centered else 2 * x - 1.0).astype(dtype)
 
         hs = [layers.conv3x3(h, nf)]
         for i_level in range(num_resolutions):
@@ -80,7 +82,7 @@ class DDPM(nn.Module):
                 h = layers.Upsample(with_conv=m.resamp_with_conv)(h)
 
         h = act(layers.group_norm(32)(h))
-        h = layers.conv3x3(h, x.shape[-1], init_scale=0.0)
+        h = layers.conv3x3(h, x.shape[-1], init_scale=0.0).astype(jnp.float32)
         if m.scale_by_sigma:
             sigmas = jnp.asarray(layers.get_sigmas(config), jnp.float32)
             h = h / sigmas[labels.astype(jnp.int32)].reshape((-1, 1, 1, 1))

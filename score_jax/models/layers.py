@@ -4,6 +4,10 @@ Convolutions are `flax.linen.Conv` created inside the caller's compact method, s
 parameter tree holds them as `Conv_0`, `Conv_1`, ... exactly as the official code's does. Their
 default initialisation is DDPM's: variance scaling, fan_avg, uniform, with `init_scale` (0 means
 1e-10, so "zero-initialised" layers still carry a gradient signal), and zero biases.
+
+Layers compute in the dtype of their input (parameters stay float32 and are cast): a network runs
+in bfloat16 by casting its input and time embedding (`compute_dtype`), while GroupNorm statistics
+and the attention softmax stay in float32.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from score_jax.models.up_or_down_sampling import naive_upsample_2d
 
@@ -37,16 +42,58 @@ def get_act(config) -> Callable[[Array], Array]:
     return acts[name]
 
 
-def group_norm(num_groups: int) -> nn.GroupNorm:
-    """GroupNorm with the official epsilon (1e-6) and the exact two-pass variance."""
-    return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, use_fast_variance=False)
+class GroupNorm(nn.Module):
+    """Group normalisation of (B, H, W, C) with flax's parameters (`scale`, `bias`, (C,)).
+
+    Statistics over each group's (H, W, C / num_groups) values in float32 with the exact two-pass
+    variance; the output has the input's dtype. The group sums are taken from per-channel sums
+    (reductions over H, W that XLA:CPU vectorises over C), which is several times faster on CPU
+    than `flax.linen.GroupNorm`'s reduction over a (B, H, W, G, C / G) view.
+    """
+
+    num_groups: int
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        if c % self.num_groups:
+            raise ValueError(f"GroupNorm: {c} channels are not divisible into "
+                             f"{self.num_groups} groups")
+        per_group = c // self.num_groups
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+
+        def group_mean(v):  # (B, H, W, C) -> (B, 1, 1, C): each channel gets its group's mean
+            sums = jnp.sum(v, axis=(1, 2)).reshape(b, self.num_groups, per_group).sum(-1)
+            return jnp.repeat(sums / (h * w * per_group), per_group, axis=1)[:, None, None, :]
+
+        centred = x.astype(jnp.float32) - group_mean(x.astype(jnp.float32))
+        inv_std = lax.rsqrt(group_mean(centred * centred) + self.epsilon)
+        return (centred * (inv_std * scale) + bias).astype(x.dtype)
+
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config):
+    """The dtype the network computes in: `config.model.dtype`, 'float32' (default) or 'bfloat16'."""
+    name = str(config.model.get("dtype", "float32"))
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"model.dtype={name!r} is unknown; valid: {sorted(COMPUTE_DTYPES)}")
+    return COMPUTE_DTYPES[name]
+
+
+def group_norm(num_groups: int) -> GroupNorm:
+    """GroupNorm with the official epsilon (1e-6)."""
+    return GroupNorm(num_groups=num_groups, epsilon=1e-6)
 
 
 def ddpm_conv(x: Array, out_ch: int, kernel_size: int, stride: int = 1, bias: bool = True,
               init_scale: float = 1.0) -> Array:
     """A 'SAME' convolution with DDPM initialisation; call inside a compact method."""
     return nn.Conv(out_ch, (kernel_size, kernel_size), strides=(stride, stride), padding="SAME",
-                   use_bias=bias, kernel_init=default_init(init_scale),
+                   use_bias=bias, dtype=x.dtype, kernel_init=default_init(init_scale),
                    bias_init=nn.initializers.zeros)(x)
 
 
@@ -98,7 +145,7 @@ class NIN(nn.Module):
     def __call__(self, x):
         w = self.param("W", default_init(self.init_scale), (x.shape[-1], self.num_units))
         b = self.param("b", nn.initializers.zeros, (self.num_units,))
-        return contract_inner(x, w) + b
+        return contract_inner(x, w.astype(x.dtype)) + b.astype(x.dtype)
 
 
 def self_attention(x: Array, normed: Array, out_init_scale: float) -> Array:
@@ -108,9 +155,10 @@ def self_attention(x: Array, normed: Array, out_init_scale: float) -> Array:
     """
     b, h, w, c = x.shape
     q, k, v = NIN(c)(normed), NIN(c)(normed), NIN(c)(normed)
-    logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k) * (int(c) ** -0.5)
+    logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k, preferred_element_type=jnp.float32)
+    logits = logits * (int(c) ** -0.5)
     weights = jax.nn.softmax(logits.reshape(b, h, w, h * w), axis=-1).reshape(b, h, w, h, w)
-    out = jnp.einsum("bhwHW,bHWc->bhwc", weights, v)
+    out = jnp.einsum("bhwHW,bHWc->bhwc", weights.astype(v.dtype), v)
     return NIN(c, init_scale=out_init_scale)(out)
 
 
@@ -161,7 +209,8 @@ class ResnetBlockDDPM(nn.Module):
         out_ch = self.out_ch or c
         h = conv3x3(self.act(group_norm(32)(x)), out_ch)
         if temb is not None:
-            h = h + nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
+            h = h + nn.Dense(out_ch, kernel_init=default_init(), dtype=temb.dtype)(
+                self.act(temb))[:, None, None, :]
         h = self.act(group_norm(32)(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
         h = conv3x3(h, out_ch, init_scale=0.0)

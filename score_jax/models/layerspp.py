@@ -5,6 +5,7 @@ GroupNorms here use `min(C // 4, 32)` groups and epsilon 1e-6. `init_scale` is t
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -26,8 +27,9 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return layers.group_norm(min(channels // 4, 32))
 
 
-def _skip_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
-    return (x + h) / np.sqrt(2.0) if skip_rescale else x + h
+def skip_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
+    """x + h, divided by sqrt(2) with `skip_rescale` (a Python float: keeps x's dtype)."""
+    return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
 
 
 class GaussianFourierProjection(nn.Module):
@@ -73,7 +75,7 @@ class AttnBlockpp(nn.Module):
     @nn.compact
     def __call__(self, x):
         h = layers.self_attention(x, group_norm(x.shape[-1])(x), out_init_scale=self.init_scale)
-        return _skip_sum(x, h, self.skip_rescale)
+        return skip_sum(x, h, self.skip_rescale)
 
 
 class Upsample(nn.Module):
@@ -151,13 +153,14 @@ class ResnetBlockDDPMpp(nn.Module):
         out_ch = self.out_ch or c
         h = conv3x3(self.act(group_norm(c)(x)), out_ch)
         if temb is not None:
-            h = h + nn.Dense(out_ch, kernel_init=layers.default_init())(self.act(temb))[:, None, None]
+            h = h + nn.Dense(out_ch, kernel_init=layers.default_init(), dtype=temb.dtype)(
+                self.act(temb))[:, None, None]
         h = self.act(group_norm(out_ch)(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
         h = conv3x3(h, out_ch, init_scale=self.init_scale)
         if c != out_ch:
             x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
-        return _skip_sum(x, h, self.skip_rescale)
+        return skip_sum(x, h, self.skip_rescale)
 
 
 class ResnetBlockBigGANpp(nn.Module):
@@ -195,10 +198,11 @@ class ResnetBlockBigGANpp(nn.Module):
         x = self._resample(x)
         h = conv3x3(h, out_ch)
         if temb is not None:
-            h = h + nn.Dense(out_ch, kernel_init=layers.default_init())(self.act(temb))[:, None, None]
+            h = h + nn.Dense(out_ch, kernel_init=layers.default_init(), dtype=temb.dtype)(
+                self.act(temb))[:, None, None]
         h = self.act(group_norm(out_ch)(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
         h = conv3x3(h, out_ch, init_scale=self.init_scale)
         if c != out_ch or self.up or self.down:
             x = conv1x1(x, out_ch)
-        return _skip_sum(x, h, self.skip_rescale)
+        return skip_sum(x, h, self.skip_rescale)

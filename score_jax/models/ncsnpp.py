@@ -11,6 +11,9 @@ Flags (all those of the official configs):
   residual), progressive_input (none | input_skip | residual), progressive_combine (sum | cat),
   embedding_type (fourier | positional), fourier_scale, scale_by_sigma, conv_size (3 only, as
   the official code, which ignores it); data.centered=False maps x to 2x - 1 first.
+  Ours only: dtype ('float32' | 'bfloat16'), what the layers compute in (`layers.compute_dtype`);
+  the time embedding, normalisation statistics, softmax and output scaling stay float32 and the
+  output is float32.
 
 Behaviour where the official code has none (it crashes or asserts):
   * resblock_type='ddpm' with fir=True, and progressive='residual' with fir=True: the official
@@ -32,7 +35,6 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from score_jax.models import layers, layerspp, register_model
 
@@ -93,9 +95,10 @@ class NCSNpp(nn.Module):
             used_sigmas = sigmas[time_cond.astype(jnp.int32)]
             temb = layers.get_timestep_embedding(time_cond, nf)
 
+        dtype = layers.compute_dtype(config)
         if m.conditional:
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(temb)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init())(act(temb))
+            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dtype)(temb)
+            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dtype)(act(temb))
         else:
             temb = None
 
@@ -119,10 +122,11 @@ class NCSNpp(nn.Module):
                                             init_scale=init_scale, skip_rescale=skip_rescale)
 
         def combine(a, b):
-            return (a + b) / np.sqrt(2.0) if skip_rescale else a + b
+            return layerspp.skip_sum(a, b, skip_rescale)
 
         if not config.data.centered:
             x = 2 * x - 1.0
+        x = x.astype(dtype)  # every layer computes in its input's dtype
 
         # Downsampling path.
         input_pyramid = x if progressive_input != "none" else None
@@ -194,6 +198,7 @@ class NCSNpp(nn.Module):
             h = act(layerspp.group_norm(h.shape[-1])(h))
             h = layers.conv3x3(h, x.shape[-1], init_scale=init_scale)
 
+        h = h.astype(jnp.float32)
         if m.scale_by_sigma:
             h = h / used_sigmas.reshape((-1, 1, 1, 1))
         return h

@@ -39,17 +39,22 @@ def upfirdn2d(x: jax.Array, k: np.ndarray, up: int = 1, down: int = 1,
     crop, as in the official op.
     """
     n, h, w, c = x.shape
-    if up > 1:
-        x = x.reshape(n, h, 1, w, 1, c)
-        x = jnp.pad(x, ((0, 0), (0, 0), (0, up - 1), (0, 0), (0, up - 1), (0, 0)))
-        x = x.reshape(n, h * up, w * up, c)
+    kh, kw = k.shape
     p0, p1 = pad
-    x = jnp.pad(x, ((0, 0), (max(p0, 0), max(p1, 0)), (max(p0, 0), max(p1, 0)), (0, 0)))
-    x = x[:, max(-p0, 0):x.shape[1] - max(-p1, 0), max(-p0, 0):x.shape[2] - max(-p1, 0), :]
-    kernel = jnp.asarray(np.ascontiguousarray(k[::-1, ::-1]), dtype=x.dtype)
-    kernel = jnp.tile(kernel[:, :, None, None], (1, 1, 1, c))  # depthwise (kh, kw, 1, C)
-    return lax.conv_general_dilated(x, kernel, window_strides=(down, down), padding="VALID",
-                                    dimension_numbers=_DIMS, feature_group_count=c)
+    # Zero insertion and padding in one `lax.pad` (interior padding up - 1), then the filter as a
+    # weighted sum of len(k)^2 shifted, strided views: one elementwise fusion, where a depthwise
+    # convolution (feature_group_count=C) is several times slower than the real convolutions on
+    # XLA:CPU.
+    spatial = (p0, p1 + up - 1, up - 1)  # zeros after every sample, the last one included
+    x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), spatial, spatial, (0, 0, 0)])
+    out_h = (h * up + p0 + p1 - kh) // down + 1
+    out_w = (w * up + p0 + p1 - kw) // down + 1
+    flipped = np.asarray(k, np.float64)[::-1, ::-1]
+    taps = [lax.slice(x, (0, i, j, 0),
+                      (n, i + down * (out_h - 1) + 1, j + down * (out_w - 1) + 1, c),
+                      (1, down, down, 1)) * jnp.asarray(flipped[i, j], x.dtype)
+            for i in range(kh) for j in range(kw)]
+    return sum(taps[1:], taps[0])
 
 
 def upsample_2d(x: jax.Array, k: Optional[Sequence[float]] = None, factor: int = 2,
@@ -135,6 +140,7 @@ class Conv2d(nn.Module):
             raise ValueError(f"Conv2d: kernel must be odd and >= 1, got {self.kernel}")
         init = self.kernel_init or nn.initializers.lecun_normal()
         w = self.param("weight", init, (self.kernel, self.kernel, x.shape[-1], self.fmaps))
+        w = w.astype(x.dtype)
         if self.up:
             x = upsample_conv_2d(x, w, k=self.resample_kernel)
         elif self.down:
@@ -143,5 +149,5 @@ class Conv2d(nn.Module):
             x = lax.conv_general_dilated(x, w, window_strides=(1, 1), padding="SAME",
                                          dimension_numbers=_DIMS)
         if self.use_bias:
-            x = x + self.param("bias", nn.initializers.zeros, (self.fmaps,))
+            x = x + self.param("bias", nn.initializers.zeros, (self.fmaps,)).astype(x.dtype)
         return x

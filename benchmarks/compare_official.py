@@ -1,0 +1,295 @@
+"""score_jax against the official PyTorch code on the same CPU, weights and inputs.
+
+    python benchmarks/compare_official.py --official /path/to/score_sde_pytorch
+    python benchmarks/compare_official.py --official OFFICIAL \
+        --config configs/vp/cifar10_ddpmpp_continuous.py --nf 32 --batch 64 --only conv,forward
+    python benchmarks/compare_official.py --official OFFICIAL --case ncsnpp_ve_cont_small
+
+`--official` is a checkout of `yang-song/score_sde_pytorch` (not a dependency of score_jax). The
+network is either a reference case (`--case`: its official checkpoint in `tests/data/` and its
+config) or a config file (`--config`, with `--nf` / `--image_size` shrinking it): then the official
+network is built with random weights (seed 0, every parameter perturbed so no layer is zero),
+saved as an official checkpoint and converted with `score_jax.convert.load_official_checkpoint`,
+exactly as a user converts a released one. Both sides get the same inputs; the script first prints
+how far apart their network outputs are.
+
+Rows (`--only` picks some): `conv` (one 3x3 convolution, `--nf` * 2 channels in and out, at the
+network's image size: jitted NHWC `lax.conv_general_dilated` against `F.conv2d` on NCHW),
+`forward` (one network call, eval mode), `ode` (probability-flow
+sampler from the same latent at rtol = atol = 1e-3 and 1e-5: official scipy RK45, ours diffrax
+Dopri5), `bpd` (likelihood at `--bpd_tol`, same data), `pc` (reverse diffusion + Langevin with
+`--pc_N` noise levels). Every timing interleaves the two implementations, `--repeats` times, and
+reports medians; our compile time is reported separately (first call minus the median). JAX runs
+on the CPU with its default thread pool, torch with `torch.set_num_threads(--threads)`.
+
+CPU shims for the official code, kept here and applied only inside `import_official`:
+  * `op/upfirdn2d.py` and `op/fused_act.py` compile CUDA extensions at import
+    (`torch.utils.cpp_extension.load`); on a CPU tensor `op.upfirdn2d` never calls them (it runs
+    `upfirdn2d_native`), so `load` is replaced by a stub whose attributes raise if used.
+  * TensorFlow is imported only by the official `datasets.py`, `evaluation.py`, `main.py` and
+    `run_lib.py`, none of which this script imports.
+  * The official samplers take a `device` argument (default 'cuda'): we pass 'cpu'.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from score_jax import reference as refcases  # noqa: E402
+from score_jax import convert, datasets, likelihood, sampling  # noqa: E402
+from score_jax import sde as sde_lib  # noqa: E402
+from score_jax.models import utils as mutils  # noqa: E402
+
+
+class _NoCudaExtension:
+    """Stands in for a compiled CUDA extension; the CPU code paths never touch it."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __getattr__(self, attr):
+        raise RuntimeError(f"official CUDA extension {self.name}.{attr} called on CPU")
+
+
+def import_official(path: pathlib.Path) -> dict:
+    """The official modules this script uses, imported from the checkout at `path`."""
+    if not (path / "models" / "ncsnpp.py").is_file():
+        raise ValueError(f"--official={path}: not a score_sde_pytorch checkout "
+                         "(no models/ncsnpp.py)")
+    import torch.utils.cpp_extension as cpp_extension
+
+    load = cpp_extension.load
+    cpp_extension.load = lambda name, *args, **kwargs: _NoCudaExtension(name)
+    sys.path.insert(0, str(path))
+    try:
+        # Official top-level names (`models`, `sampling`, `likelihood`, `sde_lib`) would clash
+        # with nothing of ours: score_jax's modules are all under `score_jax.`.
+        names = ["models.ncsnpp", "models.ddpm", "models.utils", "sde_lib", "sampling",
+                 "likelihood"]
+        mods = {n: importlib.import_module(n) for n in names}
+    finally:
+        sys.path.remove(str(path))
+        cpp_extension.load = load
+    return mods
+
+
+def official_sde(official, config):
+    m, name = config.model, config.training.sde.lower()
+    sde_mod = official["sde_lib"]
+    if name == "vesde":
+        return sde_mod.VESDE(sigma_min=m.sigma_min, sigma_max=m.sigma_max, N=m.num_scales)
+    cls = sde_mod.VPSDE if name == "vpsde" else sde_mod.subVPSDE
+    return cls(beta_min=m.beta_min, beta_max=m.beta_max, N=m.num_scales)
+
+
+def build_pair(args, official):
+    """(config, official torch model in eval mode, our converted variables)."""
+    if args.case:
+        config = refcases.case_config(args.case)
+        checkpoint = refcases.case_checkpoint(args.case)
+    else:
+        module = ".".join(pathlib.Path(args.config).with_suffix("").parts)
+        config = importlib.import_module(module).get_config()
+        if args.nf:
+            config.model.nf = args.nf
+        if args.image_size:
+            config.data.image_size = args.image_size
+        checkpoint = None
+    cls = {"ncsnpp": official["models.ncsnpp"].NCSNpp, "ddpm": official["models.ddpm"].DDPM}
+    if config.model.name not in cls:
+        raise ValueError(f"model.name={config.model.name!r}: only ncsnpp and ddpm are compared")
+    torch.manual_seed(0)
+    net = cls[config.model.name](config)
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        net.load_state_dict({k.removeprefix("module."): v for k, v in state["model"].items()})
+        params = convert.load_official_checkpoint(checkpoint, config)["params"]
+    else:
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        trainable = [p.detach().clone() for p in net.parameters() if p.requires_grad]
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = pathlib.Path(tmp) / "official.pth"
+            torch.save({"model": net.state_dict(), "ema": {"shadow_params": trainable}, "step": 0},
+                       checkpoint)
+            params = convert.load_official_checkpoint(checkpoint, config)["params"]
+    net.eval()
+    return config, net, {"params": params}
+
+
+def labels_for(config, sde, t):
+    """The network labels of continuous times `t` (numpy, (B,)), as `get_score_fn` feeds them."""
+    if config.training.sde.lower() == "vesde":
+        return np.array(sde.marginal_prob(jnp.zeros((1,) * 4), jnp.asarray(t))[1], np.float32)
+    return (999.0 * t).astype(np.float32)
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    """{name: (first call s, median of `repeats` later calls s)}; calls alternate between fns."""
+    first, times = {}, {k: [] for k in fns}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        first[name] = time.perf_counter() - start
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: (first[k], statistics.median(times[k])) for k in fns}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--official", required=True, type=pathlib.Path)
+    parser.add_argument("--case", default=None, help="a reference case in tests/data")
+    parser.add_argument("--config", default="configs/ve/cifar10_ncsnpp_continuous.py")
+    parser.add_argument("--nf", type=int, default=32)
+    parser.add_argument("--image_size", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default="conv,forward,ode,bpd,pc")
+    parser.add_argument("--bpd_tol", type=float, default=1e-3)
+    parser.add_argument("--pc_N", type=int, default=100)
+    args = parser.parse_args()
+    rows = set(args.only.split(","))
+
+    torch.set_num_threads(args.threads)
+    official = import_official(args.official.resolve())
+    config, net, variables = build_pair(args, official)
+    model = mutils.create_model(config)
+    sde, eps = sde_lib.get_sde(config)
+    tsde = official_sde(official, config)
+    size, channels, b = config.data.image_size, config.data.num_channels, args.batch
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(b, size, size, channels)).astype(np.float32)
+    t = np.linspace(0.1, 0.9, b).astype(np.float32)
+    labels = labels_for(config, sde, t)
+    x_t, labels_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(labels)
+    x_j, labels_j = jnp.asarray(x), jnp.asarray(labels)
+
+    with torch.no_grad():
+        ref = net(x_t, labels_t).numpy().transpose(0, 2, 3, 1)
+    # A separate jit of the same function, so that the `forward` row times its own compilation.
+    ours = np.asarray(jax.jit(lambda v, x, l: model.apply(v, x, l, train=False))(
+        variables, x_j, labels_j))
+    forward = jax.jit(lambda v, x, l: model.apply(v, x, l, train=False))
+    err = np.abs(ours - ref).max() / np.abs(ref).max()
+    print(f"# {args.case or args.config} nf={config.model.nf} {size}x{size}x{channels} batch {b}; "
+          f"max|ours - official| / max|official| = {err:.1e}")
+    print(f"# jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
+          f"({args.threads} threads); medians of {args.repeats} interleaved repeats")
+    print("| what | official (s) | score_jax (s) | ratio | official NFE | score_jax NFE | "
+          "score_jax compile (s) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+
+    def row(what, res, nfe=("", "")):
+        (_, t_off), (first, t_ours) = res["official"], res["ours"]
+        print(f"| {what} | {t_off:.4g} | {t_ours:.4g} | {t_ours / t_off:.2f} | {nfe[0]} | "
+              f"{nfe[1]} | {max(first - t_ours, 0):.1f} |", flush=True)
+
+    def torch_call(fn):
+        def call():
+            with torch.no_grad():
+                return fn()
+        return call
+
+    if "conv" in rows:
+        c = 2 * config.model.nf
+        w = (rng.normal(size=(3, 3, c, c)) / (3 * np.sqrt(c))).astype(np.float32)
+        h = rng.normal(size=(b, size, size, c)).astype(np.float32)
+        w_t = torch.from_numpy(w.transpose(3, 2, 0, 1).copy())
+        h_t = torch.from_numpy(h.transpose(0, 3, 1, 2).copy())
+        conv = jax.jit(lambda h, w: jax.lax.conv_general_dilated(
+            h, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        w_j, h_j = jnp.asarray(w), jnp.asarray(h)
+        res = interleaved(
+            {"official": torch_call(lambda: torch.nn.functional.conv2d(h_t, w_t, padding=1)),
+             "ours": lambda: conv(h_j, w_j).block_until_ready()}, args.repeats * 10)
+        row(f"one 3x3 conv, {b}x{size}x{size}x{c} -> {c}", res)
+
+    if "forward" in rows:
+        res = interleaved({"official": torch_call(lambda: net(x_t, labels_t)),
+                           "ours": lambda: forward(variables, x_j, labels_j).block_until_ready()},
+                          args.repeats * 4)
+        row("forward", res)
+
+    inverse_scaler = datasets.get_data_inverse_scaler(config)
+    shape = (b, size, size, channels)
+    z = np.asarray(sde.prior_sampling(jax.random.PRNGKey(0), shape))
+    z_t = torch.from_numpy(z.transpose(0, 3, 1, 2).copy())
+    if "ode" in rows:
+        for tol in (1e-3, 1e-5):
+            t_sampler = official["sampling"].get_ode_sampler(
+                tsde, shape=(b, channels, size, size), inverse_scaler=lambda v: v, denoise=False,
+                rtol=tol, atol=tol, eps=eps, device="cpu")
+            j_sampler = sampling.get_ode_sampler(sde, model, shape, lambda v: v, denoise=False,
+                                                 rtol=tol, atol=tol, eps=eps)
+            nfe = {}
+
+            def run_official():
+                nfe["official"] = t_sampler(net, z=z_t)[1]
+
+            def run_ours():
+                out, n = j_sampler(jax.random.PRNGKey(0), variables, jnp.asarray(z))
+                nfe["ours"] = int(n)
+
+            res = interleaved({"official": torch_call(run_official), "ours": run_ours},
+                              args.repeats)
+            row(f"ODE sample, rtol=atol={tol:g}", res, (nfe["official"], nfe["ours"]))
+
+    if "bpd" in rows:
+        data = (2.0 * x - 1.0) if config.data.centered else x
+        data_t = torch.from_numpy(data.transpose(0, 3, 1, 2).copy())
+        t_lik = official["likelihood"].get_likelihood_fn(
+            tsde, inverse_scaler, rtol=args.bpd_tol, atol=args.bpd_tol, eps=1e-5)
+        j_lik = likelihood.get_likelihood_fn(sde, model, inverse_scaler, rtol=args.bpd_tol,
+                                             atol=args.bpd_tol, eps=1e-5)
+        nfe = {}
+
+        def run_official():
+            torch.manual_seed(0)
+            nfe["official"] = t_lik(net, data_t)[2]
+
+        def run_ours():
+            nfe["ours"] = int(j_lik(jax.random.PRNGKey(0), variables, jnp.asarray(data))[2])
+
+        res = interleaved({"official": torch_call(run_official), "ours": run_ours}, args.repeats)
+        row(f"bits/dim, rtol=atol={args.bpd_tol:g}", res, (nfe["official"], nfe["ours"]))
+
+    if "pc" in rows:
+        config.model.num_scales = args.pc_N
+        sde_pc, _ = sde_lib.get_sde(config)
+        tsde_pc = official_sde(official, config)
+        kwargs = dict(predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps=1,
+                      probability_flow=False, continuous=True, denoise=True, eps=eps)
+        t_off = official["sampling"]
+        t_sampler = t_off.get_pc_sampler(
+            tsde_pc, (b, channels, size, size), t_off.get_predictor("reverse_diffusion"),
+            t_off.get_corrector("langevin"), inverse_scaler, snr=0.16, n_steps=1,
+            probability_flow=False, continuous=True, denoise=True, eps=eps, device="cpu")
+        j_sampler = sampling.get_pc_sampler(sde_pc, model, shape, kwargs.pop("predictor"),
+                                            kwargs.pop("corrector"), inverse_scaler, **kwargs)
+        res = interleaved({
+            "official": torch_call(lambda: t_sampler(net)),
+            "ours": lambda: jax.block_until_ready(j_sampler(jax.random.PRNGKey(0), variables))},
+            args.repeats)
+        row(f"PC sample, N={args.pc_N}, 1 Langevin step", res, (2 * args.pc_N, 2 * args.pc_N))
+
+
+if __name__ == "__main__":
+    main()
