@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from score_jax import sampling, solvers
+from score_jax import ode, sampling, solvers
 from score_jax import sde as sde_lib
 
 SDES = {"ve": sde_lib.VESDE, "vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE}
@@ -96,7 +96,7 @@ def problem(sde_name: str, data: str):
                 f, g = sde.sde(x, tv)
                 return f - 0.5 * (g**2)[:, None] * score(x, tv)
 
-            ref = np.asarray(jax.jit(lambda z: sampling.solve_ode(
+            ref = np.asarray(jax.jit(lambda z: ode.solve_ode(
                 drift, z, sde.T, eps, rtol=1e-9, atol=1e-9, max_steps=20000)[0])(z))
 
         def run(x, coeffs, prediction):
@@ -213,7 +213,7 @@ def test_narrow_mixture_goal(sde_name):
         f, g = sde.sde(x, tv)
         return f - 0.5 * (g**2)[:, None] * score(x, tv)
 
-    y, dopri_nfe = jax.jit(lambda z: sampling.solve_ode(drift, z, sde.T, sde.sampling_eps,
+    y, dopri_nfe = jax.jit(lambda z: ode.solve_ode(drift, z, sde.T, sde.sampling_eps,
                                                         rtol=1e-3, atol=1e-3))(z)
     dopri = float(np.sqrt(np.mean((np.asarray(y) - ref) ** 2) / np.mean(ref**2)))
     print(f"{sde_name}: 2M logsnr {base:.3e}; UniPC-3 logsnr_power {ours:.3e} ({base / ours:.2f}x);"
