@@ -6,6 +6,7 @@ A multi-process run starts the distributed runtime first, for every mode (`score
 """
 import importlib
 import logging as py_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -18,7 +19,9 @@ MODES = {
     "sample": "score_jax.evaluate:sample",
     "likelihood": "score_jax.evaluate:likelihood",
     "eval": "score_jax.evaluate:evaluate",
+    "fid_stats": "score_jax.evaluate:fid_stats",
     "train": "score_jax.train:train",
+    "nfe_sweep": "score_jax.sweep:nfe_sweep",
 }
 
 FLAGS = flags.FLAGS
@@ -45,14 +48,24 @@ def run(mode: str, config, workdir: str, **mode_flags):
 
     `train` with `training.final_eval` (our key; the main job sets it) ends a completed run with
     `eval` on its last checkpoint and returns the eval's numbers prefixed `final_`.
+    Before any work: the config is validated, the workdir proven writable, and the keys that
+    define the model and SDE compared with `W/config.json` (`score_jax.config_lib`).
     """
     if mode not in MODES:
         raise ValueError(f"--mode={mode!r} is unknown; valid modes: {', '.join(sorted(MODES))}")
+    from score_jax import config_lib, utils
+
+    config_lib.validate(config)
+    utils.check_workdir(workdir)
+    if mode in ("train", "sample", "likelihood", "eval"):
+        config_lib.check_workdir_config(config, workdir, record=mode == "train")
     module, fn = MODES[mode].split(":")
     result = getattr(importlib.import_module(module), fn)(config, workdir, **mode_flags)
     if (mode == "train" and config.training.get("final_eval", False)
             and result.get("updates", 0) >= config.training.n_iters):
-        final = run("eval", config, workdir)
+        from score_jax import evaluate
+
+        final = evaluate.evaluate(config, workdir, result["updates"])  # the last snapshot
         result = {**result, **{f"final_{k}": v for k, v in final.items()}}
     return result
 
@@ -77,8 +90,34 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     mode_flags = {"checkpoint": FLAGS.checkpoint} if FLAGS.mode == "convert" else {}
-    run(FLAGS.mode, FLAGS.config, FLAGS.workdir, **mode_flags)
+    from score_jax.train import Preempted
+
+    try:
+        run(FLAGS.mode, FLAGS.config, FLAGS.workdir, **mode_flags)
+    except Preempted as e:
+        logging.error("%s", e)
+        sys.exit(128 + e.signum)
+
+
+def parse_flags(argv):
+    """absl's parsing; an unknown `--config.<key>` override is reported by name."""
+    try:
+        return FLAGS(argv)
+    except (AttributeError, KeyError):
+        path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+        keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+        if path is None:
+            raise
+        from score_jax import config_lib
+
+        config = config_lib.load_config(path)
+        for key in keys:
+            try:
+                config_lib.check_key(config, key)
+            except ValueError as e:
+                sys.exit(f"FATAL Flags parsing error: --config.{key}: {e}")
+        raise
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

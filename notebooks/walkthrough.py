@@ -13,7 +13,6 @@
 
 # %%
 import argparse
-import importlib.util
 import os
 import sys
 
@@ -22,17 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from score_jax import checkpoints, datasets, likelihood, sampling, utils  # noqa: E402
+from score_jax import checkpoints, config_lib, datasets, likelihood, sampling, utils  # noqa: E402
 from score_jax import controllable_generation as cg  # noqa: E402
 from score_jax import sde as sde_lib  # noqa: E402
 from score_jax.models import utils as mutils  # noqa: E402
-
-
-def load_config(path):
-    spec = importlib.util.spec_from_file_location("config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def walkthrough(config, workdir, batch=16, out_dir=None):
@@ -112,4 +104,4 @@ if __name__ == "__main__":
     # As main.py: hide orbax's read-only-directory and tfds's OpenCV warnings.
     from absl import logging
     logging.set_verbosity(logging.ERROR)
-    walkthrough(load_config(args.config), args.workdir, args.batch)
+    walkthrough(config_lib.load_config(args.config), args.workdir, args.batch)

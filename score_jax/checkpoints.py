@@ -5,33 +5,49 @@
 
 Each step directory holds one orbax `StandardSave` item, the pytree
 `{'params', 'ema_params', 'opt_state', 'step' (int), 'rng' (uint32 (2,))}`. The converter of
-official weights (`score_jax.convert.save_converted`) writes the same layout without `opt_state`
+official weights (`save_converted`) writes the same layout without `opt_state`
 and `rng` under `W/checkpoints/`, so `restore_for_sampling` serves both, and training can start
 from converted weights (with a fresh optimizer state).
 
 Atomicity: orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>`
 only once every item is committed; a process killed during a save leaves the temporary folder
-(ignored by `latest_step`, deleted on the next start) and the previous checkpoints intact.
+(ignored, deleted on the next start) and the previous checkpoints intact. A save that fails (disk
+full) raises `CheckpointWriteError` at the next `check()` or save, and its temporary folder is
+removed.
+
+Restoring validates: a checkpoint that cannot be read (missing files, a stray empty `<step>`
+folder, truncated arrays) or holds NaN/inf is skipped, with a warning naming the step and why, and
+the newest intact one is used. Training sets a skipped checkpoint aside as `<step>.corrupt` so that
+it can write that step again.
 """
 from __future__ import annotations
 
+import logging
 import os
+import pathlib
+import shutil
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 PyTree = Any
 SNAPSHOT_DIR = "checkpoints"
 PREEMPTION_DIR = "checkpoints-meta"
 _TREE_ITEMS = ("params", "ema_params", "opt_state")
+_ITEM = "default"  # the orbax item folder inside a step folder
+_TMP_MARK = ".orbax-checkpoint-tmp"
+log = logging.getLogger(__name__)
 
 
-def _manager(directory: str, max_to_keep: int | None, read_only: bool = False):
-    # A reader sets save_interval_steps=0 itself: orbax warns about it otherwise.
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                           read_only=read_only, cleanup_tmp_directories=not read_only,
-                                           **({"save_interval_steps": 0} if read_only else {}))
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the message ends with the cause."""
+
+
+def _manager(directory: str, max_to_keep: int | None):
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           cleanup_tmp_directories=True)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                  item_handlers=ocp.StandardCheckpointHandler())
 
@@ -46,73 +62,240 @@ class Checkpointer:
     """Saves and restores a `TrainState` in the two official folders of `workdir`."""
 
     def __init__(self, workdir: str):
+        self.workdir = workdir
         self.snapshots = _manager(os.path.join(workdir, SNAPSHOT_DIR), max_to_keep=None)
         self.preemption = _manager(os.path.join(workdir, PREEMPTION_DIR), max_to_keep=1)
+        self._last_save = {}  # folder -> step of its latest save (orbax runs one at a time)
+        self._reported = False  # a failed save was raised already
 
     def save(self, state, preemption: bool) -> None:
-        """Starts an (asynchronous) save of `state` at `state.step`; returns once the arrays are
-        copied off the devices, so the caller may donate `state` afterwards."""
+        """Starts an (asynchronous) save of `state` at `state.step` once the previous save is
+        committed; returns once the arrays are copied off the devices, so the caller may donate
+        `state` afterwards. Raises `CheckpointWriteError` if the previous save failed: a failed
+        save stops the run at the next save at the latest."""
+        self.wait()
         manager = self.preemption if preemption else self.snapshots
         step = int(state.step)
         if step in manager.all_steps():
             return
         item = {k: getattr(state, k) for k in _TREE_ITEMS}
         item.update(step=step, rng=state.rng)
-        manager.save(step, args=ocp.args.StandardSave(item))
+        self._last_save[str(manager.directory)] = step
+        try:
+            manager.save(step, args=ocp.args.StandardSave(item))
+        except Exception as e:  # noqa: BLE001 - a synchronous failure (folder creation, metadata)
+            self._failed(e)
 
-    def latest_step(self) -> int | None:
-        steps = [s for s in (self.snapshots.latest_step(), self.preemption.latest_step())
-                 if s is not None]
-        return max(steps) if steps else None
+    def check(self) -> None:
+        """Raises `CheckpointWriteError` if a save has failed; does not wait for one in flight."""
+        for manager in (self.snapshots, self.preemption):
+            if not manager.is_saving_in_progress():
+                try:
+                    manager.wait_until_finished()  # returns at once; raises the save's error
+                except Exception as e:  # noqa: BLE001 - orbax re-raises the writer's error
+                    self._failed(e)
+
+    def _failed(self, error: Exception) -> None:
+        self._reported = True
+        failed = [(d, s) for d, s in self._last_save.items()
+                  if not os.path.isdir(os.path.join(d, str(s)))]
+        for manager in (self.snapshots, self.preemption):
+            try:
+                manager.wait_until_finished()
+            except Exception:  # noqa: BLE001 - the error reported below, or its echo
+                pass
+            _remove_tmp_folders(str(manager.directory))
+        where = ", ".join(f"step {s} in {d}" for d, s in failed) or self.workdir
+        raise CheckpointWriteError(f"writing the checkpoint ({where}) failed; the earlier "
+                                   f"checkpoints are intact. Cause: {_cause(error)}") from error
 
     def restore(self, template):
-        """The newest checkpoint of either folder as a state shaped (and sharded) like `template`
-        (a `TrainState`), or None when there is none. A converted official checkpoint (no
+        """The newest intact checkpoint of either folder as a state shaped (and sharded) like
+        `template` (a `TrainState`), or None when there is none. Newer damaged checkpoints are
+        set aside as `<step>.corrupt` with a warning. A converted official checkpoint (no
         optimizer state) keeps the template's fresh `opt_state` and `rng`."""
-        step = self.latest_step()
-        if step is None:
-            return None
-        manager = self.preemption if step in self.preemption.all_steps() else self.snapshots
         sharding = jax.tree.leaves(template.params)[0].sharding
-        meta = manager.item_metadata(step)
-        target = {k: _abstract(getattr(template, k), sharding) for k in _TREE_ITEMS + ("rng",)
-                  if k in meta}
-        target["step"] = _abstract(meta["step"], sharding)
-        restored = manager.restore(step, args=ocp.args.StandardRestore(target))
-        restored["step"] = jax.device_put(jax.numpy.asarray(step, jax.numpy.int32), sharding)
+
+        def target(meta):
+            return {k: _abstract(getattr(template, k), sharding)
+                    for k in _TREE_ITEMS + ("rng",) if k in meta}
+
+        found = _newest_intact(_candidates(self.workdir), target,
+                               set_aside=jax.process_index() == 0)
+        self.snapshots.reload()
+        self.preemption.reload()
+        if found is None:
+            return None
+        step, restored = found
+        restored["step"] = jax.device_put(jnp.asarray(step, jnp.int32), sharding)
         return template.replace(**restored)
 
     def wait(self) -> None:
-        """Blocks until pending saves are committed."""
-        self.snapshots.wait_until_finished()
-        self.preemption.wait_until_finished()
+        """Blocks until pending saves are committed; raises `CheckpointWriteError` if one failed."""
+        for manager in (self.snapshots, self.preemption):
+            try:
+                manager.wait_until_finished()
+            except Exception as e:  # noqa: BLE001
+                self._failed(e)
 
     def close(self) -> None:
-        self.snapshots.close()
-        self.preemption.close()
+        """Waits for pending saves and releases orbax's threads; raises `CheckpointWriteError`
+        for a failed save not raised yet."""
+        try:
+            self.snapshots.close()
+            self.preemption.close()
+        except Exception as e:  # noqa: BLE001
+            if not self._reported:
+                self._failed(e)
+
+
+def _cause(error: BaseException) -> str:
+    """The innermost exception's type and first line (orbax wraps the writer's error)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def _remove_tmp_folders(directory: str) -> None:
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if _TMP_MARK in name:
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def _steps(directory: str) -> list[int]:
+    if not os.path.isdir(directory):
+        return []
+    return sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True)
+
+
+def _candidates(workdir: str, folders=(SNAPSHOT_DIR, PREEMPTION_DIR), step: int | None = None):
+    """[(step, step folder)] of `folders`, newest first (the first folder first at equal steps)."""
+    found = [(s, -i, os.path.join(workdir, d, str(s))) for i, d in enumerate(folders)
+             for s in _steps(os.path.join(workdir, d)) if step is None or s == step]
+    return [(s, path) for s, _, path in sorted(found, reverse=True)]
+
+
+def _read(step_dir: str, target_fn) -> dict:
+    """The items `target_fn(metadata)` names (a dict of abstract trees) from one step folder."""
+    from etils import epath
+
+    item_dir = epath.Path(step_dir) / _ITEM
+    if not (item_dir / "_METADATA").exists():
+        raise FileNotFoundError(f"{_ITEM}/_METADATA is missing (an incomplete or stray folder)")
+    handler = ocp.PyTreeCheckpointHandler()
+    meta = handler.metadata(item_dir).tree
+    target = target_fn(meta)
+    with ocp.Checkpointer(handler) as checkpointer:
+        return checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+
+
+def _nonfinite(tree: dict) -> list[str]:
+    """Names of the items of `tree` that hold NaN or inf."""
+    flags = {k: jax.tree.map(lambda x: jnp.isfinite(x).all(), v) for k, v in tree.items()}
+    return [k for k, v in jax.device_get(flags).items() if not all(jax.tree.leaves(v))]
+
+
+def _newest_intact(candidates, target_fn, set_aside: bool):
+    """(step, restored items) of the first candidate that reads and is finite, or None when there
+    are no candidates. Each one skipped is logged with its reason (and, once an intact one is
+    found, renamed `<step>.corrupt` when `set_aside`); when none is intact, raises ValueError
+    listing them all."""
+    skipped = []
+    for step, path in candidates:
+        try:
+            restored = _read(path, target_fn)
+            bad = _nonfinite(restored)
+            reason = f"NaN or inf values in {', '.join(bad)}" if bad else None
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
+            if not os.path.exists(path):
+                continue  # deleted while being read (a rotating preemption checkpoint)
+            reason = _cause(e)
+        if reason is None:
+            for path, _ in skipped if set_aside else ():
+                aside = path + ".corrupt"
+                while os.path.exists(aside):
+                    aside += "_"
+                os.rename(path, aside)
+                log.warning("damaged checkpoint %s set aside as %s", path, aside)
+            return step, restored
+        skipped.append((path, f"step {step} in {os.path.dirname(path)} ({reason})"))
+        log.warning("checkpoint step %d in %s is damaged and skipped: %s", step,
+                    os.path.dirname(path), reason)
+    if skipped:
+        raise ValueError(f"no intact checkpoint: {'; '.join(d for _, d in skipped)}")
+    return None
+
+
+def latest_intact_step(workdir: str) -> int | None:
+    """The newest step of either folder whose parameters and EMA read back finite, or None."""
+    try:
+        found = _newest_intact(_candidates(workdir), lambda meta: {
+            k: _abstract(meta[k], jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+            for k in ("params", "ema_params")}, set_aside=False)
+    except ValueError:
+        return None
+    return None if found is None else found[0]
 
 
 def restore_for_sampling(workdir: str, step: int | None = None, sharding=None):
     """`(ema_params, step)` of a training run or of converted official weights in `workdir`.
 
-    Takes `step` from `W/checkpoints/` if given, else the newest checkpoint of `W/checkpoints/`
-    and `W/checkpoints-meta/`. Arrays are placed with `sharding` (default: the first device).
-    Raises FileNotFoundError when there is no checkpoint.
+    Reads only the EMA weights of `step` from `W/checkpoints/` if given, else of the newest intact
+    checkpoint of `W/checkpoints/` and `W/checkpoints-meta/` (damaged ones are skipped with a
+    warning; one that a concurrent training run deletes while it is read is passed over). Arrays
+    are placed with `sharding` (default: the first device). Raises FileNotFoundError when there
+    is no checkpoint, ValueError when none is intact.
     """
-    managers = [_manager(os.path.join(workdir, d), None, read_only=True)
-                for d in (SNAPSHOT_DIR, PREEMPTION_DIR) if os.path.isdir(os.path.join(workdir, d))]
-    candidates = [(s, m) for m in managers for s in m.all_steps()
-                  if step is None or (s == step and m is managers[0])]
-    if not candidates:
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    folders = (SNAPSHOT_DIR,) if step is not None else (SNAPSHOT_DIR, PREEMPTION_DIR)
+
+    def target(meta):
+        return {"ema_params": _abstract(meta["ema_params"], sharding)}
+
+    try:
+        found = _newest_intact(_candidates(workdir, folders, step), target, set_aside=False)
+    except ValueError:
+        # A training run may have committed a newer checkpoint and be deleting the one read.
+        found = _newest_intact(_candidates(workdir, folders, step), target, set_aside=False)
+    if found is None:
         where = f"step {step} in " if step is not None else ""
         raise FileNotFoundError(
             f"no checkpoint ({where}{os.path.join(workdir, SNAPSHOT_DIR)} or "
             f"{os.path.join(workdir, PREEMPTION_DIR)}); train first or convert official weights")
-    found, manager = max(candidates, key=lambda c: c[0])
-    if sharding is None:
-        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    # Orbax 0.12 restores whole trees only: the optimizer state of a training checkpoint is read
-    # too (placed like the parameters) and dropped.
-    target = _abstract(manager.item_metadata(found), sharding)
-    restored = manager.restore(found, args=ocp.args.StandardRestore(target))
-    return restored["ema_params"], found
+    found_step, restored = found
+    return restored["ema_params"], found_step
+
+
+def save_converted(workdir, state: dict) -> pathlib.Path:
+    """Writes `state` as an orbax checkpoint under `workdir/checkpoints/<step>`; returns that dir.
+
+    Layout (what training and sampling restore): a `CheckpointManager` on `workdir/checkpoints`,
+    one `StandardSave` item, the pytree `{'params': tree, 'ema_params': tree, 'step': int}` at
+    step `state['step']`, restorable with `mngr.restore(step)` or
+    `mngr.restore(step, args=ocp.args.StandardRestore(abstract_tree))`. Directories this call
+    created are removed again if writing fails.
+    """
+    ckpt_dir = pathlib.Path(os.path.abspath(workdir)) / "checkpoints"
+    created = ckpt_dir
+    while not created.parent.exists():
+        created = created.parent
+    created = created if not created.exists() else None
+    item = {"params": state["params"], "ema_params": state["ema_params"],
+            "step": int(state["step"])}
+    try:
+        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True)
+        with ocp.CheckpointManager(ckpt_dir, options=options) as mngr:
+            if item["step"] in mngr.all_steps():
+                raise ValueError(f"{ckpt_dir} already holds a checkpoint at step {item['step']}")
+            mngr.save(item["step"], args=ocp.args.StandardSave(item))
+            mngr.wait_until_finished()
+    except BaseException:
+        if created is not None and created.exists():
+            shutil.rmtree(created)
+        raise
+    return ckpt_dir / str(item["step"])

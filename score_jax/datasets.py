@@ -161,7 +161,9 @@ def get_dataset(config, split: str = "train", *, evaluation: bool = False,
     if evaluation:  # Every host gets the same number of full batches.
         ds = ds[:len(ds) // global_batch * global_batch]
     ds = ds.random_map(transform, seed=noise_seed)
-    ds = ds[shard_index::shard_count].batch(batch_size, drop_remainder=True)[start_step:]
+    # Host h reads rows [h B, (h + 1) B) of every global batch: the global batch, in order, is the
+    # one a single process reads, so per-position draws (the loss's noise) match for any layout.
+    ds = ds.batch(batch_size, drop_remainder=True)[shard_index::shard_count][start_step:]
     if additional_dim is not None:
         ds = ds.batch(additional_dim, drop_remainder=True)
     threads = min(8, os.cpu_count() or 1)
@@ -208,9 +210,7 @@ def _tfds_source(config, split: str, data_dir):
                              "'church_outdoor')")
         name = name.format(category=data.category)
     if data.dataset == "DIGITS":
-        from score_jax import digits
-        builder = digits.Digits(data_dir=data_dir)
-        builder.download_and_prepare(file_format="array_record")  # No-op once prepared.
+        builder = _prepared_digits(data_dir)
     else:
         builder = tfds.builder(name, data_dir=data_dir)
     tfds_split = train_split if split == "train" else eval_split
@@ -226,6 +226,24 @@ def _tfds_source(config, split: str, data_dir):
                              f"{how}") from e
         raise ValueError(f"data.dataset={data.dataset!r}: tfds dataset {name!r} at "
                          f"{builder.data_dir} cannot be read as array_record ({e}); {how}") from e
+
+
+def _prepared_digits(data_dir):
+    """The DIGITS builder, prepared in `data_dir` on first use. Processes that prepare one data dir
+    at once (several hosts on a shared filesystem) all succeed: tfds writes into a temporary
+    folder and renames it; the losers of that rename use the winner's files."""
+    from score_jax import digits
+
+    builder = digits.Digits(data_dir=data_dir)
+    if builder.is_prepared():
+        return builder
+    try:
+        builder.download_and_prepare(file_format="array_record")
+    except OSError:
+        builder = digits.Digits(data_dir=data_dir)
+        if not builder.is_prepared():
+            raise
+    return builder
 
 
 def _tfds_preprocess(dataset: str, size: int) -> Callable[[dict], np.ndarray]:

@@ -2,7 +2,7 @@
 
 log p_0(x) = log p_T(z) + int_0^T div f~(x(t), t) dt, with f~ the probability-flow drift and
 z = x(T).
-The state (x, delta_logp) is integrated on device from eps to T with `sampling.solve_ode`; the
+The state (x, delta_logp) is integrated on device from eps to T with `ode.solve_ode`; the
 divergence is the Hutchinson-Skilling estimate eps^T (df~/dx) eps with one noise draw per solve
 (Gaussian or Rademacher), or the exact trace for small dimensions. Drift and divergence come from
 one `jax.jvp` per evaluation (the official code runs the network twice: once for the drift, once
@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_jax import ode
 from score_jax import sampling
 from score_jax.models import utils as mutils
 
@@ -72,7 +73,7 @@ def get_likelihood_fn(sde, model, inverse_scaler, hutchinson_type="Rademacher", 
       inverse_scaler: the data's inverse scaler; only `inverse_scaler(-1.)` is used (bin offset).
       hutchinson_type: 'Rademacher' or 'Gaussian', drawn once per call from `rng` (one probe for
         the whole solve, as official); ignored with `exact_trace`.
-      method, rtol, atol, fixed_nfe: the ODE solver (`sampling.solve_ode`), from eps to T.
+      method, rtol, atol, fixed_nfe: the ODE solver (`ode.solve_ode`), from eps to T.
       exact_trace: the exact divergence (dimension-many jvps per evaluation) instead of Hutchinson.
 
     The returned function takes `data` (batch, H, W, C), already dequantized and scaled, and
@@ -84,14 +85,14 @@ def get_likelihood_fn(sde, model, inverse_scaler, hutchinson_type="Rademacher", 
     if hutchinson_type not in HUTCHINSON_TYPES:
         raise ValueError(
             f"unknown hutchinson_type {hutchinson_type!r}; valid: {list(HUTCHINSON_TYPES)}")
-    if method not in sampling.ODE_METHODS:
-        raise ValueError(f"unknown ODE method {method!r}; valid: {list(sampling.ODE_METHODS)}")
+    if method not in ode.ODE_METHODS:
+        raise ValueError(f"unknown ODE method {method!r}; valid: {list(ode.ODE_METHODS)}")
 
     def likelihood_fn(rng, variables, data, eps_noise=None):
         data = jnp.asarray(data, jnp.float32)
         score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
         sampling.check_model_shape(score_fn, data.shape)
-        drift = sampling.probability_flow_drift(sde, score_fn)
+        drift = ode.probability_flow_drift(sde, score_fn)
         if eps_noise is None:
             eps_noise = hutchinson_noise(rng, data.shape, hutchinson_type)
         elif eps_noise.shape != data.shape:
@@ -105,7 +106,7 @@ def get_likelihood_fn(sde, model, inverse_scaler, hutchinson_type="Rademacher", 
             return hutchinson_divergence(fn, x, eps_noise)
 
         init = (data, jnp.zeros((data.shape[0],), jnp.float32))
-        (z, delta_logp), nfe = sampling.solve_ode(ode_fn, init, eps, sde.T, method=method,
+        (z, delta_logp), nfe = ode.solve_ode(ode_fn, init, eps, sde.T, method=method,
                                                   rtol=rtol, atol=atol, fixed_nfe=fixed_nfe)
         return bits_per_dim(sde, z, delta_logp, inverse_scaler), z, nfe
 

@@ -1,4 +1,4 @@
-"""Training objectives, the optimizer, and the one-step update of Song et al. (2021).
+"""Training objectives and the one-step update of Song et al. (2021).
 
 Semantics follow the official `losses.py` (score_sde_pytorch):
 
@@ -10,10 +10,7 @@ Semantics follow the official `losses.py` (score_sde_pytorch):
 * DDPM (discrete VP): integer timesteps, loss |eps_theta(x_i, i) - z|^2;
 
 each reduced over the data dimensions by a mean (`reduce_mean`) or half a sum, then averaged over
-the batch. The optimizer is torch's Adam (L2 weight decay added to the gradient) with the linear
-warm-up `lr * min(step / warmup, 1)` (so the very first step has lr 0 when warmup > 0), after
-torch's global-norm clipping (`grad_clip >= 0` only); the EMA is the official
-`ExponentialMovingAverage` with its num_updates warm-up, decay = min(ema_rate, (1 + n)/(10 + n)).
+the batch. The optimizer and the EMA are `score_jax.train_state`'s.
 
 Random draws: every loss draws its randomness in `draw_noise(rng, x)` (a dict with the uniform
 times `u` before the `u (T - eps) + eps` map, or the integer `labels`, and the unit Gaussian `z`),
@@ -24,13 +21,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
+from score_jax.train_state import ema_decay
 
 PyTree = Any
 
@@ -150,75 +147,11 @@ def get_loss_fn(sde, model, train: bool, reduce_mean: bool = False, continuous: 
     return discrete(sde, model, train, reduce_mean=reduce_mean)
 
 
-def learning_rate_fn(config) -> Callable[[jax.Array], jax.Array]:
-    """lr(step) = optim.lr * min(step / warmup, 1) (constant optim.lr when warmup <= 0); `step` is
-    the number of updates already applied, so the first update of a fresh run uses lr(0)."""
-    lr, warmup = float(config.optim.lr), float(config.optim.warmup)
-    if warmup > 0:
-        return lambda step: lr * jnp.minimum(jnp.asarray(step, jnp.float32) / warmup, 1.0)
-    return lambda step: jnp.full((), lr, jnp.float32)
-
-
-def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
-    """`torch.nn.utils.clip_grad_norm_`: g * min(max_norm / (|g| + 1e-6), 1)."""
-
-    def update_fn(updates, state, params=None):
-        del params
-        coef = jnp.minimum(max_norm / (optax.tree.norm(updates) + 1e-6), 1.0)
-        return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
-
-
-def get_optimizer(config) -> optax.GradientTransformation:
-    """torch.optim.Adam(lr, betas=(beta1, 0.999), eps, weight_decay) behind the official
-    `optimize_fn` (warm-up, clipping when grad_clip >= 0) as one optax transformation."""
-    if config.optim.optimizer != "Adam":
-        raise ValueError(f"optim.optimizer={config.optim.optimizer!r} is not supported; valid: Adam")
-    parts = []
-    if float(config.optim.grad_clip) >= 0:
-        parts.append(clip_by_global_norm_torch(float(config.optim.grad_clip)))
-    if float(config.optim.weight_decay) != 0:
-        # torch's Adam weight decay is L2 on the gradient (coupled), before the moments.
-        parts.append(optax.add_decayed_weights(float(config.optim.weight_decay)))
-    parts.append(optax.scale_by_adam(b1=float(config.optim.beta1), b2=0.999,
-                                     eps=float(config.optim.eps)))
-    parts.append(optax.scale_by_learning_rate(learning_rate_fn(config)))
-    return optax.chain(*parts)
-
-
-def ema_decay(ema_rate: float, num_updates: jax.Array) -> jax.Array:
-    """The official EMA decay after `num_updates` updates (counting the current one)."""
-    n = jnp.asarray(num_updates, jnp.float32)
-    return jnp.minimum(ema_rate, (1.0 + n) / (10.0 + n))
-
-
-class TrainState(flax.struct.PyTreeNode):
-    """Everything a training run carries from one step to the next.
-
-    `params` / `ema_params`: the network's 'params' collection and its EMA; `opt_state`: optax
-    state; `step`: int32 number of updates applied; `rng`: the run's base PRNG key (uint32 (2,)),
-    constant — the randomness of update `s` is `fold_in(rng, s)`, so a resumed run continues the
-    same stream.
-    """
-
-    params: PyTree
-    ema_params: PyTree
-    opt_state: PyTree
-    step: jax.Array
-    rng: jax.Array
-
-    @classmethod
-    def create(cls, params, optimizer: optax.GradientTransformation, rng) -> "TrainState":
-        return cls(params=params, ema_params=jax.tree.map(jnp.copy, params),
-                   opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32),
-                   rng=jnp.asarray(rng))
-
-
 class StepMetrics(NamedTuple):
     loss: jax.Array
     grad_norm: jax.Array
     lr: jax.Array
+    finite: jax.Array  # bool: the loss, gradients and updated parameters were finite (applied)
 
 
 def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformation | None = None,
@@ -229,7 +162,9 @@ def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformati
 
     Train: `step_fn(state, x) -> (new_state, StepMetrics)`: the gradient of the loss with the
     step's randomness `fold_in(state.rng, state.step)` (dropout on), the `optimize_fn` update,
-    step + 1, and the EMA update with the new parameters. Eval: `step_fn(state, x, rng) -> loss` of
+    step + 1, and the EMA update with the new parameters. When the loss, the gradients or the
+    updated parameters are not finite, the update is not applied (parameters, EMA and optimizer
+    state stay, step + 1) and `StepMetrics.finite` is False. Eval: `step_fn(state, x, rng) -> loss` of
     the EMA parameters in eval mode (no dropout), its draws from `rng`.
     `x` is (B, H, W, C) scaled data. Pure and traceable: jit it, scan it, shard its batch.
     """
@@ -253,9 +188,17 @@ def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformati
         step = state.step + 1
         decay = ema_decay(ema_rate, step)
         ema_params = jax.tree.map(lambda e, p: e - (1.0 - decay) * (e - p), state.ema_params, params)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.all(jnp.stack(
+            [jnp.isfinite(p).all() for p in jax.tree.leaves((params, ema_params))]))
+        # A non-finite update is dropped here, on device: the caller reads `finite` with the
+        # metrics it fetches anyway.
+        params, ema_params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), (params, ema_params, opt_state),
+            (state.params, state.ema_params, state.opt_state))
         lr = lr_fn(state.step) if lr_fn is not None else jnp.full((), jnp.nan)
         new_state = state.replace(params=params, ema_params=ema_params, opt_state=opt_state,
                                   step=step)
-        return new_state, StepMetrics(loss=loss, grad_norm=optax.tree.norm(grads), lr=lr)
+        return new_state, StepMetrics(loss=loss, grad_norm=grad_norm, lr=lr, finite=finite)
 
     return train_step

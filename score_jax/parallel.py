@@ -76,9 +76,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def _start(what: str, timeout_s: int, **kwargs) -> None:
-    if os.environ.get("JAX_PLATFORMS", "").lower() == "cpu":
-        # CPU processes exchange collectives through gloo (XLA:CPU has no default for that).
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU devices of different processes exchange collectives through gloo (XLA:CPU has no
+    # default for that; accelerators are unaffected).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(initialization_timeout=int(timeout_s), **kwargs)
     except Exception as e:  # jax raises XlaRuntimeError/ValueError with a long gRPC status
@@ -115,6 +115,20 @@ def check_batch_size(batch_size: int, what: str = "training.batch_size") -> int:
 def global_batch(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """The global array whose process-local slice is `local` (each process passes its own)."""
     return jax.make_array_from_process_local_data(sharding, local)
+
+
+def to_host(x) -> np.ndarray:
+    """The whole (possibly multi-process) array `x` as numpy on every process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def is_main_process() -> bool:
+    """Process 0 writes the outputs of a multi-process run."""
+    return jax.process_index() == 0
 
 
 def check_sharding(shape, sharding: NamedSharding | None) -> None:

@@ -12,8 +12,7 @@ Building blocks, each usable on its own (e.g. one update of a real network with 
 * correctors `corrector(sde, score_fn, x, t, z, snr) -> (x, x_mean)` with `z` of shape
   `(n_steps,) + x.shape` (one draw per Langevin step): `langevin`, `ald`, `none`
   (`get_corrector(name)`);
-* `pc_loop`, the PC loop with replaceable noise; `solve_ode`, the diffrax solve with an exact count
-  of vector-field evaluations.
+* `pc_loop`, the PC loop with replaceable noise (the ODE solve itself lives in `score_jax.ode`).
 
 Semantics are the official ones (`score_sde_pytorch/sampling.py`); where the official code crashes,
 ours runs and the function says what it computes (Euler-Maruyama with `probability_flow=True`,
@@ -23,14 +22,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
+from score_jax import ode
 from score_jax import parallel
 from score_jax import sde as sde_lib
+from score_jax import solvers
 from score_jax.models import utils as mutils
 from score_jax.sde import batch_mul
 
@@ -288,111 +288,12 @@ def get_pc_sampler(sde, model, shape, predictor, corrector, inverse_scaler, snr,
     return jax.jit(sampler)
 
 
-_FIXED_STEP = {"euler": (diffrax.Euler, 1), "heun": (diffrax.Heun, 2)}
-ODE_METHODS = ("dopri5",) + tuple(_FIXED_STEP)
-
-
-def _rms(tree):
-    leaves = jax.tree_util.tree_leaves(tree)
-    sq = sum(jnp.sum(jnp.square(v)) for v in leaves)
-    return jnp.sqrt(sq / sum(v.size for v in leaves))
-
-
-def _initial_step(fn, t0, y0, f0, direction, interval, rtol, atol, order=4):
-    """Hairer's initial step size (as scipy's RK45, one extra evaluation). Returns |h|."""
-    scale = jax.tree_util.tree_map(lambda y: atol + jnp.abs(y) * rtol, y0)
-    ratio = lambda a: jax.tree_util.tree_map(lambda u, s: u / s, a, scale)
-    d0, d1 = _rms(ratio(y0)), _rms(ratio(f0))
-    h0 = jnp.minimum(jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1), interval)
-    y1 = jax.tree_util.tree_map(lambda y, f: y + h0 * direction * f, y0, f0)
-    f1 = fn(t0 + h0 * direction, y1)
-    d2 = _rms(ratio(jax.tree_util.tree_map(lambda a, b: a - b, f1, f0))) / h0
-    h1 = jnp.where((d1 <= 1e-15) & (d2 <= 1e-15), jnp.maximum(1e-6, h0 * 1e-3),
-                   (0.01 / jnp.maximum(d1, d2)) ** (1.0 / (order + 1)))
-    return jnp.minimum(jnp.minimum(100 * h0, h1), interval)
-
-
-def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=1e-5,
-              fixed_nfe: int | None = None, max_steps: int = 4096,
-              adjoint=None):
-    """Integrates dy/dt = fn(t, y) from t0 to t1 on device; returns `(y(t1), nfe)`.
-
-    `y0` is any pytree of arrays; `fn(t, y)` gets a scalar time. Methods:
-
-    * 'dopri5': adaptive Dormand-Prince 5(4) (the paper's RK45) with an I-controller on the RMS norm
-      of the error scaled by atol + rtol max(|y0|, |y1|) over the whole state (as scipy). The
-      initial step is Hairer's heuristic (as scipy). nfe is exact: 2 evaluations for the initial
-      step (f(t0, y0) is then handed to the solver as its first-same-as-last stage), plus 6 per
-      attempted step, rejected ones included (the official scipy count has the same structure).
-    * 'euler', 'heun': fixed steps spending `fixed_nfe` evaluations (1 resp. 2 per step).
-
-    `adjoint` is diffrax's (default: its standard one); counting tests pass `DirectAdjoint()`.
-    An adaptive solve that needs more than `max_steps` steps returns NaN rather than an unfinished
-    state (the samplers and the likelihood refuse non-finite results). Not diffrax's run-time
-    error: that is a host callback, and jax does not put executables with host callbacks in the
-    persistent compilation cache (`utils.enable_compilation_cache`).
-    """
-    term = diffrax.ODETerm(lambda t, y, args: fn(t, y))
-    saveat = diffrax.SaveAt(t1=True)
-    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-    if method in _FIXED_STEP:
-        solver_cls, evals = _FIXED_STEP[method]
-        if fixed_nfe is None or fixed_nfe < evals:
-            raise ValueError(f"method={method!r} needs fixed_nfe >= {evals} (network evaluations)")
-        n = int(fixed_nfe) // evals
-        grid = diffrax.StepTo(ts=jnp.linspace(t0, t1, n + 1, dtype=jnp.float32))
-        sol = diffrax.diffeqsolve(term, solver_cls(), t0, t1, None, y0, saveat=saveat,
-                                  stepsize_controller=grid, max_steps=n, adjoint=adjoint,
-                                  throw=False)
-        return _final_state(sol), jnp.int32(n * evals)
-    if method != "dopri5":
-        raise ValueError(f"unknown ODE method {method!r}; valid: {list(ODE_METHODS)}")
-    direction = 1.0 if t1 > t0 else -1.0
-    t0_arr = jnp.asarray(t0, jnp.float32)
-    f0 = fn(t0_arr, y0)
-    first_step = _initial_step(fn, t0_arr, y0, f0, direction, abs(t1 - t0), rtol, atol)
-    sol = diffrax.diffeqsolve(
-        term, diffrax.Dopri5(), t0, t1, None, y0, saveat=saveat,
-        stepsize_controller=_FirstStepPID(rtol=rtol, atol=atol, first_step=first_step),
-        max_steps=max_steps,
-        # diffrax's FSAL state (first_step, f0): the first step reuses our f(t0, y0).
-        solver_state=(jnp.array(False), f0), adjoint=adjoint, throw=False)
-    nfe = 2 + 6 * sol.stats["num_steps"]
-    return _final_state(sol), jnp.asarray(nfe, jnp.int32)
-
-
-class _FirstStepPID(diffrax.PIDController):
-    """diffrax's PIDController whose first step is `first_step` (> 0, a traced value).
-
-    Passed here rather than as `dt0`, it keeps diffrax's sign check of `dt0` (a host callback
-    when dt0 is traced) out of the program. diffrax integrates t1 < t0 in negated time, so the
-    step is positive either way.
-    """
-
-    first_step: jax.Array = None
-
-    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        return super().init(terms, t0, t1, y0, self.first_step, args, func, error_order)
-
-
-def _final_state(sol):
-    """y(t1) of a diffrax solution saved at t1; NaN where the solve did not succeed."""
-    ok = sol.result == diffrax.RESULTS.successful
-    return jax.tree_util.tree_map(lambda v: jnp.where(ok, v[-1], jnp.nan), sol.ys)
-
-
-def probability_flow_drift(sde, score_fn):
-    """`drift(t, x)` of the probability-flow ODE, t a scalar."""
-    rsde = sde.reverse(score_fn, probability_flow=True)
-    return lambda t, x: rsde.sde(x, jnp.full((x.shape[0],), t, jnp.float32))[0]
-
-
 def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1e-5,
                     method="dopri5", eps=1e-3, continuous=True, fixed_nfe: int | None = None,
                     sharding: NamedSharding | None = None):
     """A jitted probability-flow ODE sampler `(rng, variables, z=None) -> (samples, nfe)`.
 
-    Solves the probability-flow ODE from T (x_T = `z`, or a prior draw) to `eps` with `solve_ode`
+    Solves the probability-flow ODE from T (x_T = `z`, or a prior draw) to `eps` with `ode.solve_ode`
     (`method`, `rtol`, `atol`, `fixed_nfe`); `z` given makes it the decoder of the latent code the
     likelihood returns. `denoise` adds one noise-free reverse-diffusion step at eps (as official).
     nfe (int32) is the exact number of score evaluations, the denoising one included (the official
@@ -401,8 +302,8 @@ def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5,
     discrete VE ones).
     """
     shape = tuple(int(s) for s in shape)
-    if method not in ODE_METHODS:
-        raise ValueError(f"unknown ODE method {method!r}; valid: {list(ODE_METHODS)}")
+    if method not in ode.ODE_METHODS:
+        raise ValueError(f"unknown ODE method {method!r}; valid: {list(ode.ODE_METHODS)}")
     parallel.check_sharding(shape, sharding)
 
     def sampler(rng, variables, z=None):
@@ -416,7 +317,7 @@ def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5,
         else:
             x = jnp.asarray(z, jnp.float32)
         x = parallel.constrain(x, sharding)
-        x, nfe = solve_ode(probability_flow_drift(sde, score_fn), x, sde.T, eps, method=method,
+        x, nfe = ode.solve_ode(ode.probability_flow_drift(sde, score_fn), x, sde.T, eps, method=method,
                            rtol=rtol, atol=atol, fixed_nfe=fixed_nfe)
         if denoise:
             t = jnp.full((shape[0],), eps, jnp.float32)
@@ -427,14 +328,56 @@ def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5,
     return jax.jit(sampler)
 
 
+def get_solver_sampler(sde, model, shape, inverse_scaler, method, nfe=20, time_grid=None,
+                       order=3, variant="bh2", rtol=0.05, atol=0.0078, denoise=False, eps=1e-3,
+                       continuous=True, sharding: NamedSharding | None = None):
+    """A jitted few-step sampler `(rng, variables, z=None) -> (samples, nfe)` of `score_jax.solvers`.
+
+    ODE methods ('ddim', 'dpm_solver', 'dpm_solver++', 'unipc', 'edm_heun') map x_T = `z` (or a
+    prior draw from `rng`) deterministically to eps in at most `nfe` evaluations on `time_grid`
+    (`solvers.table`); 'adaptive_sde' solves the reverse SDE with noise from `rng` to tolerances
+    `rtol`, `atol`. `denoise` ends with x = D(x, eps) (one evaluation, counted). The returned nfe
+    (int32) is exact. `continuous` as `get_ode_sampler`.
+    """
+    shape = tuple(int(s) for s in shape)
+    solvers.check_args(method, nfe, time_grid, order, variant, denoise)
+    tab = None if method == "adaptive_sde" else solvers.table(
+        sde, method, nfe, eps, time_grid_kind=time_grid, order=order, variant=variant,
+        denoise=denoise)
+    parallel.check_sharding(shape, sharding)
+
+    def sampler(rng, variables, z=None):
+        score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
+        check_model_shape(score_fn, shape)
+        score_fn = _dtype_stable(score_fn, jnp.float32)
+        prior_key, noise_key = jax.random.split(rng)
+        if z is None:
+            x = sde.prior_sampling(prior_key, shape)
+        elif tuple(z.shape) != shape:
+            raise ValueError(f"latent z has shape {tuple(z.shape)}, the sampler's shape is {shape}")
+        else:
+            x = jnp.asarray(z, jnp.float32)
+        x = parallel.constrain(x, sharding)
+        if tab is None:
+            x, n = solvers.adaptive_sde(sde, score_fn, x, noise_key, eps, rtol=rtol, atol=atol,
+                                        denoise=denoise)
+        else:
+            x, n = solvers.integrate(sde, score_fn, x, tab), jnp.int32(len(tab.t))
+        return parallel.constrain(inverse_scaler(x), sharding), n
+
+    return jax.jit(sampler)
+
+
 def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
                     sharding: NamedSharding | None = None):
-    """The sampler of `config.sampling.method` ('pc' or 'ode'):
-    `(rng, variables) -> (samples, nfe)`.
+    """The sampler of `config.sampling.method`: `(rng, variables) -> (samples, nfe)`; 'ode' and the
+    few-step methods also take a latent `z`.
 
-    PC reads `sampling.{predictor, corrector, snr, n_steps_each, probability_flow, noise_removal}`
-    and `training.continuous`; ODE reads `sampling.noise_removal` and uses continuous-time labels
-    as the official code, except for discrete VE networks (official crash) which get their own.
+    'pc' reads `sampling.{predictor, corrector, snr, n_steps_each, probability_flow,
+    noise_removal}` and `training.continuous`; 'ode' reads `sampling.noise_removal`; the few-step
+    methods of `solvers.METHODS` read `sampling.{nfe, time_grid, order, variant, rtol, atol,
+    noise_removal}`. 'ode' and the few-step methods use continuous-time labels as the official
+    ODE sampler, except for discrete VE networks (which index a noise table) that get their own.
     """
     s = config.sampling
     method = str(s.method).lower()
@@ -443,12 +386,17 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
                               n_steps=s.n_steps_each, probability_flow=s.probability_flow,
                               continuous=config.training.continuous, denoise=s.noise_removal,
                               eps=eps, sharding=sharding)
+    continuous = config.training.continuous if sde.discrete_label_is_index else True
     if method == "ode":
-        # Time labels work for every network but those indexing a noise table (discrete VE).
-        continuous = config.training.continuous if sde.discrete_label_is_index else True
         return get_ode_sampler(sde, model, shape, inverse_scaler, denoise=s.noise_removal, eps=eps,
                                continuous=continuous, sharding=sharding)
-    raise ValueError(f"sampling.method={s.method!r} is unknown; valid: ['ode', 'pc']")
+    if method not in solvers.METHODS:
+        raise ValueError(f"sampling.method={s.method!r} is unknown; valid: "
+                         f"{['pc', 'ode', *solvers.METHODS]}")
+    return get_solver_sampler(
+        sde, model, shape, inverse_scaler, method, nfe=s.nfe, time_grid=s.time_grid,
+        order=s.order, variant=s.variant, rtol=s.rtol, atol=s.atol, denoise=s.noise_removal,
+        eps=eps, continuous=continuous, sharding=sharding)
 
 
 def check_finite(samples) -> None:

@@ -14,12 +14,23 @@ Outputs in W: `checkpoints/` and `checkpoints-meta/` (see `score_jax.checkpoints
 (one JSON object per logged step), and `samples/iter_<step>.{png,npz}` at every snapshot when
 `training.snapshot_sampling`. (`training.final_eval`, which chains `--mode eval` after a completed
 run, is main.py's.)
+
+Faults: a step whose loss, gradients or new parameters are not finite is not applied; the run
+stops naming it and the newest finite checkpoint, or skips it when `training.skip_nonfinite` (the
+rows of `metrics.jsonl` count the skips in `nonfinite_skipped`). A checkpoint that cannot be
+written stops the run at once (`checkpoints.CheckpointWriteError`). SIGTERM or SIGINT stops the
+run after the current step with a preemption checkpoint (`Preempted`). `W/train.lock` keeps a
+second training run out of the workdir.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -29,6 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
 from score_jax import losses
+from score_jax import train_state
 from score_jax import parallel
 from score_jax import sde as sde_lib
 from score_jax import utils
@@ -44,7 +56,7 @@ def create_train_state(config, mesh):
     if extra:
         raise ValueError(f"model {config.model.name!r} has variable collections {sorted(extra)} "
                          "besides 'params'; training supports parameters only")
-    state = losses.TrainState.create(variables["params"], losses.get_optimizer(config), state_rng)
+    state = train_state.TrainState.create(variables["params"], train_state.get_optimizer(config), state_rng)
     return jax.device_put(state, NamedSharding(mesh, P()))
 
 
@@ -59,9 +71,9 @@ def get_train_fns(config, model, mesh, use_scan: bool | None = None):
     t = config.training
     kwargs = dict(reduce_mean=t.reduce_mean, continuous=t.continuous,
                   likelihood_weighting=t.likelihood_weighting)
-    step_fn = losses.get_step_fn(sde, model, train=True, optimize_fn=losses.get_optimizer(config),
+    step_fn = losses.get_step_fn(sde, model, train=True, optimize_fn=train_state.get_optimizer(config),
                                  ema_rate=config.model.ema_rate,
-                                 lr_fn=losses.learning_rate_fn(config), **kwargs)
+                                 lr_fn=train_state.learning_rate_fn(config), **kwargs)
     eval_fn = losses.get_step_fn(sde, model, train=False, **kwargs)
 
     if use_scan is None:
@@ -156,10 +168,65 @@ def _crossed(before: int, after: int, freq: int) -> bool:
     return freq > 0 and after // freq > before // freq
 
 
+class Preempted(Exception):
+    """Training stopped on a signal after writing a preemption checkpoint; rerun to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """Yields a list that SIGTERM and SIGINT append their number to (the loop then stops after
+    the current step); a second signal interrupts at once. Outside the main thread, no handler."""
+    received = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        if received:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+        received.append(signum)
+        logging.getLogger(__name__).warning(
+            "%s: stopping after the current step with a preemption checkpoint (send it again "
+            "to stop at once)", signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _stop_signal(received: list) -> int:
+    """The signal every process stops for (0: none); all processes agree on the step."""
+    signum = received[0] if received else 0
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        signum = int(np.max(multihost_utils.process_allgather(np.int32(signum))))
+    return signum
+
+
+def _json_number(v: float):
+    """JSON has no NaN/inf: those are written as null."""
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
 def train(config, workdir: str) -> dict:
     """Trains `config` in `workdir` until `training.n_iters` updates, resuming from the newest
-    checkpoint there. Returns the last logged metrics and `updates`, the number of updates done."""
+    intact checkpoint there. Returns the last logged metrics and `updates`, the number of updates
+    done. Holds `W/train.lock` while it runs (process 0); raises `Preempted` on SIGTERM/SIGINT."""
     utils.check_workdir(workdir)
+    lock = utils.workdir_lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock, _stop_requests() as stop:
+        return _train(config, workdir, stop)
+
+
+def _train(config, workdir: str, stop: list) -> dict:
     t = config.training
     local_batch = parallel.check_batch_size(int(t.batch_size))
     is_main = jax.process_index() == 0
@@ -195,7 +262,8 @@ def train(config, workdir: str) -> dict:
     from tqdm import tqdm
     bar = tqdm(total=n_iters, initial=start, disable=not is_main, unit="step", dynamic_ncols=True)
 
-    last, step = {}, start
+    last, step, skipped = {}, start, 0
+    skip_nonfinite = bool(t.get("skip_nonfinite", False))
     tick, tick_step = time.perf_counter(), start
     try:
         while step < n_iters:
@@ -203,39 +271,53 @@ def train(config, workdir: str) -> dict:
             _check_images(x, config)
             state, metrics = train_step(state, parallel.global_batch(scaler(x), train_sharding))
             metrics = jax.device_get(metrics)
-            bad = np.flatnonzero(~np.isfinite(metrics.loss))
-            if bad.size:
-                raise FloatingPointError(
-                    f"training loss is {metrics.loss[bad[0]]} at step {step + int(bad[0])}; stopped "
-                    f"without saving. Last good checkpoint: step {checkpointer.latest_step()} in "
-                    f"{workdir}")
+            checkpointer.check()
+            for i in np.flatnonzero(~metrics.finite):
+                what = (f"step {step + int(i)}: the loss ({metrics.loss[i]}), the gradient norm "
+                        f"({metrics.grad_norm[i]}) or the updated parameters are not finite")
+                if not skip_nonfinite:
+                    checkpointer.wait()
+                    good = ckpt_lib.latest_intact_step(workdir)
+                    raise FloatingPointError(
+                        f"{what}; the update was not applied and nothing after it is saved. Last "
+                        "finite checkpoint (checked): "
+                        f"{f'step {good} in {workdir}' if good is not None else 'none yet'}. "
+                        "Lower optim.lr, or set training.skip_nonfinite=True to skip such batches")
+                logging.getLogger(__name__).warning("%s; update skipped "
+                                                    "(training.skip_nonfinite)", what)
             before, step = step, step + n_jit
             bar.update(n_jit)
             now = time.perf_counter()
             rate = (step - tick_step) / max(now - tick, 1e-9)
             for i in range(n_jit):
                 s = before + i
+                skipped += int(not metrics.finite[i])
                 if s % t.log_freq == 0:
-                    last = {"step": s, "loss": float(metrics.loss[i]), "lr": float(metrics.lr[i]),
-                            "grad_norm": float(metrics.grad_norm[i]), "steps_per_s": rate,
+                    last = {"step": s, "loss": _json_number(metrics.loss[i]),
+                            "lr": _json_number(metrics.lr[i]),
+                            "grad_norm": _json_number(metrics.grad_norm[i]), "steps_per_s": rate,
                             "images_per_s": rate * t.batch_size}
+                    if skip_nonfinite:
+                        last["nonfinite_skipped"], skipped = skipped, 0
                     metrics_log.write(last)
                     if writer is not None:
                         for k, v in last.items():
-                            if k != "step":
+                            if k != "step" and v is not None:
                                 writer.add_scalar(f"train/{k}", v, s)
-                    bar.set_postfix(loss=f"{last['loss']:.4g}")
+                    if last["loss"] is not None:
+                        bar.set_postfix(loss=f"{last['loss']:.4g}")
                     tick, tick_step = now, step
             if _crossed(before, step, t.eval_freq):
                 ex = np.asarray(next(eval_it)["image"], np.float32)
                 _check_images(ex, config)
                 eval_loss = float(eval_step(state, parallel.global_batch(scaler(ex), eval_sharding),
                                             jax.random.fold_in(eval_rng, step)))
-                metrics_log.write({"step": step, "eval_loss": eval_loss})
+                metrics_log.write({"step": step, "eval_loss": _json_number(eval_loss)})
                 if writer is not None:
                     writer.add_scalar("eval/loss", eval_loss, step)
             snapshot = _crossed(before, step, t.snapshot_freq) or step >= n_iters
-            if _crossed(before, step, t.snapshot_freq_for_preemption) and not snapshot:
+            signum = _stop_signal(stop)
+            if (_crossed(before, step, t.snapshot_freq_for_preemption) or signum) and not snapshot:
                 checkpointer.save(state, preemption=True)
             if snapshot:
                 checkpointer.save(state, preemption=False)
@@ -243,9 +325,14 @@ def train(config, workdir: str) -> dict:
                     samples = sample_fn(jax.random.fold_in(sample_rng, step), state)
                     if is_main:
                         _write_snapshot_samples(samples, workdir, step)
+            if signum and step < n_iters:
+                checkpointer.wait()
+                raise Preempted(
+                    f"stopped by {signal.Signals(signum).name} after step {step}; its checkpoint "
+                    f"is written in {workdir}: run the same command to resume", signum)
+        checkpointer.wait()
     finally:
         bar.close()
-        checkpointer.wait()
         checkpointer.close()
         if writer is not None:
             writer.close()
@@ -264,6 +351,6 @@ def _get_snapshot_sampler(config, model, inverse_scaler):
 
     def sample(rng, state):
         samples, _ = sampling_fn(rng, {"params": state.ema_params})
-        return jax.device_get(samples)
+        return parallel.to_host(samples)
 
     return sample

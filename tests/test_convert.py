@@ -13,7 +13,7 @@ import pytest
 import torch
 from flax import serialization, traverse_util
 
-import refcases
+from score_jax import reference as refcases
 from test_models import compile_fast
 from score_jax import checkpoints, convert, sde as sde_lib
 from score_jax.models import utils as mutils
@@ -227,8 +227,8 @@ def test_main_convert_end_to_end(tmp_path, converted):
     case = "ddpmpp_vp_cont_small"
     config_file = tmp_path / "case_config.py"
     config_file.write_text(
-        f"import sys\nsys.path.insert(0, {str(REPO / 'tests')!r})\nimport refcases\n\n\n"
-        f"def get_config():\n    return refcases.case_config({case!r})\n")
+        f"from score_jax import reference\n\n\n"
+        f"def get_config():\n    return reference.case_config({case!r})\n")
     workdir = tmp_path / "work"
     subprocess.run([sys.executable, str(REPO / "main.py"), "--mode", "convert",
                     f"--config={config_file}", f"--workdir={workdir}",
@@ -245,3 +245,48 @@ def test_main_convert_end_to_end(tmp_path, converted):
     ema_params, step = checkpoints.restore_for_sampling(str(workdir))
     assert step == 1
     jax.tree_util.tree_map(np.testing.assert_array_equal, ema_params, ref["ema_params"])
+
+
+@pytest.mark.parametrize("case", ["ddpmpp_vp_cont_small", "ncsnpp_ve_cont_small"])
+def test_unconditional_networks_load(case, converted, tmp_path):
+    """An official `model.conditional=False` checkpoint: its residual blocks still own the unused
+    time-embedding projections `Dense_0` (checked, then dropped). Built from the conditional case
+    file as the official code builds such a network (no time-embedding Linear layers in
+    `all_modules`), it converts to the conditional case's tensors minus the time embedding."""
+    ckpt = torch.load(refcases.case_checkpoint(case), map_location="cpu", weights_only=False)
+    model = {k.removeprefix("module."): v for k, v in ckpt["model"].items()}
+    fourier = refcases.case_config(case).model.embedding_type == "fourier"
+    temb = {1, 2} if fourier else {0, 1}  # the two Linear layers after the (Fourier) projection
+    trainable = [k for k in model if k != "sigmas" and k != "all_modules.0.W"]
+    shadow = dict(zip(trainable, ckpt["ema"]["shadow_params"]))
+    renamed, new_shadow = {}, []
+    for key, value in model.items():
+        index = int(key.split(".")[1]) if key.startswith("all_modules.") else None
+        if index in temb:
+            continue
+        if index is not None:
+            key = f"all_modules.{index - sum(i < index for i in temb)}." + key.split(".", 2)[2]
+        renamed[key] = value
+    new_shadow = [shadow[k] for k in trainable if int(k.split(".")[1]) not in temb]
+    path = tmp_path / "uncond.pth"
+    torch.save({"model": renamed, "ema": {"shadow_params": new_shadow}, "step": 3}, path)
+    config = refcases.case_config(case)
+    config.model.conditional = False
+    out = convert.load_official_checkpoint(path, config)
+    full = converted(case)
+    for key in ("params", "ema_params"):
+        ours = traverse_util.flatten_dict(out[key])
+        theirs = {k: v for k, v in traverse_util.flatten_dict(full[key]).items()
+                  if not (k[0].startswith("Dense_") or k[-2] == "Dense_0")}
+        assert set(ours) == set(theirs)
+        for k in ours:
+            np.testing.assert_array_equal(ours[k], theirs[k], err_msg=str(k))
+    x = jnp.ones((1, 16, 16, 3)) * 0.1
+    y = mutils.create_model(config).apply({"params": out["ema_params"]}, x, jnp.ones((1,)))
+    assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))
+    # A wrong-shaped unused projection is refused, naming the tensor.
+    block = next(k for k in renamed if k.endswith("Dense_0.weight"))
+    renamed[block] = renamed[block][:, :3]
+    torch.save({"model": renamed, "ema": {"shadow_params": new_shadow}, "step": 3}, path)
+    with pytest.raises(ValueError, match=f"{block}.*unused time-embedding projection"):
+        convert.load_official_checkpoint(path, config)

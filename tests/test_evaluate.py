@@ -17,9 +17,11 @@ import pytest
 from sklearn.datasets import load_digits
 
 import main
-from score_jax import convert
+from score_jax import checkpoints as ckpt_lib
+from score_jax import config_lib
 from score_jax import datasets
 from score_jax import digits
+from score_jax import metrics
 from score_jax import sampling
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
@@ -28,15 +30,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def digits_config(tmp_path, **eval_overrides):
-    spec = importlib.util.spec_from_file_location("digits_cfg", os.path.join(ROOT, "configs",
-                                                                             "digits.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.load_config(os.path.join(ROOT, "configs", "digits.py"))
     config.data.data_dir = str(tmp_path / "tfds")
     config.model.num_scales = 10  # a 10-step sampler keeps the test fast
     config.eval.update({"batch_size": 150, "num_samples": 150, "bpd_num_repeats": 1,
-                        **eval_overrides})
+                        "begin_ckpt": 0, "end_ckpt": 0, **eval_overrides})
     return config
 
 
@@ -44,7 +42,7 @@ def write_checkpoint(config, workdir, params_fn, step=7):
     """A converted-style checkpoint (`params`, `ema_params`, `step`) with `params_fn(init)`."""
     variables = mutils.init_model(jax.random.PRNGKey(0), config)
     params = jax.tree.map(params_fn, variables["params"])
-    convert.save_converted(workdir, {"params": params, "ema_params": params, "step": step})
+    ckpt_lib.save_converted(workdir, {"params": params, "ema_params": params, "step": step})
     return params
 
 
@@ -156,3 +154,129 @@ def test_training_ends_with_the_final_eval(tmp_path):
     assert result["final_step"] == saved["step"] == 2
     assert result["final_loss"] == saved["loss"] and saved["loss_batches"] == 2
     assert 0.05 < saved["loss"] < 2.0  # a real loss of a 2-step model (VP family starts near 1)
+
+
+def pixel_features(weights=None, batch_size=100):
+    """A stand-in for `metrics.get_inception_fn` (the network itself is tested in test_metrics.py):
+    the uint8 pixels, tiled to 2048 features."""
+    def fn(images):
+        metrics.check_images(images)
+        x = images.reshape(len(images), -1).astype(np.float32)
+        return {"pool_3": np.tile(x, (1, 2048 // x.shape[1])), "logits": None}
+    return fn
+
+
+def test_fid_stats_mode_reads_the_whole_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCORE_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(metrics, "get_inception_fn", pixel_features)
+    config = digits_config(tmp_path, fid_stats_split="test")
+    result = main.run("fid_stats", config, str(tmp_path / "w"))
+    path = str(tmp_path / "cache" / "stats" / "digits_8_test.npz")
+    assert result == {"path": path, "num_images": 300}
+    pixels = digits.to_uint8(load_digits().images)[digits.split_indices()["test"]]
+    expected = pixel_features()(pixels[..., None])["pool_3"].astype(np.float64)
+    stats = metrics.load_stats(path)
+    np.testing.assert_allclose(stats["mu"], expected.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats["sigma"], np.cov(expected, rowvar=False), rtol=1e-9,
+                               atol=1e-9)
+    assert os.listdir(os.path.dirname(path)) == ["digits_8_test.npz"]  # no temporary left
+
+
+def quality_config(tmp_path, **eval_overrides):
+    config = digits_config(tmp_path, batch_size=4, num_samples=12, enable_loss=False,
+                           enable_bpd=False, enable_sampling=True, kid_subsets=5,
+                           fid_stats_file=str(tmp_path / "stats.npz"), **eval_overrides)
+    return config
+
+
+def test_eval_resumes_after_a_kill(tmp_path, monkeypatch):
+    """Killed after the first of 3 rounds, `--mode eval` restarts at the second round and writes
+    the JSON an uninterrupted evaluation writes."""
+    monkeypatch.setattr(metrics, "get_inception_fn", pixel_features)
+    config = quality_config(tmp_path)
+    reference = np.random.RandomState(0).randint(0, 256, (10, 2048)).astype(np.float32)
+    metrics.save_stats(config.eval.fid_stats_file, reference)
+    for w in ("a", "b"):
+        write_checkpoint(config, str(tmp_path / w), lambda p: p)
+
+    whole = main.run("eval", config, str(tmp_path / "a"))
+    assert whole["num_samples"] == 12 and whole["mean_nfe"] == 20 and whole["is"] is None
+    assert whole["fid"] > 0 and np.isfinite(whole["kid"])
+
+    calls = []
+
+    class Killed(Exception):
+        pass
+
+    def killed_at_round_1(weights=None, batch_size=100):
+        fn = pixel_features()
+
+        def wrapped(images):
+            calls.append(len(images))
+            if len(calls) == 2:
+                raise Killed
+            return fn(images)
+        return wrapped
+
+    monkeypatch.setattr(metrics, "get_inception_fn", killed_at_round_1)
+    with pytest.raises(Killed):
+        main.run("eval", config, str(tmp_path / "b"))
+    eval_dir = tmp_path / "b" / "eval"
+    assert sorted(os.listdir(eval_dir / "ckpt_7")) == ["features_0.npz"]
+    assert not (eval_dir / "ckpt_7.json").exists()
+    calls.clear()
+    resumed = main.run("eval", config, str(tmp_path / "b"))
+    assert calls == [4, 4]  # rounds 1 and 2 only
+    assert json.load(open(eval_dir / "ckpt_7.json")) == resumed == whole
+    # The same numbers from the written samples, computed directly.
+    samples = np.concatenate([np.load(tmp_path / "b" / "samples" / "ckpt_7" / f"samples_{i}.npz")
+                              ["samples"] for i in range(3)])
+    pool = pixel_features()(metrics.samples_to_uint8(samples))["pool_3"]
+    stats = metrics.load_stats(config.eval.fid_stats_file)
+    np.testing.assert_allclose(whole["fid"], metrics.frechet_distance(
+        *metrics.feature_stats(pool), stats["mu"], stats["sigma"]), rtol=1e-10)
+    np.testing.assert_allclose([whole["kid"], whole["kid_std"]], metrics.kernel_inception_distance(
+        pool, reference, subsets=5, subset_size=1000, seed=config.seed), rtol=1e-10)
+
+
+def test_eval_with_the_inception_network(tmp_path, inception_weights):
+    """Two rounds of two samples through the real network: the JSON's FID and KID are those of the
+    written samples' features."""
+    config = quality_config(tmp_path, batch_size=2, num_samples=4,
+                            inception_weights=inception_weights)
+    inception_fn = metrics.get_inception_fn(inception_weights)
+    pixels = digits.to_uint8(load_digits().images[:4])[..., None]
+    reference = metrics.save_stats(config.eval.fid_stats_file, inception_fn(pixels)["pool_3"])
+    workdir = str(tmp_path / "w")
+    write_checkpoint(config, workdir, lambda p: p)
+    result = main.run("eval", config, workdir)
+    samples = np.concatenate([np.load(os.path.join(workdir, "samples", "ckpt_7",
+                                                   f"samples_{i}.npz"))["samples"]
+                              for i in range(2)])
+    pool = inception_fn(metrics.samples_to_uint8(samples))["pool_3"]
+    np.testing.assert_allclose(result["fid"], metrics.frechet_distance(
+        *metrics.feature_stats(pool), reference["mu"], reference["sigma"]), rtol=1e-6)
+    np.testing.assert_allclose(result["kid"], metrics.kernel_inception_distance(
+        pool, reference["pool_3"], subsets=5, seed=config.seed)[0], rtol=1e-6)
+    assert result["is"] is None and result["fid"] > 0
+
+
+def test_eval_refuses_a_partial_last_round(tmp_path):
+    config = quality_config(tmp_path, num_samples=6)
+    workdir = str(tmp_path / "w")
+    write_checkpoint(config, workdir, lambda p: p)
+    with pytest.raises(ValueError, match="eval.num_samples=6 is not a multiple of "
+                                         "eval.batch_size=4"):
+        main.run("eval", config, workdir)
+    assert not os.path.exists(os.path.join(workdir, "eval"))
+    assert not os.path.exists(os.path.join(workdir, "samples"))
+
+
+def test_eval_needs_a_checkpoint_in_the_range(tmp_path):
+    config = digits_config(tmp_path, begin_ckpt=1, end_ckpt=3, enable_sampling=False)
+    workdir = str(tmp_path / "w")
+    write_checkpoint(config, workdir, lambda p: p)  # step 7: checkpoint 7 // 2000 = 0
+    with pytest.raises(FileNotFoundError, match=r"eval.begin_ckpt=1 <= step // "
+                                                r"training.snapshot_freq \(2000\) <= "
+                                                r"eval.end_ckpt=3; steps there: \[7\]"):
+        main.run("eval", config, workdir)

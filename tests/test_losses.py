@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-import refcases
+from score_jax import reference as refcases
 from score_jax import losses
+from score_jax import train_state
 from score_jax import sde as sde_lib
 
 CASES = [c for c in ("ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small", "ddpmpp_subvp_cont_small",
@@ -155,7 +156,7 @@ def test_optimizer_matches_torch_adam(kw):
             torch.nn.utils.clip_grad_norm_(list(tp.values()), max_norm=o.grad_clip)
         topt.step()
 
-    opt = losses.get_optimizer(cfg)
+    opt = train_state.get_optimizer(cfg)
     params = jax.tree.map(jnp.asarray, init)
     state = opt.init(params)
     for g in grads:
@@ -164,12 +165,12 @@ def test_optimizer_matches_torch_adam(kw):
     for k in init:
         np.testing.assert_allclose(np.asarray(params[k]), tp[k].detach().numpy(), rtol=1e-5,
                                    atol=1e-6)
-    lr = losses.learning_rate_fn(cfg)
+    lr = train_state.learning_rate_fn(cfg)
     assert float(lr(0)) == pytest.approx(0.0 if o.warmup > 0 else o.lr)
 
 
 def test_ema_decay_is_official():
     # The reference cases record the decay the official EMA used on its first update.
-    assert float(losses.ema_decay(0.999, 1)) == pytest.approx(2 / 11)
-    assert float(losses.ema_decay(0.999, 10**6)) == pytest.approx(0.999)
-    assert float(losses.ema_decay(0.9999, 100)) == pytest.approx(101 / 110)
+    assert float(train_state.ema_decay(0.999, 1)) == pytest.approx(2 / 11)
+    assert float(train_state.ema_decay(0.999, 10**6)) == pytest.approx(0.999)
+    assert float(train_state.ema_decay(0.9999, 100)) == pytest.approx(101 / 110)

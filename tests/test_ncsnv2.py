@@ -11,10 +11,11 @@ import pytest
 import torch
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from refcases import case_arrays, case_checkpoint, case_config, case_meta
+from score_jax.reference import case_arrays, case_checkpoint, case_config, case_meta
 from score_jax import convert
 from score_jax import sde as sde_lib
-from score_jax.models import get_model, ncsn, ncsnv2
+from score_jax.convert import ncsnv2 as ncsn_convert
+from score_jax.models import get_model, ncsnv2
 from score_jax.models import utils as mutils
 from score_jax.models.normalization import ConditionalInstanceNorm2dPlus, InstanceNorm2dPlus
 
@@ -46,7 +47,7 @@ def test_mapping_covers_the_flax_tree_and_the_parameter_count():
     config = case_config(CASE)
     shapes = flatten_dict(jax.eval_shape(
         functools.partial(mutils.init_model, config=config), jax.random.PRNGKey(0)))
-    params, dropped = ncsnv2.torch_to_flax(official_state(), config)
+    params, dropped = ncsn_convert.torch_to_flax(official_state(), config)
     assert dropped == {"sigmas"}
     assert set(params) == set(shapes)
     for key, value in params.items():
@@ -88,18 +89,18 @@ def test_score_fn_labels_are_the_official_noise_indices():
 def test_sigmas_buffer_must_match_the_config():
     config = case_config(CASE)
     config.model.num_scales = 231
-    with pytest.raises(ValueError, match="model.num_scales"):
-        ncsnv2.torch_to_flax(official_state(), config)
+    with pytest.raises(ValueError, match="buffer 'sigmas'.*model.sigma_min/sigma_max/num_scales"):
+        convert.load_official_checkpoint(case_checkpoint(CASE), config)
 
 
 def test_every_tensor_is_mapped_or_reported():
     config = case_config(CASE)
     state = dict(official_state(), extra=np.zeros(3))
     with pytest.raises(ValueError, match="unexpected.*extra"):
-        ncsnv2.torch_to_flax(state, config)
+        ncsn_convert.torch_to_flax(state, config)
     state = {k: v for k, v in official_state().items() if k != "end_conv.bias"}
     with pytest.raises(ValueError, match="missing.*end_conv.bias"):
-        ncsnv2.torch_to_flax(state, config)
+        ncsn_convert.torch_to_flax(state, config)
 
 
 def test_instance_norm_plus_matches_torch_formula():
@@ -316,7 +317,7 @@ def torch_ncsn(state, x, y):
 
 def test_ncsn_matches_the_fixed_official_forward():
     config, state = ncsn_case()
-    params, dropped = ncsn.torch_to_flax(state, config)
+    params, dropped = ncsn_convert.torch_to_flax(state, config)
     assert dropped == set()
     x = np.random.RandomState(1).rand(2, 8, 8, 3).astype(np.float32)
     y = np.array([0, config.model.num_scales - 1])
@@ -329,7 +330,7 @@ def test_ncsn_matches_the_fixed_official_forward():
 
 def test_ncsn_mapping_of_the_conditional_state_dict():
     config, state = ncsn_case()
-    params, dropped = ncsn.torch_to_flax(state, config)
+    params, dropped = ncsn_convert.torch_to_flax(state, config)
     assert dropped == set()
     shapes = flatten_dict(jax.eval_shape(
         functools.partial(mutils.init_model, config=config), jax.random.PRNGKey(0)))

@@ -12,10 +12,10 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import refcases
+from score_jax import reference as refcases
 from analytic import AnalyticScore, analytic_variables, flow_map
 from conftest import DATA
-from score_jax import convert, sampling
+from score_jax import convert, ode, sampling
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
 from score_jax.models.utils import get_score_fn
@@ -142,7 +142,7 @@ def test_official_crashes_run(name):
     z = jnp.asarray(ref(f"step.{name}.t500.euler_maruyama_rng0_randn_like"))
     assert "official_error" in RUNS[f"step.{name}.t500.euler_maruyama.pf"]
     x1, x1_mean = sampling.euler_maruyama(sde, score_fn, x, t, z, probability_flow=True)
-    drift = sampling.probability_flow_drift(sde, score_fn)(t[0], x)
+    drift = ode.probability_flow_drift(sde, score_fn)(t[0], x)
     np.testing.assert_allclose(x1, x - drift / sde.N, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(x1, x1_mean)
     if name == "subvpsde":
@@ -263,8 +263,8 @@ def test_get_sampling_fn_dispatches_on_config():
     ode = sampling.get_sampling_fn(config, sde, AnalyticScore(sde), shape, identity, 1e-5)
     x, nfe = jax.eval_shape(ode, jax.random.key(0), variables("iso"))  # traced, not compiled
     assert x.shape == shape and nfe.dtype == jnp.int32
-    config.sampling.method = "ddim"
-    with pytest.raises(ValueError, match=r"sampling.method='ddim' is unknown"):
+    config.sampling.method = "ddpm"
+    with pytest.raises(ValueError, match=r"sampling.method='ddpm' is unknown; valid: .*'unipc'"):
         sampling.get_sampling_fn(config, sde, AnalyticScore(sde), shape, identity, 1e-5)
 
 
@@ -313,7 +313,7 @@ def test_solve_ode_counts_every_evaluation(method, fixed_nfe):
     """The nfe `solve_ode` reports equals the number of vector-field calls actually executed,
     counted on device by a mutable array (DirectAdjoint: diffrax's default adjoint rejects refs)."""
     sde = sde_lib.VPSDE()
-    drift = sampling.probability_flow_drift(sde, score_fn_of(sde, "diag"))
+    drift = ode.probability_flow_drift(sde, score_fn_of(sde, "diag"))
 
     def run(z):
         calls = jax.new_ref(jnp.zeros((), jnp.int32))
@@ -322,7 +322,7 @@ def test_solve_ode_counts_every_evaluation(method, fixed_nfe):
             calls[...] += 1
             return drift(t, x)
 
-        x, nfe = sampling.solve_ode(fn, z, 1.0, 1e-3, method=method, fixed_nfe=fixed_nfe,
+        x, nfe = ode.solve_ode(fn, z, 1.0, 1e-3, method=method, fixed_nfe=fixed_nfe,
                                     adjoint=diffrax.DirectAdjoint())
         return x, nfe, calls[...]
 
@@ -333,7 +333,7 @@ def test_solve_ode_counts_every_evaluation(method, fixed_nfe):
         tol = {"euler": 0.3, "heun": 0.05}[method]
         assert np.abs(np.asarray(x) - ref("ode.vpsde.diag.exact_x_eps")).max() < tol
     with pytest.raises(ValueError, match="unknown ODE method 'rk4'"):
-        sampling.solve_ode(lambda t, y: y, jnp.zeros(3), 1.0, 0.0, method="rk4")
+        ode.solve_ode(lambda t, y: y, jnp.zeros(3), 1.0, 0.0, method="rk4")
 
 
 PC_STEP_KEYS = ("pc_corrector_x", "pc_corrector_x_mean", "pc_predictor_x", "pc_predictor_x_mean")
@@ -341,7 +341,7 @@ PC_STEP_KEYS = ("pc_corrector_x", "pc_corrector_x_mean", "pc_predictor_x", "pc_p
 
 def model_case_pc_step(case, params=None):
     """Our corrector-then-predictor update of reference `case` (its official config, EMA weights
-    and stored noises): the outputs in `PC_STEP_KEYS` order (also used by benchmarks/parity.py)."""
+    and stored noises): the outputs in `PC_STEP_KEYS` order (also used by tests/parity_report.py)."""
     config, arrays = refcases.case_config(case), refcases.case_arrays(case)
     step = refcases.case_meta(case)["pc_step"]
     if params is None:

@@ -46,6 +46,7 @@ def get_config():
     training.likelihood_weighting = False
     training.n_jitted_steps = 2  # official JAX value for this config
     training.reduce_mean = True
+    training.skip_nonfinite = False  # ours: skip a non-finite update instead of stopping
 
     # sampling
     config.sampling = sampling = ml_collections.ConfigDict()
@@ -122,5 +123,6 @@ def get_config():
     optim.grad_clip = 1.
 
     config.seed = 42
+    config.allow_config_change = False  # ours: resume/sample with a changed model or SDE
 
     return config

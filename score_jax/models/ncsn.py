@@ -19,16 +19,15 @@ dilation 1 unless stated, 'SAME' padding, channels from `data.num_channels`.
 
 Parameters: `Conv_0`, `ResidualBlock_i`, `RefineBlock_i`, `ConditionalInstanceNorm2dPlus_0`,
 `Conv_1`, each conditional norm holding `Embed_0/embedding` (num_scales, 3C) = PyTorch
-`embed.weight`. `torch_to_flax` maps a PyTorch state dict of the fixed official module
-(`normalize1.embed.weight`, `adapt_convs.0.1_1_norm.embed.weight`, `msf.norms.0...`,
-`crp.norms.0...`) onto it.
+`embed.weight` (`score_jax.convert.ncsnv2.torch_to_flax` maps the fixed official module's state
+dict: `normalize1.embed.weight`, `adapt_convs.0.1_1_norm.embed.weight`, `msf.norms.0...`).
 """
 from __future__ import annotations
 
 from score_jax.models import register_model
-from score_jax.models.ncsnv2 import RefineNet, torch_to_flax
+from score_jax.models.ncsnv2 import RefineNet
 
-__all__ = ["NCSN", "torch_to_flax"]
+__all__ = ["NCSN"]
 
 
 @register_model(name="ncsn")

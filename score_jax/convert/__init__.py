@@ -26,20 +26,18 @@ from __future__ import annotations
 import functools
 import importlib
 import json
-import os
 import pathlib
 import pickle
 import re
-import shutil
 import zipfile
 
 import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import serialization, traverse_util
 
+from score_jax import checkpoints
 from score_jax.models import layers
 from score_jax.models import utils as mutils
 
@@ -47,11 +45,15 @@ from score_jax.models import utils as mutils
 _TORCH_TO_FLAX = {
     "ncsnpp": "score_jax.convert:all_modules_to_flax",
     "ddpm": "score_jax.convert:all_modules_to_flax",
-    "ncsnv2_64": "score_jax.models.ncsnv2:torch_to_flax",
-    "ncsnv2_128": "score_jax.models.ncsnv2:torch_to_flax",
-    "ncsnv2_256": "score_jax.models.ncsnv2:torch_to_flax",
-    "ncsn": "score_jax.models.ncsn:torch_to_flax",
+    "ncsnv2_64": "score_jax.convert.ncsnv2:torch_to_flax",
+    "ncsnv2_128": "score_jax.convert.ncsnv2:torch_to_flax",
+    "ncsnv2_256": "score_jax.convert.ncsnv2:torch_to_flax",
+    "ncsn": "score_jax.convert.ncsnv2:torch_to_flax",
 }
+
+
+# Torch buffers of the official networks (in the state dict, not in the EMA list).
+_BUFFERS = {"sigmas"}
 
 
 def _frozen_torch_keys(config) -> set[str]:
@@ -125,11 +127,14 @@ def all_modules_to_flax(state: dict, config):
             f"the checkpoint has {len(torch_modules)} parameterised entries in all_modules, the "
             f"{config.model.name} network of this config has {len(flax_modules)}: the checkpoint "
             "comes from another architecture or other model.* settings")
-    mapping = {}
+    mapping, dropped = {}, {"sigmas"} & set(state)
     for index, flax_name in zip(torch_modules, flax_modules):
         for key in groups[index]:
             parts = key.split(".")[2:]
             sub = tuple("Conv_0" if p == "Conv" else p for p in parts[:-1])
+            if _unused_time_projection(template[flax_name], sub, state[key], config, key):
+                dropped.add(key)
+                continue
             leaf, array = _torch_leaf_to_flax((flax_name,) + sub, parts[-1], state[key])
             path = ("params", flax_name) + sub + (leaf,)
             expected = _lookup(template, path[1:])
@@ -139,8 +144,21 @@ def all_modules_to_flax(state: dict, config):
                     f"{'/'.join(path)} {array.shape}) does not fit the network of this config "
                     f"(expects {None if expected is None else tuple(expected.shape)})")
             mapping[path] = array
-    dropped = {"sigmas"} & set(state)
     return mapping, dropped
+
+
+def _unused_time_projection(block: dict, sub: tuple, array: np.ndarray, config, key: str) -> bool:
+    """Whether torch tensor `key` is a residual block's time-embedding projection `Dense_0` of a
+    `model.conditional=False` network: the official blocks own it (nf * 4 -> channels) but never
+    call it; we check its shape and drop it. Raises ValueError on a wrong shape."""
+    if config.model.get("conditional", True) or sub != ("Dense_0",) or "Dense_0" in block:
+        return False
+    channels = block["Conv_0"]["kernel"].shape[-1] if "Conv_0" in block else None
+    want = (channels, 4 * config.model.nf) if array.ndim == 2 else (channels,)
+    if channels is None or array.shape != want:
+        raise ValueError(f"checkpoint tensor {key} {array.shape}: the unused time-embedding "
+                         f"projection of an unconditional network must have shape {want}")
+    return True
 
 
 def _lookup(tree, path):
@@ -236,7 +254,8 @@ def _load_torch(path, config) -> dict:
 
     shadow = [np.asarray(p.detach().cpu().numpy()) for p in ckpt["ema"]["shadow_params"]]
     frozen = _frozen_torch_keys(config)
-    trainable = [k for k in state if k not in dropped and k not in frozen]
+    # The EMA list holds every trainable torch parameter, the unused ones we drop included.
+    trainable = [k for k in state if k not in _BUFFERS and k not in frozen]
     if len(trainable) != len(shadow):
         raise ValueError(f"{path}: ema.shadow_params has {len(shadow)} tensors, the model has "
                          f"{len(trainable)} trainable parameters")
@@ -300,39 +319,9 @@ def load_official_checkpoint(path, config) -> dict:
     return _load_jax(path, config)
 
 
-def save_converted(workdir, state: dict) -> pathlib.Path:
-    """Writes `state` as an orbax checkpoint under `workdir/checkpoints/<step>`; returns that dir.
-
-    Layout (what training and sampling restore): a `CheckpointManager` on `workdir/checkpoints`,
-    one `StandardSave` item, the pytree `{'params': tree, 'ema_params': tree, 'step': int}` at
-    step `state['step']`, restorable with `mngr.restore(step)` or
-    `mngr.restore(step, args=ocp.args.StandardRestore(abstract_tree))`. Directories this call
-    created are removed again if writing fails.
-    """
-    ckpt_dir = pathlib.Path(os.path.abspath(workdir)) / "checkpoints"
-    created = ckpt_dir
-    while not created.parent.exists():
-        created = created.parent
-    created = created if not created.exists() else None
-    item = {"params": state["params"], "ema_params": state["ema_params"],
-            "step": int(state["step"])}
-    try:
-        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True)
-        with ocp.CheckpointManager(ckpt_dir, options=options) as mngr:
-            if item["step"] in mngr.all_steps():
-                raise ValueError(f"{ckpt_dir} already holds a checkpoint at step {item['step']}")
-            mngr.save(item["step"], args=ocp.args.StandardSave(item))
-            mngr.wait_until_finished()
-    except BaseException:
-        if created is not None and created.exists():
-            shutil.rmtree(created)
-        raise
-    return ckpt_dir / str(item["step"])
-
-
 def convert(config, workdir, checkpoint=None):
     """`--mode convert`: official `--checkpoint` -> orbax checkpoint in `workdir/checkpoints`."""
     if not checkpoint:
         raise ValueError("--mode convert needs --checkpoint=FILE (an official .pth or "
                          "checkpoint_N)")
-    return save_converted(workdir, load_official_checkpoint(checkpoint, config))
+    return checkpoints.save_converted(workdir, load_official_checkpoint(checkpoint, config))

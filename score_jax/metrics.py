@@ -1,0 +1,219 @@
+"""Sample quality: Inception features, FID, KID, Inception Score, and reference statistics files.
+
+Features come from the FID Inception network (`score_jax.inception`); the distances are computed
+on the host in float64 from the features of whole sets. A statistics file is an `.npz` with
+`pool_3` (N, 2048) raw features and optionally `mu` (2048,), `sigma` (2048, 2048) and `logits`
+(N, 1008): `--mode fid_stats` writes `{mu, sigma, pool_3}`, and the official score_sde files
+(`cifar10_stats.npz`, ...: `pool_3`, sometimes `logits`) read the same way.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from score_jax import inception
+from score_jax import train as train_lib
+from score_jax import utils
+
+
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of TF1's bilinear resize (`align_corners=False`,
+    `half_pixel_centers=False`): output i samples the input at i * n_in / n_out."""
+    src = np.arange(n_out) * (n_in / n_out)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.arange(n_out), lo), 1 - frac)
+    np.add.at(m, (np.arange(n_out), hi), frac)
+    return m.astype(np.float32)
+
+
+def preprocess(images: jax.Array) -> jax.Array:
+    """uint8 (B, H, W, 1 or 3) -> float32 (B, 299, 299, 3), the network's input.
+
+    Resizes only when (H, W) != (299, 299), bilinearly as `tfgan.eval.preprocess_image` does in the
+    official score_sde evaluation (TF1's `resize_bilinear` without half-pixel centres, so our FIDs
+    are comparable with the paper's; torch's `align_corners=False` is a different resampling), then
+    scales as the TF graph does: v / 128 - 1.
+    """
+    x = images.astype(jnp.float32)
+    if x.shape[-1] == 1:
+        x = jnp.repeat(x, 3, axis=-1)
+    _, h, w, _ = x.shape
+    if (h, w) != (inception.SIZE, inception.SIZE):
+        hp = jax.lax.Precision.HIGHEST
+        x = jnp.einsum("oh,bhwc->bowc", resize_matrix(h, inception.SIZE), x, precision=hp)
+        x = jnp.einsum("pw,bowc->bopc", resize_matrix(w, inception.SIZE), x, precision=hp)
+    return x / 128.0 - 1.0
+
+
+def check_images(images) -> None:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"images have dtype {images.dtype} and shape {tuple(images.shape)}; "
+                         "expected uint8 (B, H, W, 1 or 3)")
+
+
+def get_inception_fn(weights: str | None = None, batch_size: int = 100):
+    """`fn(images) -> {'pool_3': (B, 2048), 'logits': (B, 1008) or None}` (float32 numpy).
+
+    `images`: uint8 (B, H, W, 3), or (B, H, W, 1) repeated to 3 channels, any B; preprocessed
+    by `preprocess`. `weights`: see `score_jax.inception.load_params` (None: the default, which
+    has no classifier, so `logits` is None). The network runs jitted in chunks of at most
+    `batch_size` images (rounded up to a multiple of the device count; the last chunk padded),
+    sharded over all devices, parameters replicated. Raises ValueError for other dtypes or
+    channel counts.
+    """
+    flat, has_logits = inception.load_params(weights)
+    mesh = train_lib.make_mesh()
+    n_dev = jax.device_count()
+    params = jax.device_put(inception.unflatten(flat), NamedSharding(mesh, P()))
+    model = inception.InceptionV3(logits=has_logits)
+    sharding = NamedSharding(mesh, P("data"))
+    forward = jax.jit(lambda p, x: model.apply({"params": p}, preprocess(x)))
+
+    def inception_fn(images) -> dict:
+        images = np.asarray(images)
+        check_images(images)
+        chunk = -(-min(batch_size, max(len(images), 1)) // n_dev) * n_dev
+        outs = []
+        for start in range(0, len(images), chunk):
+            part = images[start:start + chunk]
+            padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:],
+                                                    np.uint8)])
+            outs.append((len(part), forward(params, jax.device_put(padded, sharding))))
+        outs = jax.device_get(outs)
+        pool = np.concatenate([o[0][:n] for n, o in outs]) if outs else np.zeros((0, 2048))
+        logits = np.concatenate([o[1][:n] for n, o in outs]) if has_logits and outs else None
+        return {"pool_3": pool.astype(np.float32),
+                "logits": None if logits is None else logits.astype(np.float32)}
+
+    return inception_fn
+
+
+def samples_to_uint8(samples: np.ndarray) -> np.ndarray:
+    """Samples in [0, 1] -> uint8 as the official evaluation does: clip(x * 255, 0, 255),
+    truncated."""
+    return np.clip(np.asarray(samples) * 255.0, 0, 255).astype(np.uint8)
+
+
+def feature_stats(pool_3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mu (D,), sigma (D, D)) in float64: the mean and the unbiased covariance (as official)."""
+    f = np.asarray(pool_3, np.float64)
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def save_stats(path: str, pool_3: np.ndarray) -> dict:
+    """Writes `{mu, sigma, pool_3}` of `pool_3` (N, 2048) to `path` atomically; returns them."""
+    mu, sigma = feature_stats(pool_3)
+    stats = {"mu": mu, "sigma": sigma, "pool_3": np.asarray(pool_3, np.float32)}
+    with utils.atomic_path(path) as tmp:
+        np.savez(tmp, **stats)
+    return stats
+
+
+def load_stats(path: str) -> dict:
+    """`{mu, sigma, pool_3[, logits]}` of a statistics file (ours or an official one).
+
+    Raises FileNotFoundError if `path` does not exist, ValueError naming the file and key if it has
+    no `pool_3` (N, 2048) with N >= 2, or a `mu`/`sigma` of the wrong shape.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"FID statistics file {path!r} does not exist; write it with "
+                                "--mode fid_stats")
+    with np.load(path) as f:
+        stats = dict(f)
+    pool = stats.get("pool_3")
+    if pool is None or pool.ndim != 2 or pool.shape[1] != inception.NUM_FEATURES or len(pool) < 2:
+        got = "missing" if pool is None else f"shape {pool.shape}"
+        raise ValueError(f"{path}: 'pool_3' is {got}; expected (N >= 2, "
+                         f"{inception.NUM_FEATURES}) Inception features (keys: {sorted(stats)})")
+    if "mu" not in stats or "sigma" not in stats:
+        stats["mu"], stats["sigma"] = feature_stats(pool)
+    d = inception.NUM_FEATURES
+    for key, shape in (("mu", (d,)), ("sigma", (d, d))):
+        if stats[key].shape != shape:
+            raise ValueError(f"{path}: {key!r} has shape {stats[key].shape}, expected {shape}")
+    return stats
+
+
+def _psd_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition of a symmetric PSD matrix with eigenvalues below its numerical rank
+    tolerance (max * D * float64 eps) set to 0: rounding noise, whose square roots would add up."""
+    w, v = np.linalg.eigh((matrix + matrix.T) / 2)
+    tol = max(w.max(), 0.0) * len(w) * np.finfo(np.float64).eps
+    return np.where(w > tol, w, 0.0), v
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)), in float64.
+
+    tr (sigma1 sigma2)^(1/2) is the sum of the square roots of the eigenvalues of the symmetric
+    PSD matrix sigma1^(1/2) sigma2 sigma1^(1/2) (same spectrum as sigma1 sigma2), eigenvalues
+    below the rounding level taken as 0. This stays real and finite for singular covariances
+    (fewer samples than features), where `scipy.linalg.sqrtm` of the non-symmetric product can
+    return NaN or complex values (pytorch-fid then retries with 1e-6 added to the diagonals).
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    d = mu1.shape[-1]
+    for name, value, shape in (("mu1", mu1, (d,)), ("mu2", mu2, (d,)), ("sigma1", sigma1, (d, d)),
+                               ("sigma2", sigma2, (d, d))):
+        if value.shape != shape:
+            raise ValueError(f"{name} has shape {value.shape}, expected {shape}")
+    w, v = _psd_eigh(sigma1)
+    root = (v * np.sqrt(w)) @ v.T
+    eig, _ = _psd_eigh(root @ sigma2 @ root)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(eig).sum())
+
+
+def _check_features(name, f, dim=None):
+    f = np.asarray(f, np.float64)
+    if f.ndim != 2 or (dim is not None and f.shape[1] != dim):
+        raise ValueError(f"{name} has shape {f.shape}; expected (N, {dim or 'D'})")
+    return f
+
+
+def kernel_inception_distance(f1, f2, subsets: int = 100, subset_size: int = 1000,
+                              seed: int = 0) -> tuple[float, float]:
+    """(mean, std) over `subsets` of the unbiased MMD^2 with the kernel k(x, y) = (x.y / D + 1)^3.
+
+    Each subset draws m = min(subset_size, N1, N2) rows of `f1` (N1, D) and of `f2` (N2, D)
+    without replacement (numpy generator `seed`), as in the KID paper and tf-gan:
+    MMD^2 = sum_{i!=j} k(x_i, x_j) / m(m-1) + sum_{i!=j} k(y_i, y_j) / m(m-1) - 2 mean k(x_i, y_j).
+    """
+    f1 = _check_features("f1", f1)
+    f2 = _check_features("f2", f2, f1.shape[1])
+    m = min(subset_size, len(f1), len(f2))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 features per set; got {len(f1)} and {len(f2)}")
+    d = f1.shape[1]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(subsets):
+        x = f1[rng.choice(len(f1), m, replace=False)]
+        y = f2[rng.choice(len(f2), m, replace=False)]
+        kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        values.append(within - 2 * kxy.mean())
+    return float(np.mean(values)), float(np.std(values))
+
+
+def inception_score(logits, splits: int = 10) -> tuple[float, float]:
+    """(mean, std) over `splits` equal parts of exp(E_x KL(p(y|x) || p(y))), p = softmax(logits)
+    (N, C), p(y) the part's mean prediction."""
+    logits = _check_features("logits", logits)
+    if not 1 <= splits <= len(logits):
+        raise ValueError(f"splits={splits} must be between 1 and the number of logits "
+                         f"({len(logits)})")
+    log_p = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    scores = []
+    for part in np.array_split(log_p, splits):
+        log_q = np.log(np.exp(part).mean(axis=0))
+        scores.append(np.exp((np.exp(part) * (part - log_q)).sum(axis=1).mean()))
+    return float(np.mean(scores)), float(np.std(scores))

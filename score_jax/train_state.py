@@ -1,0 +1,77 @@
+"""What a training run carries from step to step: `TrainState`, the optimizer (torch's Adam with
+the official warm-up and clipping, as one optax transformation) and the EMA decay."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+
+
+def learning_rate_fn(config) -> Callable[[jax.Array], jax.Array]:
+    """lr(step) = optim.lr * min(step / warmup, 1) (constant optim.lr when warmup <= 0); `step` is
+    the number of updates already applied, so the first update of a fresh run uses lr(0)."""
+    lr, warmup = float(config.optim.lr), float(config.optim.warmup)
+    if warmup > 0:
+        return lambda step: lr * jnp.minimum(jnp.asarray(step, jnp.float32) / warmup, 1.0)
+    return lambda step: jnp.full((), lr, jnp.float32)
+
+
+def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
+    """`torch.nn.utils.clip_grad_norm_`: g * min(max_norm / (|g| + 1e-6), 1)."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        coef = jnp.minimum(max_norm / (optax.tree.norm(updates) + 1e-6), 1.0)
+        return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def get_optimizer(config) -> optax.GradientTransformation:
+    """torch.optim.Adam(lr, betas=(beta1, 0.999), eps, weight_decay) behind the official
+    `optimize_fn` (warm-up, clipping when grad_clip >= 0) as one optax transformation."""
+    if config.optim.optimizer != "Adam":
+        raise ValueError(f"optim.optimizer={config.optim.optimizer!r} is not supported; valid: Adam")
+    parts = []
+    if float(config.optim.grad_clip) >= 0:
+        parts.append(clip_by_global_norm_torch(float(config.optim.grad_clip)))
+    if float(config.optim.weight_decay) != 0:
+        # torch's Adam weight decay is L2 on the gradient (coupled), before the moments.
+        parts.append(optax.add_decayed_weights(float(config.optim.weight_decay)))
+    parts.append(optax.scale_by_adam(b1=float(config.optim.beta1), b2=0.999,
+                                     eps=float(config.optim.eps)))
+    parts.append(optax.scale_by_learning_rate(learning_rate_fn(config)))
+    return optax.chain(*parts)
+
+
+def ema_decay(ema_rate: float, num_updates: jax.Array) -> jax.Array:
+    """The official EMA decay after `num_updates` updates (counting the current one)."""
+    n = jnp.asarray(num_updates, jnp.float32)
+    return jnp.minimum(ema_rate, (1.0 + n) / (10.0 + n))
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a training run carries from one step to the next.
+
+    `params` / `ema_params`: the network's 'params' collection and its EMA; `opt_state`: optax
+    state; `step`: int32 number of updates applied; `rng`: the run's base PRNG key (uint32 (2,)),
+    constant — the randomness of update `s` is `fold_in(rng, s)`, so a resumed run continues the
+    same stream.
+    """
+
+    params: PyTree
+    ema_params: PyTree
+    opt_state: PyTree
+    step: jax.Array
+    rng: jax.Array
+
+    @classmethod
+    def create(cls, params, optimizer: optax.GradientTransformation, rng) -> "TrainState":
+        return cls(params=params, ema_params=jax.tree.map(jnp.copy, params),
+                   opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32),
+                   rng=jnp.asarray(rng))
