@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import pathlib
-import sys
 import time
 
 import jax
@@ -21,9 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from score_jax.models import utils as mutils  # noqa: E402
+from score_jax.models import utils as mutils
 
 REFERENCE_CASES = ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small", "ddpmpp_subvp_cont_small",
                    "ddpm_vp_small"]
@@ -35,7 +33,7 @@ def count_params(config) -> int:
 
 
 def check_reference_counts() -> None:
-    import refcases
+    from score_jax import reference as refcases
 
     for case in REFERENCE_CASES:
         ours, official = count_params(refcases.case_config(case)), refcases.case_meta(case)["n_params"]

@@ -28,20 +28,16 @@ import argparse
 import os
 import pathlib
 import statistics
-import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
-from score_jax import likelihood, ode, sampling, sde as sde_lib, solvers  # noqa: E402
-from score_jax.models import utils as mutils  # noqa: E402
+from score_jax import likelihood, ode, sampling, sde as sde_lib, solvers
+from score_jax.models import utils as mutils
 
 
 class SmallScoreNet(nn.Module):
@@ -136,9 +132,9 @@ def main():
                                  0.16, continuous=True, eps=eps)
     runs = {"PC (rd + langevin)": (lambda: pc(rng, variables), "forward")}
     for tol in (1e-3, 1e-5):
-        ode = sampling.get_ode_sampler(sde, model, shape, identity, rtol=tol, atol=tol, eps=eps)
+        ode_fn = sampling.get_ode_sampler(sde, model, shape, identity, rtol=tol, atol=tol, eps=eps)
         lik = likelihood.get_likelihood_fn(sde, model, identity, rtol=tol, atol=tol)
-        runs[f"ODE dopri5 tol {tol:g}"] = (lambda f=ode: f(rng, variables), "forward")
+        runs[f"ODE dopri5 tol {tol:g}"] = (lambda f=ode_fn: f(rng, variables), "forward")
         runs[f"bpd dopri5 tol {tol:g}"] = (lambda f=lik: f(rng, variables, data), "jvp")
 
     for method in solvers.METHODS:

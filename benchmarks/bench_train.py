@@ -16,19 +16,17 @@ import json
 import os
 import pathlib
 import statistics
-import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from score_jax import config_lib, losses, parallel, sde as sde_lib, train  # noqa: E402
-from score_jax.models import utils as mutils  # noqa: E402
+from score_jax import config_lib, losses, parallel, sde as sde_lib, train
+from score_jax.models import utils as mutils
 
 CASES = ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small", "ddpmpp_subvp_cont_small",
          "ncsnv2_ve_small", "ddpm_vp_small"]

@@ -41,14 +41,13 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import refcases  # noqa: E402
+from score_jax import reference as refcases  # noqa: E402
 from score_jax import convert, datasets, likelihood, sampling  # noqa: E402
 from score_jax import sde as sde_lib  # noqa: E402
 from score_jax.models import utils as mutils  # noqa: E402

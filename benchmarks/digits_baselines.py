@@ -18,15 +18,12 @@ import argparse
 import glob
 import json
 import os
-import pathlib
-import sys
 
 import numpy as np
 from sklearn.datasets import load_digits
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import digits as digits_config  # noqa: E402
-from score_jax import datasets, digits, evaluate, metrics  # noqa: E402
+from configs import digits as digits_config
+from score_jax import datasets, digits, evaluate, metrics
 
 REPEATS = 5
 

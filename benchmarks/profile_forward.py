@@ -18,18 +18,16 @@ import collections
 import importlib
 import pathlib
 import re
-import sys
 import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from score_jax.models import utils as mutils  # noqa: E402
+from score_jax.models import utils as mutils
 
 # (category, pattern in the op_name), first match wins.
 CATEGORIES = [

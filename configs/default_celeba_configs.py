@@ -54,7 +54,7 @@ def get_default_configs():
     sweep.num_samples = 1000  # per point, from the same latents (eval.batch_size at a time)
     sweep.reference_batches = 1  # batches solved by dopri5 (rtol = atol = 1e-5) for the errors
     sweep.reference_tol = 1e-5
-    sweep.fid = True  # FID/KID per point when score_jax.metrics and eval's statistics exist
+    sweep.fid = True  # FID/KID per point against evaluate.stats_path(config)
 
     # evaluation
     config.eval = evaluate = ml_collections.ConfigDict()

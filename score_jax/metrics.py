@@ -13,10 +13,9 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import inception
-from score_jax import train as train_lib
+from score_jax import parallel
 from score_jax import utils
 
 
@@ -61,7 +60,8 @@ def check_images(images) -> None:
 def get_inception_fn(weights: str | None = None, batch_size: int = 100):
     """`fn(images) -> {'pool_3': (B, 2048), 'logits': (B, 1008) or None}` (float32 numpy).
 
-    `images`: uint8 (B, H, W, 3), or (B, H, W, 1) repeated to 3 channels, any B; preprocessed
+    `images`: uint8 (B, H, W, 3), or (B, H, W, 1) repeated to 3 channels, any B, the same on
+    every process; preprocessed
     by `preprocess`. `weights`: see `score_jax.inception.load_params` (None: the default, which
     has no classifier, so `logits` is None). The network runs jitted in chunks of at most
     `batch_size` images (rounded up to a multiple of the device count; the last chunk padded),
@@ -69,11 +69,11 @@ def get_inception_fn(weights: str | None = None, batch_size: int = 100):
     channel counts.
     """
     flat, has_logits = inception.load_params(weights)
-    mesh = train_lib.make_mesh()
+    mesh = parallel.make_mesh()
     n_dev = jax.device_count()
-    params = jax.device_put(inception.unflatten(flat), NamedSharding(mesh, P()))
+    params = jax.device_put(inception.unflatten(flat), parallel.replicated(mesh))
     model = inception.InceptionV3(logits=has_logits)
-    sharding = NamedSharding(mesh, P("data"))
+    sharding = parallel.batch_sharding(mesh)
     forward = jax.jit(lambda p, x: model.apply({"params": p}, preprocess(x)))
 
     def inception_fn(images) -> dict:
@@ -85,8 +85,9 @@ def get_inception_fn(weights: str | None = None, batch_size: int = 100):
             part = images[start:start + chunk]
             padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:],
                                                     np.uint8)])
+            # Every process holds the same images: each puts its devices' share.
             outs.append((len(part), forward(params, jax.device_put(padded, sharding))))
-        outs = jax.device_get(outs)
+        outs = [(n, [parallel.to_host(o) for o in out if o is not None]) for n, out in outs]
         pool = np.concatenate([o[0][:n] for n, o in outs]) if outs else np.zeros((0, 2048))
         logits = np.concatenate([o[1][:n] for n, o in outs]) if has_logits and outs else None
         return {"pool_3": pool.astype(np.float32),

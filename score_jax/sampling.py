@@ -2,7 +2,7 @@
 
 Everything runs on device inside one jitted function: the PC sampler is a `jax.lax.scan` over the
 N noise levels, the ODE sampler a diffrax solve (no host round trip per step, unlike the official
-scipy solver).
+scipy solver). `get_solver_sampler` wraps the few-step solvers of `score_jax.solvers` the same way.
 
 Building blocks, each usable on its own (e.g. one update of a real network with injected noise):
 
@@ -331,7 +331,7 @@ def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5,
 def get_solver_sampler(sde, model, shape, inverse_scaler, method, nfe=20, time_grid=None,
                        order=3, variant="bh2", rtol=0.05, atol=0.0078, denoise=False, eps=1e-3,
                        continuous=True, sharding: NamedSharding | None = None):
-    """A jitted few-step sampler `(rng, variables, z=None) -> (samples, nfe)` of `score_jax.solvers`.
+    """A jitted few-step sampler `(rng, variables, z=None) -> (samples, nfe)` (score_jax.solvers).
 
     ODE methods ('ddim', 'dpm_solver', 'dpm_solver++', 'unipc', 'edm_heun') map x_T = `z` (or a
     prior draw from `rng`) deterministically to eps in at most `nfe` evaluations on `time_grid`

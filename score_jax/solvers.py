@@ -283,12 +283,13 @@ def edm_heun(sde, ts, rows: _Rows) -> None:
         d = sig_t - sig_s
         # Euler step: x^ + d (x^ - D) / sigma, written for x = alpha x^.
         j = rows.k
-        rows.add(s, a=alpha_t * sig_t / (alpha_s * sig_s), b=alpha_t * (1 - sig_t / sig_s) * rows.p(j))
+        rows.add(s, a=alpha_t * sig_t / (alpha_s * sig_s),
+                 b=alpha_t * (1 - sig_t / sig_s) * rows.p(j))
         if i < n - 1:
             # Apply 2nd order correction: average the slopes at both ends; continue from there.
             c = -alpha_t * d / 2 * (rows.p(j + 1) / sig_t + rows.p(j) / sig_s)
-            rows.add(t, a=1.0, b=0.0, u=d / (2 * sig_t), v=alpha_t / alpha_s * (1 + d / (2 * sig_s)),
-                     c=c)
+            rows.add(t, a=1.0, b=0.0, u=d / (2 * sig_t),
+                     v=alpha_t / alpha_s * (1 + d / (2 * sig_s)), c=c)
 
 
 def table(sde, method: str, nfe: int, eps: float, *, time_grid_kind: str | None = None,

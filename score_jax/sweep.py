@@ -6,7 +6,7 @@ fold_in(PRNGKey(seed), i)) with `sampling.get_solver_sampler`. Per point it reco
 the wall time of sampling (compilation excluded), the RMS and max error to a reference solution of
 the first `sweep.reference_batches` batches (the probability-flow ODE by dopri5 at
 rtol = atol = `sweep.reference_tol`, computed once and cached), and FID/KID against
-`eval.fid_stats_file` when `score_jax.metrics` is installed and `sweep.fid` is set.
+the eval mode's reference statistics (`evaluate.stats_path`) when `sweep.fid` is set.
 
 A method is a name of `solvers.METHODS`, optionally with `sampling.*` overrides:
 'dpm_solver++:order=2,time_grid=logsnr'. Outputs in `W/sweep/ckpt_<step>/`: `points/<point>.json`
@@ -17,7 +17,6 @@ NFE, log x, one line per method). Every file is written atomically.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import logging
 import math
@@ -73,19 +72,18 @@ def _points(config):
 
 
 def quality_fn(config):
-    """`fn(samples in [0, 1]) -> {'fid', 'kid', 'kid_std'}` against `eval.fid_stats_file`, or None
-    when `sweep.fid` is off or `score_jax.metrics` (the Inception network) is not installed.
-    Inception weights: `eval.inception_weights` (None: metrics' default); KID over
-    `eval.kid_subsets` subsets of `eval.kid_subset_size` (100 and 1000 by default)."""
-    if not config.sweep.fid or importlib.util.find_spec("score_jax.metrics") is None:
+    """`fn(samples in [0, 1]) -> {'fid', 'kid', 'kid_std'}` against the eval mode's reference
+    statistics (`evaluate.stats_path`: `eval.fid_stats_file`, or the dataset's default file,
+    written on first use), or None when `sweep.fid` is off. Inception weights:
+    `eval.inception_weights`; KID over `eval.kid_subsets` subsets of `eval.kid_subset_size`."""
+    if not config.sweep.fid:
         return None
-    stats_file = config.eval.get("fid_stats_file")
-    if not stats_file:
-        log.warning("sweep.fid is set but eval.fid_stats_file is not: no FID/KID")
-        return None
-    from score_jax import metrics
+    from score_jax import evaluate, metrics
 
-    reference = metrics.load_stats(os.path.expanduser(stats_file))
+    path = evaluate.stats_path(config)
+    if not os.path.exists(path) and not config.eval.get("fid_stats_file"):
+        evaluate.fid_stats(config)
+    reference = metrics.load_stats(path)
     inception = metrics.get_inception_fn(config.eval.get("inception_weights") or None,
                                          batch_size=int(config.eval.batch_size))
 

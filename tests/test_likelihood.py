@@ -24,7 +24,7 @@ def likelihood_fn(name, exact_trace=False, hutchinson_type="Rademacher"):
 
 def official_bpd_runs(name):
     """Yields `(prefix, probe, bpd, z, nfe)` of ours on each official likelihood run of SDE `name`
-    (same data and Hutchinson probe; also used by benchmarks/parity.py)."""
+    (same data and Hutchinson probe; also used by tests/parity_report.py)."""
     fn = likelihood_fn(name)
     for kind in ("iso", "diag"):
         prefix = f"lik.{name}.{kind}"

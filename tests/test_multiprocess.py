@@ -51,7 +51,7 @@ def _launch(mode, workdir, data_dir, cache, processes: int, extra=()):
 
 
 def _wait(procs):
-    outs = [p.communicate(timeout=900)[0] for p in procs]
+    outs = [p.communicate(timeout=1800)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     return outs

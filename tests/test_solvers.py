@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from score_jax import sampling, solvers
+from score_jax import ode, sampling, solvers
 from score_jax import sde as sde_lib
 
 SDES = {"ve": sde_lib.VESDE, "vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE}
@@ -96,7 +96,7 @@ def problem(sde_name: str, data: str):
                 f, g = sde.sde(x, tv)
                 return f - 0.5 * (g**2)[:, None] * score(x, tv)
 
-            ref = np.asarray(jax.jit(lambda z: sampling.solve_ode(
+            ref = np.asarray(jax.jit(lambda z: ode.solve_ode(
                 drift, z, sde.T, eps, rtol=1e-9, atol=1e-9, max_steps=20000)[0])(z))
 
         def run(x, coeffs, prediction):
@@ -213,7 +213,7 @@ def test_narrow_mixture_goal(sde_name):
         f, g = sde.sde(x, tv)
         return f - 0.5 * (g**2)[:, None] * score(x, tv)
 
-    y, dopri_nfe = jax.jit(lambda z: sampling.solve_ode(drift, z, sde.T, sde.sampling_eps,
+    y, dopri_nfe = jax.jit(lambda z: ode.solve_ode(drift, z, sde.T, sde.sampling_eps,
                                                         rtol=1e-3, atol=1e-3))(z)
     dopri = float(np.sqrt(np.mean((np.asarray(y) - ref) ** 2) / np.mean(ref**2)))
     print(f"{sde_name}: 2M logsnr {base:.3e}; UniPC-3 logsnr_power {ours:.3e} ({base / ours:.2f}x);"
@@ -223,7 +223,8 @@ def test_narrow_mixture_goal(sde_name):
 
 
 def test_ddim_on_vp_is_the_ddim_update():
-    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, x0 = (x_s - sqrt(1 - abar_s) eps) / sqrt(abar_s),
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with
+    x0 = (x_s - sqrt(1 - abar_s) eps) / sqrt(abar_s),
     eps = -sqrt(1 - abar_s) score (Song, Meng and Ermon 2021, eta = 0), on the same grid."""
     sde, z, _, score, _ = problem("vp", "mixture")
     ts = solvers.time_grid(sde, "logsnr", 5, sde.sampling_eps)
@@ -240,7 +241,8 @@ def test_ddim_on_vp_is_the_ddim_update():
 
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_edm_heun_with_one_step_is_an_euler_step(sde_name):
-    """In x^ = x / alpha and sigma^ = sigma / alpha: x^ + (sigma^_eps - sigma^_T) (x^ - D) / sigma^_T."""
+    """In x^ = x / alpha and sigma^ = sigma / alpha:
+    x^ + (sigma^_eps - sigma^_T) (x^ - D) / sigma^_T."""
     sde, z, _, score, _ = problem(sde_name, "mixture")
     eps = sde.sampling_eps
     tab = solvers.table(sde, "edm_heun", 1, eps)

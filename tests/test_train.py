@@ -15,6 +15,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
+from score_jax import config_lib
 from score_jax import parallel
 from score_jax import train
 from score_jax.models import register_model
@@ -248,25 +249,27 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
     assert np.mean(losses_[-10:]) < 0.9 * np.mean(losses_[:10])
 
 
-# One step of --mode train for the other families, on DIGITS (8x8x1) with shrunk networks.
+# One step of training for the other families, in-process, on DIGITS (8x8x1) with shrunk networks.
 FAMILY_RUNS = {
     "ddpm": ("configs/vp/ddpm/cifar10.py",
-             ["--config.model.nf=32", "--config.model.ch_mult=(1,2)",
-              "--config.model.num_res_blocks=1", "--config.model.attn_resolutions=(4,)"]),
-    "ncsnv2": ("configs/ve/ncsnv2/cifar10.py", ["--config.model.nf=8"]),
-    "ncsn": ("configs/ve/ncsn/cifar10.py", ["--config.model.nf=8"]),
+             {"model.nf": 32, "model.ch_mult": (1, 2), "model.num_res_blocks": 1,
+              "model.attn_resolutions": (4,)}),
+    "ncsnv2": ("configs/ve/ncsnv2/cifar10.py", {"model.nf": 8}),
+    "ncsn": ("configs/ve/ncsn/cifar10.py", {"model.nf": 8}),
 }
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_RUNS))
 def test_one_step_end_to_end(family, tmp_path):
-    config, overrides = FAMILY_RUNS[family]
-    data = ["--config.data.dataset=DIGITS", "--config.data.image_size=8",
-            "--config.data.num_channels=1", "--config.data.random_flip=False",
-            "--config.training.batch_size=4", "--config.training.n_iters=1",
-            "--config.training.n_jitted_steps=1", "--config.training.snapshot_sampling=False"]
-    rc, out = _main(tmp_path, *data, *overrides, config=config, env=_env(tmp_path / "cache"))
-    assert rc == 0, out[-3000:]
+    import main
+
+    path, overrides = FAMILY_RUNS[family]
+    config = config_lib.load_config(os.path.join(ROOT, path), {
+        "data.dataset": "DIGITS", "data.image_size": 8, "data.num_channels": 1,
+        "data.random_flip": False, "data.data_dir": str(tmp_path / "tfds"),
+        "training.batch_size": 4, "training.n_iters": 1, "training.n_jitted_steps": 1,
+        "training.snapshot_sampling": False, **overrides})
+    main.run("train", config, str(tmp_path))
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert rows[0]["step"] == 0 and np.isfinite(rows[0]["loss"]) and rows[0]["loss"] > 0
     assert _committed_steps(tmp_path / "checkpoints") == [1]
@@ -278,7 +281,7 @@ def test_one_step_end_to_end(family, tmp_path):
 def test_training_starts_from_converted_official_weights(tmp_path):
     """A workdir holding `--mode convert` output: training restores its params, EMA and step
     (with a fresh optimizer state), and `restore_for_sampling` returns its EMA."""
-    import refcases
+    from score_jax import reference as refcases
     from score_jax import convert
 
     case = "ddpm_vp_small"

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from score_jax.models import get_model, register_model
+from score_jax.models import register_model
 from score_jax.models.layers import compute_dtype, get_act, get_sigmas
 from score_jax.models.normalization import get_normalization
 

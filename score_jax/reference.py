@@ -1,4 +1,7 @@
-"""Reference cases of the official code (`tests/data/<case>.{json,npz,pth}`) in our conventions.
+"""Reference cases of the official code (`<DATA>/<case>.{json,npz,pth}`) in our conventions.
+
+`DATA` is `$SCORE_JAX_REFERENCE_DIR`, else the repository's `tests/data/` (the official outputs the
+parity tests and benchmarks compare with; see its README).
 
 A case JSON holds the full official config (with the shrinking overrides applied) under `config`;
 `case_config` turns it into an `ml_collections.ConfigDict` (lists become tuples, as in the config
@@ -7,12 +10,14 @@ files). `case_arrays` loads the `.npz` with every image-shaped array moved from 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import ml_collections
 import numpy as np
 
-DATA = pathlib.Path(__file__).parent / "data"
+DATA = pathlib.Path(os.environ.get("SCORE_JAX_REFERENCE_DIR")
+                    or pathlib.Path(__file__).resolve().parents[1] / "tests" / "data")
 
 
 def _tuples(value):

@@ -1,9 +1,10 @@
 """Parity report: our outputs against the official PyTorch code's, as numbers (the tests assert
 bounds; this prints the errors themselves, for README and release notes).
 
-    python benchmarks/parity.py            # ~3 min on a 2-core CPU
+    python tests/parity_report.py          # ~3 min on a 2-core CPU
 
-Tables (reference arrays in `tests/data/`, see tests/refcases.py):
+It lives with the tests because it reuses their helpers (the injected official draws, the official
+PC-step replay). Tables (reference arrays in `tests/data/`, see `score_jax.reference`):
 
 1. networks: max |ours - official| / max |official| of the raw output and the score, for the
    `model` and EMA weights of each converted official checkpoint;
@@ -15,21 +16,14 @@ Tables (reference arrays in `tests/data/`, see tests/refcases.py):
 """
 from __future__ import annotations
 
-import pathlib
-import sys
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-import refcases  # noqa: E402
-from score_jax import convert, losses, sampling  # noqa: E402
-from score_jax import sde as sde_lib  # noqa: E402
-from score_jax.models import utils as mutils  # noqa: E402
+from score_jax import reference as refcases
+from score_jax import convert, losses
+from score_jax import sde as sde_lib
+from score_jax.models import utils as mutils
 
 CASES = ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small", "ddpmpp_subvp_cont_small",
          "ncsnv2_ve_small", "ddpm_vp_small"]
