@@ -51,7 +51,12 @@ def _launch(mode, workdir, data_dir, cache, processes: int, extra=()):
 
 
 def _wait(procs):
-    outs = [p.communicate(timeout=1800)[0] for p in procs]
+    try:
+        outs = [p.communicate(timeout=1800)[0] for p in procs]
+    finally:
+        for p in procs:  # no orphans when a run fails or times out
+            if p.poll() is None:
+                p.kill()
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     return outs
