@@ -185,7 +185,8 @@ def kernel_inception_distance(f1, f2, subsets: int = 100, subset_size: int = 100
     """(mean, std) over `subsets` of the unbiased MMD^2 with the kernel k(x, y) = (x.y / D + 1)^3.
 
     Each subset draws m = min(subset_size, N1, N2) rows of `f1` (N1, D) and of `f2` (N2, D)
-    without replacement (numpy generator `seed`), as in the KID paper and tf-gan:
+    without replacement (numpy generator `seed`; when m is both set sizes, one subset), as in the
+    KID paper and tf-gan:
     MMD^2 = sum_{i!=j} k(x_i, x_j) / m(m-1) + sum_{i!=j} k(y_i, y_j) / m(m-1) - 2 mean k(x_i, y_j).
     """
     f1 = _check_features("f1", f1)
@@ -193,6 +194,8 @@ def kernel_inception_distance(f1, f2, subsets: int = 100, subset_size: int = 100
     m = min(subset_size, len(f1), len(f2))
     if m < 2:
         raise ValueError(f"KID needs at least 2 features per set; got {len(f1)} and {len(f2)}")
+    if m == len(f1) == len(f2):
+        subsets = 1  # every subset is both whole sets: one value, std 0
     d = f1.shape[1]
     rng = np.random.default_rng(seed)
     values = []
