@@ -156,7 +156,7 @@ def test_image_size_not_matching_the_dataset(tmp_path):
 def test_bad_batch_size_and_workdir(tmp_path):
     config = tiny_config()
     config.training.batch_size = 3
-    with pytest.raises(ValueError, match="not divisible by the number of devices"):
+    with pytest.raises(ValueError, match="not a positive multiple of the number of devices"):
         train.train(config, str(tmp_path / "w"))
     blocker = tmp_path / "a_file"
     blocker.write_text("")
