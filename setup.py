@@ -29,6 +29,6 @@ setup(
         "cuda12": ["jax[cuda12]>=0.10.2"],
         "convert": ["torch>=2.6"],
         # nbclient/ipykernel/nbformat execute notebooks/walkthrough.ipynb in the tests.
-        "test": ["pytest>=8", "torch>=2.6", "nbclient>=0.10", "ipykernel>=6.29", "nbformat>=5.10"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch>=2.6", "nbclient>=0.10", "ipykernel>=6.29", "nbformat>=5.10"],
     },
 )
