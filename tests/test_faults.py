@@ -259,7 +259,7 @@ def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_bit_identical(tmp_pa
     assert _committed_steps(stopped / "checkpoints") == []
 
     for p in (run(stopped), run(ref)):
-        out, _ = p.communicate(timeout=600)
+        out, _ = p.communicate(timeout=1800)
         assert p.returncode == 0, out[-3000:]
     def numbers(workdir):  # every logged number but the timings
         return [{k: v for k, v in r.items() if not k.endswith("per_s")} for r in _rows(workdir)]

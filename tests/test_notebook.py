@@ -34,7 +34,7 @@ def test_walkthrough_notebook_runs_every_cell(tmp_path, monkeypatch):
     monkeypatch.setenv("WALKTHROUGH_BATCH", "10")
     monkeypatch.setenv("WALKTHROUGH_OVERRIDES", json.dumps(overrides))
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3",
+    NotebookClient(nb, timeout=1800, kernel_name="python3",
                    resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
 
     code = [c for c in nb.cells if c.cell_type == "code"]

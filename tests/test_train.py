@@ -179,7 +179,7 @@ def _main(workdir, *overrides, config="configs/digits.py", env=None, wait=True):
                             stderr=subprocess.STDOUT, text=True)
     if not wait:
         return proc
-    out, _ = proc.communicate(timeout=600)
+    out, _ = proc.communicate(timeout=1800)
     return proc.returncode, out
 
 
