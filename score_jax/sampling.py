@@ -288,6 +288,21 @@ def get_pc_sampler(sde, model, shape, predictor, corrector, inverse_scaler, snr,
     return jax.jit(sampler)
 
 
+def _score_and_latent(sde, model, variables, shape, continuous, sharding, key, z):
+    """The float32 score function of `variables` and the deterministic samplers' start x_T: `z`
+    (checked against `shape`) or a prior draw from `key`, sharded as `sharding`."""
+    score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
+    check_model_shape(score_fn, shape)
+    score_fn = _dtype_stable(score_fn, jnp.float32)
+    if z is None:
+        x = sde.prior_sampling(key, shape)
+    elif tuple(z.shape) != shape:
+        raise ValueError(f"latent z has shape {tuple(z.shape)}, the sampler's shape is {shape}")
+    else:
+        x = jnp.asarray(z, jnp.float32)
+    return score_fn, parallel.constrain(x, sharding)
+
+
 def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1e-5,
                     method="dopri5", eps=1e-3, continuous=True, fixed_nfe: int | None = None,
                     sharding: NamedSharding | None = None):
@@ -307,16 +322,7 @@ def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5,
     parallel.check_sharding(shape, sharding)
 
     def sampler(rng, variables, z=None):
-        score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
-        check_model_shape(score_fn, shape)
-        score_fn = _dtype_stable(score_fn, jnp.float32)
-        if z is None:
-            x = sde.prior_sampling(rng, shape)
-        elif tuple(z.shape) != shape:
-            raise ValueError(f"latent z has shape {tuple(z.shape)}, the sampler's shape is {shape}")
-        else:
-            x = jnp.asarray(z, jnp.float32)
-        x = parallel.constrain(x, sharding)
+        score_fn, x = _score_and_latent(sde, model, variables, shape, continuous, sharding, rng, z)
         x, nfe = ode.solve_ode(ode.probability_flow_drift(sde, score_fn), x, sde.T, eps, method=method,
                            rtol=rtol, atol=atol, fixed_nfe=fixed_nfe)
         if denoise:
@@ -347,17 +353,9 @@ def get_solver_sampler(sde, model, shape, inverse_scaler, method, nfe=20, time_g
     parallel.check_sharding(shape, sharding)
 
     def sampler(rng, variables, z=None):
-        score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
-        check_model_shape(score_fn, shape)
-        score_fn = _dtype_stable(score_fn, jnp.float32)
         prior_key, noise_key = jax.random.split(rng)
-        if z is None:
-            x = sde.prior_sampling(prior_key, shape)
-        elif tuple(z.shape) != shape:
-            raise ValueError(f"latent z has shape {tuple(z.shape)}, the sampler's shape is {shape}")
-        else:
-            x = jnp.asarray(z, jnp.float32)
-        x = parallel.constrain(x, sharding)
+        score_fn, x = _score_and_latent(sde, model, variables, shape, continuous, sharding,
+                                        prior_key, z)
         if tab is None:
             x, n = solvers.adaptive_sde(sde, score_fn, x, noise_key, eps, rtol=rtol, atol=atol,
                                         denoise=denoise)
