@@ -189,8 +189,10 @@ def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformati
         decay = ema_decay(ema_rate, step)
         ema_params = jax.tree.map(lambda e, p: e - (1.0 - decay) * (e - p), state.ema_params, params)
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.all(jnp.stack(
-            [jnp.isfinite(p).all() for p in jax.tree.leaves((params, ema_params))]))
+        # A finite update keeps the parameters and their EMA finite. (Testing every parameter
+        # and EMA leaf instead made XLA:CPU compile the step 15-30x slower.)
+        finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+                  & jnp.isfinite(optax.tree.norm(updates)))
         # A non-finite update is dropped here, on device: the caller reads `finite` with the
         # metrics it fetches anyway.
         params, ema_params, opt_state = jax.tree.map(

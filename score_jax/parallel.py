@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
+import time
 
 import jax
 import numpy as np
@@ -69,10 +71,27 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     host, _, port = coordinator_address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"--coordinator_address={coordinator_address!r} must be host:port")
-    _start(f"process {process_id} of {num_processes}, coordinator {coordinator_address}",
-           timeout_s, coordinator_address=coordinator_address, num_processes=num_processes,
-           process_id=process_id)
+    what = f"process {process_id} of {num_processes}, coordinator {coordinator_address}"
+    if process_id != 0:
+        # jax's client aborts the whole process (no exception) when the coordinator never
+        # answers, so the others first wait here, where a timeout can be reported.
+        _wait_for_coordinator(host, int(port), what, timeout_s)
+    _start(what, timeout_s, coordinator_address=coordinator_address,
+           num_processes=num_processes, process_id=process_id)
     return True
+
+
+def _wait_for_coordinator(host: str, port: int, what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), port), timeout=2):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"could not start the distributed runtime ({what}) within "
+                                   f"{timeout_s} s: nothing answers at {host}:{port} ({e})") from e
+            time.sleep(0.5)
 
 
 def _start(what: str, timeout_s: int, **kwargs) -> None:
