@@ -162,9 +162,10 @@ def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformati
 
     Train: `step_fn(state, x) -> (new_state, StepMetrics)`: the gradient of the loss with the
     step's randomness `fold_in(state.rng, state.step)` (dropout on), the `optimize_fn` update,
-    step + 1, and the EMA update with the new parameters. When the loss, the gradients or the
-    updated parameters are not finite, the update is not applied (parameters, EMA and optimizer
-    state stay, step + 1) and `StepMetrics.finite` is False. Eval: `step_fn(state, x, rng) -> loss` of
+    step + 1, and the EMA update with the new parameters. When the loss, the gradient norm or the
+    update's norm is not finite (an update of norm beyond float32's ~1.8e19 counts as one), the
+    update is not applied (parameters, EMA and optimizer state stay, step + 1) and
+    `StepMetrics.finite` is False. Eval: `step_fn(state, x, rng) -> loss` of
     the EMA parameters in eval mode (no dropout), its draws from `rng`.
     `x` is (B, H, W, C) scaled data. Pure and traceable: jit it, scan it, shard its batch.
     """

@@ -274,7 +274,7 @@ def _train(config, workdir: str, stop: list) -> dict:
             checkpointer.check()
             for i in np.flatnonzero(~metrics.finite):
                 what = (f"step {step + int(i)}: the loss ({metrics.loss[i]}), the gradient norm "
-                        f"({metrics.grad_norm[i]}) or the updated parameters are not finite")
+                        f"({metrics.grad_norm[i]}) or the update's norm is not finite")
                 if not skip_nonfinite:
                     checkpointer.wait()
                     good = ckpt_lib.latest_intact_step(workdir)
