@@ -15,9 +15,12 @@ how far apart their network outputs are.
 
 Rows (`--only` picks some): `conv` (one 3x3 convolution, `--nf` * 2 channels in and out, at the
 network's image size: jitted NHWC `lax.conv_general_dilated` against `F.conv2d` on NCHW),
-`forward` (one network call, eval mode), `ode` (probability-flow
+`forward` (one network call, eval mode), `train` (one training step of the config: loss with
+its random t and noise, backward, Adam with the config's warm-up and clipping, EMA; official
+`losses.get_step_fn` against `train.get_train_fns`), `ode` (probability-flow
 sampler from the same latent at rtol = atol = 1e-3 and 1e-5: official scipy RK45, ours diffrax
-Dopri5), `bpd` (likelihood at `--bpd_tol`, same data), `pc` (reverse diffusion + Langevin with
+Dopri5; the error columns are each sample's RMS distance to a tight solution, ours at 1e-7, so
+speed can be read at equal accuracy), `bpd` (likelihood at `--bpd_tol`, same data), `pc` (reverse diffusion + Langevin with
 `--pc_N` noise levels). Every timing interleaves the two implementations, `--repeats` times, and
 reports medians; our compile time is reported separately (first call minus the median). JAX runs
 on the CPU with its default thread pool, torch with `torch.set_num_threads(--threads)`.
@@ -48,7 +51,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from score_jax import reference as refcases  # noqa: E402
-from score_jax import convert, datasets, likelihood, sampling  # noqa: E402
+from score_jax import convert, datasets, likelihood, parallel, sampling, train  # noqa: E402
+from score_jax import train_state  # noqa: E402
 from score_jax import sde as sde_lib  # noqa: E402
 from score_jax.models import utils as mutils  # noqa: E402
 
@@ -76,8 +80,8 @@ def import_official(path: pathlib.Path) -> dict:
     try:
         # Official top-level names (`models`, `sampling`, `likelihood`, `sde_lib`) would clash
         # with nothing of ours: score_jax's modules are all under `score_jax.`.
-        names = ["models.ncsnpp", "models.ddpm", "models.utils", "sde_lib", "sampling",
-                 "likelihood"]
+        names = ["models.ncsnpp", "models.ddpm", "models.utils", "models.ema", "sde_lib",
+                 "sampling", "likelihood", "losses"]
         mods = {n: importlib.import_module(n) for n in names}
     finally:
         sys.path.remove(str(path))
@@ -162,7 +166,7 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", default="conv,forward,ode,bpd,pc")
+    parser.add_argument("--only", default="conv,forward,train,ode,bpd,pc")
     parser.add_argument("--bpd_tol", type=float, default=1e-3)
     parser.add_argument("--pc_N", type=int, default=100)
     args = parser.parse_args()
@@ -194,13 +198,13 @@ def main():
     print(f"# jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
           f"({args.threads} threads); medians of {args.repeats} interleaved repeats")
     print("| what | official (s) | score_jax (s) | ratio | official NFE | score_jax NFE | "
-          "score_jax compile (s) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "official error | score_jax error | score_jax compile (s) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 
-    def row(what, res, nfe=("", "")):
+    def row(what, res, nfe=("", ""), error=("", "")):
         (_, t_off), (first, t_ours) = res["official"], res["ours"]
         print(f"| {what} | {t_off:.4g} | {t_ours:.4g} | {t_ours / t_off:.2f} | {nfe[0]} | "
-              f"{nfe[1]} | {max(first - t_ours, 0):.1f} |", flush=True)
+              f"{nfe[1]} | {error[0]} | {error[1]} | {max(first - t_ours, 0):.1f} |", flush=True)
 
     def torch_call(fn):
         def call():
@@ -228,29 +232,66 @@ def main():
                           args.repeats * 4)
         row("forward", res)
 
+    if "train" in rows:
+        data = (2.0 * x - 1.0) if config.data.centered else x
+        tr = config.training
+        losses_off = official["losses"]
+        train_net = type(net)(config)
+        train_net.load_state_dict(net.state_dict())
+        t_state = dict(optimizer=losses_off.get_optimizer(config, train_net.parameters()),
+                       model=train_net, step=0, ema=official["models.ema"].ExponentialMovingAverage(
+                           train_net.parameters(), decay=config.model.ema_rate))
+        t_step = losses_off.get_step_fn(
+            tsde, train=True, optimize_fn=losses_off.optimization_manager(config),
+            reduce_mean=tr.reduce_mean, continuous=tr.continuous,
+            likelihood_weighting=tr.likelihood_weighting)
+        data_t = torch.from_numpy(data.transpose(0, 3, 1, 2).copy())
+        mesh = parallel.make_mesh()
+        j_state = {"state": jax.device_put(
+            train_state.TrainState.create(variables["params"], train_state.get_optimizer(config),
+                                          jax.random.PRNGKey(0)), parallel.replicated(mesh))}
+        j_step, _ = train.get_train_fns(config, model, mesh)
+        data_j = jax.device_put(jnp.asarray(data[None]), parallel.batch_sharding(mesh, 1))
+
+        def run_ours():
+            j_state["state"], m = j_step(j_state["state"], data_j)
+            jax.block_until_ready(m)
+
+        res = interleaved({"official": lambda: t_step(t_state, data_t), "ours": run_ours},
+                          args.repeats * 4)
+        row("train step (loss, backward, Adam, EMA)", res)
+
     inverse_scaler = datasets.get_data_inverse_scaler(config)
     shape = (b, size, size, channels)
     z = np.asarray(sde.prior_sampling(jax.random.PRNGKey(0), shape))
     z_t = torch.from_numpy(z.transpose(0, 3, 1, 2).copy())
     if "ode" in rows:
+        # Equal accuracy, not only equal tolerance: both samples against one tight solution
+        # (ours at rtol = atol = 1e-7), RMS over all pixels.
+        tight = sampling.get_ode_sampler(sde, model, shape, lambda v: v, denoise=False,
+                                         rtol=1e-7, atol=1e-7, eps=eps)
+        reference = np.asarray(tight(jax.random.PRNGKey(0), variables, jnp.asarray(z))[0])
+        rms = lambda a: f"{np.sqrt(np.mean((np.asarray(a) - reference) ** 2)):.2e}"
         for tol in (1e-3, 1e-5):
             t_sampler = official["sampling"].get_ode_sampler(
                 tsde, shape=(b, channels, size, size), inverse_scaler=lambda v: v, denoise=False,
                 rtol=tol, atol=tol, eps=eps, device="cpu")
             j_sampler = sampling.get_ode_sampler(sde, model, shape, lambda v: v, denoise=False,
                                                  rtol=tol, atol=tol, eps=eps)
-            nfe = {}
+            nfe, out = {}, {}
 
             def run_official():
-                nfe["official"] = t_sampler(net, z=z_t)[1]
+                sample, nfe["official"] = t_sampler(net, z=z_t)
+                out["official"] = sample.numpy().transpose(0, 2, 3, 1)
 
             def run_ours():
-                out, n = j_sampler(jax.random.PRNGKey(0), variables, jnp.asarray(z))
-                nfe["ours"] = int(n)
+                sample, n = j_sampler(jax.random.PRNGKey(0), variables, jnp.asarray(z))
+                nfe["ours"], out["ours"] = int(n), np.asarray(sample)
 
             res = interleaved({"official": torch_call(run_official), "ours": run_ours},
                               args.repeats)
-            row(f"ODE sample, rtol=atol={tol:g}", res, (nfe["official"], nfe["ours"]))
+            row(f"ODE sample, rtol=atol={tol:g}", res, (nfe["official"], nfe["ours"]),
+                (rms(out["official"]), rms(out["ours"])))
 
     if "bpd" in rows:
         data = (2.0 * x - 1.0) if config.data.centered else x

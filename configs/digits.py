@@ -110,7 +110,9 @@ def get_config():
     classifier.blocks_per_group = 1  # WRN-10-2
     classifier.channel_multiplier = 2
     classifier.num_classes = 10
-    classifier.scale = 1.0  # weight of grad log p(y | x, t) in the conditional score
+    # Weight of grad log p(y | x, t) in the conditional score. The official default, 1, gives
+    # the requested digit 83% of the time here; 3 gives 97% (README, Class-conditional sampling).
+    classifier.scale = 3.0
     classifier.batch_size = 128
     classifier.n_iters = 600
     classifier.lr = 1e-3

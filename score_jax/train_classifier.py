@@ -17,8 +17,10 @@ classes; checked by `restore_classifier`), `metrics.jsonl`, `tensorboard/`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import time
 
 import jax
@@ -34,7 +36,7 @@ from score_jax import sde as sde_lib
 from score_jax import train_state
 from score_jax import utils
 from score_jax.models import utils as mutils
-from score_jax.train import MetricsLog, _crossed
+from score_jax.train import MetricsLog, Preempted, _crossed, _stop_requests, _stop_signal
 
 CLASSIFIER_DIR = "classifier"
 _META = "classifier.json"
@@ -150,14 +152,23 @@ def create_train_state(config, mesh):
 
 def train_classifier(config, workdir: str) -> dict:
     """Trains the classifier in `W/classifier/` until `classifier.n_iters` updates, resuming from
-    its newest checkpoint. Returns the last logged metrics and `updates`."""
-    from score_jax import datasets
-
+    its newest checkpoint. Returns the last logged metrics and `updates`. As `--mode train`: holds
+    `W/classifier/train.lock` (process 0) and stops on SIGTERM/SIGINT with a checkpoint
+    (`train.Preempted`)."""
     if "classifier" not in config:
         raise ValueError("the config has no `classifier` settings (see configs/digits.py)")
-    c = config.classifier
     directory = classifier_dir(workdir)
     utils.check_workdir(directory)
+    lock = (utils.workdir_lock(directory) if jax.process_index() == 0
+            else contextlib.nullcontext())
+    with lock, _stop_requests() as stop:
+        return _train_classifier(config, directory, stop)
+
+
+def _train_classifier(config, directory: str, stop: list) -> dict:
+    from score_jax import datasets
+
+    c = config.classifier
     local_batch = parallel.check_batch_size(int(c.batch_size), what="classifier.batch_size")
     is_main = jax.process_index() == 0
     mesh = parallel.make_mesh()
@@ -237,10 +248,16 @@ def train_classifier(config, workdir: str) -> dict:
                     writer.add_scalar("eval/loss", row["eval_loss"], step)
                     writer.add_scalar("eval/accuracy", row["eval_accuracy"], step)
             snapshot = _crossed(before, step, c.snapshot_freq) or step >= n_iters
-            if _crossed(before, step, c.snapshot_freq_for_preemption) and not snapshot:
+            signum = _stop_signal(stop)
+            if (_crossed(before, step, c.snapshot_freq_for_preemption) or signum) and not snapshot:
                 checkpointer.save(state, preemption=True)
             if snapshot:
                 checkpointer.save(state, preemption=False)
+            if signum and step < n_iters:
+                checkpointer.wait()
+                raise Preempted(
+                    f"stopped by {signal.Signals(signum).name} after classifier step {step}; its "
+                    f"checkpoint is written in {directory}: run the same command to resume", signum)
     finally:
         bar.close()
         checkpointer.wait()

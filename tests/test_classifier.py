@@ -9,6 +9,7 @@ WRN-28-10 parameter shapes for CIFAR-10, and a small WRN-10-2's parameters, inpu
 import json
 import os
 import shutil
+import signal
 
 import flax.linen as nn
 import jax
@@ -24,8 +25,10 @@ from score_jax import evaluate
 from score_jax import parallel
 from score_jax import sampling
 from score_jax import sde as sde_lib
+from score_jax import train
 from score_jax import train_classifier
 from score_jax import train_state
+from score_jax import utils
 from score_jax.models import get_model, register_model
 from score_jax.models import utils as mutils
 
@@ -256,3 +259,16 @@ def test_bad_class_conditional_input_names_the_key_or_path(trained, tmp_path):
     config.sampling.method = "ode"
     with pytest.raises(ValueError, match="sampling.method='ode'"):
         evaluate.sample(config, workdir)
+
+
+def test_classifier_training_holds_a_lock_and_stops_on_sigterm_with_a_checkpoint(trained):
+    config, _, resumed_dir, _, _ = trained
+    config = config.copy_and_resolve_references()
+    cdir = os.path.join(resumed_dir, "classifier")
+    with utils.workdir_lock(cdir):
+        with pytest.raises(RuntimeError, match="is in use by another training run"):
+            train_classifier.train_classifier(config, resumed_dir)
+    config.classifier.n_iters = 8
+    with pytest.raises(train.Preempted, match="stopped by SIGTERM after classifier step 5"):
+        train_classifier._train_classifier(config, cdir, [signal.SIGTERM])
+    assert sorted(os.listdir(os.path.join(cdir, "checkpoints-meta"))) == ["5"]
