@@ -47,6 +47,6 @@ def test_walkthrough_notebook_runs_every_cell(tmp_path, monkeypatch):
     assert float(re.search(r"max \|error\| (\S+) on", text).group(1)) < 1e-2
     assert float(re.search(r"known pixels kept to (\S+)", text).group(1)) < 1e-3
     assert "colorization skipped: the model has 1 channel(s)" in text
-    assert "class-conditional samples (classifier step 1, scale 1.0)" in text
+    assert "class-conditional samples (classifier step 1, scale 3.0)" in text
     # PC, ODE, encode/decode, inpainting, class-conditional.
     assert len(figures) == 5 and np.all([len(c.outputs) >= 1 for c in code[2:]])
