@@ -4,7 +4,6 @@ The network is checked against the TorchScript module it was converted from (fid
 `default_1.pt`), the distances against direct formulas (scipy's sqrtm, an O(n^2) loop, closed
 forms for Gaussians).
 """
-import os
 import shutil
 import sys
 
