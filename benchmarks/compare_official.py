@@ -185,6 +185,8 @@ def main():
     labels = labels_for(config, sde, t)
     x_t, labels_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(labels)
     x_j, labels_j = jnp.asarray(x), jnp.asarray(labels)
+    data = (2.0 * x - 1.0) if config.data.centered else x  # x as the data scaler gives it
+    data_t = torch.from_numpy(data.transpose(0, 3, 1, 2).copy())
 
     with torch.no_grad():
         ref = net(x_t, labels_t).numpy().transpose(0, 2, 3, 1)
@@ -233,7 +235,6 @@ def main():
         row("forward", res)
 
     if "train" in rows:
-        data = (2.0 * x - 1.0) if config.data.centered else x
         tr = config.training
         losses_off = official["losses"]
         train_net = type(net)(config)
@@ -245,7 +246,6 @@ def main():
             tsde, train=True, optimize_fn=losses_off.optimization_manager(config),
             reduce_mean=tr.reduce_mean, continuous=tr.continuous,
             likelihood_weighting=tr.likelihood_weighting)
-        data_t = torch.from_numpy(data.transpose(0, 3, 1, 2).copy())
         mesh = parallel.make_mesh()
         j_state = {"state": jax.device_put(
             train_state.TrainState.create(variables["params"], train_state.get_optimizer(config),
@@ -294,8 +294,6 @@ def main():
                 (rms(out["official"]), rms(out["ours"])))
 
     if "bpd" in rows:
-        data = (2.0 * x - 1.0) if config.data.centered else x
-        data_t = torch.from_numpy(data.transpose(0, 3, 1, 2).copy())
         t_lik = official["likelihood"].get_likelihood_fn(
             tsde, inverse_scaler, rtol=args.bpd_tol, atol=args.bpd_tol, eps=1e-5)
         j_lik = likelihood.get_likelihood_fn(sde, model, inverse_scaler, rtol=args.bpd_tol,
