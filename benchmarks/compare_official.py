@@ -20,9 +20,11 @@ its random t and noise, backward, Adam with the config's warm-up and clipping, E
 `losses.get_step_fn` against `train.get_train_fns`), `ode` (probability-flow
 sampler from the same latent at rtol = atol = 1e-3 and 1e-5: official scipy RK45, ours diffrax
 Dopri5; the error columns are each sample's RMS distance to a tight solution, ours at 1e-7, so
-speed can be read at equal accuracy), `bpd` (likelihood at `--bpd_tol`, same data), `pc` (reverse diffusion + Langevin with
+speed can be read at equal accuracy), `bpd` (likelihood at `--bpd_tol`, same data and
+Hutchinson probe; the error columns hold each side's mean bits/dim), `pc` (reverse diffusion + Langevin with
 `--pc_N` noise levels). Every timing interleaves the two implementations, `--repeats` times, and
-reports medians; our compile time is reported separately (first call minus the median). JAX runs
+reports medians (each call after a 50 ms pause, see QUIET_S); our compile time is reported
+separately (first call minus the median). JAX runs
 on the CPU with its default thread pool, torch with `torch.set_num_threads(--threads)`.
 
 CPU shims for the official code, kept here and applied only inside `import_official`:
@@ -141,15 +143,24 @@ def labels_for(config, sde, t):
     return (999.0 * t).astype(np.float32)
 
 
+# Pause before each timed call. After a parallel region torch's OpenMP workers (libgomp) keep
+# spinning for some milliseconds, and XLA's pool threads do too: on 2 cores a call started at
+# once shares the CPU with the other side's spinning threads (a 2.6 ms XLA convolution measured
+# 6.5 ms right after a torch call). Each call starts on a quiet CPU instead.
+QUIET_S = 0.05
+
+
 def interleaved(fns: dict, repeats: int) -> dict:
     """{name: (first call s, median of `repeats` later calls s)}; calls alternate between fns."""
     first, times = {}, {k: [] for k in fns}
     for name, fn in fns.items():
+        time.sleep(QUIET_S)
         start = time.perf_counter()
         fn()
         first[name] = time.perf_counter() - start
     for _ in range(repeats):
         for name, fn in fns.items():
+            time.sleep(QUIET_S)
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -294,21 +305,31 @@ def main():
                 (rms(out["official"]), rms(out["ours"])))
 
     if "bpd" in rows:
+        # The same Hutchinson probe on both sides: the official likelihood_fn draws it first thing
+        # after our torch.manual_seed(0) (Rademacher: randint_like(0, 2) * 2 - 1), so it is redrawn
+        # here the same way and handed to ours; the bits/dim column is each side's batch mean.
+        torch.manual_seed(0)
+        probe = (torch.randint_like(data_t, low=0, high=2).float() * 2 - 1).numpy()
+        probe = jnp.asarray(probe.transpose(0, 2, 3, 1))
+        data_j = jnp.asarray(data)
         t_lik = official["likelihood"].get_likelihood_fn(
             tsde, inverse_scaler, rtol=args.bpd_tol, atol=args.bpd_tol, eps=1e-5)
         j_lik = likelihood.get_likelihood_fn(sde, model, inverse_scaler, rtol=args.bpd_tol,
                                              atol=args.bpd_tol, eps=1e-5)
-        nfe = {}
+        nfe, out = {}, {}
 
         def run_official():
             torch.manual_seed(0)
-            nfe["official"] = t_lik(net, data_t)[2]
+            bpd, _, nfe["official"] = t_lik(net, data_t)
+            out["official"] = f"{bpd.mean().item():.4f}"
 
         def run_ours():
-            nfe["ours"] = int(j_lik(jax.random.PRNGKey(0), variables, jnp.asarray(data))[2])
+            bpd, _, n = j_lik(None, variables, data_j, probe)
+            nfe["ours"], out["ours"] = int(n), f"{np.asarray(bpd).mean():.4f}"
 
         res = interleaved({"official": torch_call(run_official), "ours": run_ours}, args.repeats)
-        row(f"bits/dim, rtol=atol={args.bpd_tol:g}", res, (nfe["official"], nfe["ours"]))
+        row(f"bits/dim, rtol=atol={args.bpd_tol:g} (error columns: mean bits/dim)", res,
+            (nfe["official"], nfe["ours"]), (out["official"], out["ours"]))
 
     if "pc" in rows:
         config.model.num_scales = args.pc_N

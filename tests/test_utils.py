@@ -1,8 +1,15 @@
-"""score_jax.utils: the persistent compilation cache."""
+"""score_jax.utils: the persistent compilation cache; the XLA:CPU flag set by `import score_jax`."""
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 from jax.experimental.compilation_cache import compilation_cache
 
+import score_jax
 from score_jax import utils
 
 _CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
@@ -35,3 +42,41 @@ def test_compilation_cache_stores_and_reloads_a_program(tmp_path, monkeypatch):
         for name, value in saved.items():
             jax.config.update(name, value)
         compilation_cache.reset_cache()
+
+
+_PROBE = """
+import json, os
+import score_jax, jax, jax.numpy as jnp
+conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+x, w = jnp.ones((8, 32, 32, 64)), jnp.ones((3, 3, 64, 64))  # small ones never go to YNNPACK
+hlo = jax.jit(conv).lower(x, w).compile().as_text()
+# The program is one convolution: a YNNPACK fusion in it can only hold the convolution.
+print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "ynn": "__ynn_fusion" in hlo}))
+"""
+
+
+def _probe(**env_changes):
+    unset = ("XLA_FLAGS", "SCORE_JAX_KEEP_XLA_FLAGS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env.update(JAX_PLATFORMS="cpu", **env_changes)
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_importing_score_jax_takes_cpu_convolutions_off_ynnpack():
+    """jaxlib 0.10's XLA:CPU runs convolutions in YNNPACK, 1.6-2.4x slower here than its own;
+    `import score_jax` appends the flag that stops it, keeps the user's flags and honours opt-outs."""
+    devices = "--xla_force_host_platform_device_count=2"
+    ours = _probe(XLA_FLAGS=devices)
+    if not importlib.metadata.version("jaxlib").startswith("0.10."):
+        assert ours["flags"] == devices  # only the jaxlib it was measured on gets the flag
+        return
+    assert ours["flags"] == f"{devices} {score_jax._CPU_CONV_FLAG}"
+    kept = _probe(SCORE_JAX_KEEP_XLA_FLAGS="1")
+    assert kept["flags"] == ""
+    # The flag takes effect: jax's default puts the convolution in a YNNPACK fusion, ours does not.
+    assert kept["ynn"] and not ours["ynn"]
+    user = "--xla_cpu_experimental_ynn_fusion_type="
+    assert _probe(XLA_FLAGS=user)["flags"] == user
