@@ -21,10 +21,10 @@ its random t and noise, backward, Adam with the config's warm-up and clipping, E
 sampler from the same latent at rtol = atol = 1e-3 and 1e-5: official scipy RK45, ours diffrax
 Dopri5; the error columns are each sample's RMS distance to a tight solution, ours at 1e-7, so
 speed can be read at equal accuracy), `bpd` (likelihood at `--bpd_tol`, same data and
-Hutchinson probe; the error columns hold each side's mean bits/dim), `pc` (reverse diffusion + Langevin with
-`--pc_N` noise levels). Every timing interleaves the two implementations, `--repeats` times, and
-reports medians (each call after a 50 ms pause, see QUIET_S); our compile time is reported
-separately (first call minus the median). JAX runs
+Hutchinson probe; the error columns hold each side's mean bits/dim), `pc` (reverse
+diffusion + Langevin with `--pc_N` noise levels). Every timing interleaves the two
+implementations, `--repeats` times, and reports medians (each call after a 50 ms pause, see
+QUIET_S); our compile time is reported separately (first call minus the median). JAX runs
 on the CPU with its default thread pool, torch with `torch.set_num_threads(--threads)`.
 
 CPU shims for the official code, kept here and applied only inside `import_official`:

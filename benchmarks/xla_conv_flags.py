@@ -22,9 +22,11 @@ FLAG_SETS = {
     "score_jax (ynn_fusion_type=-individual_convolution)":
         "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
     "YNNPACK off (ynn_fusion_type=)": "--xla_cpu_experimental_ynn_fusion_type=",
-    "YNNPACK and XNNPACK off": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_xnnpack=false",
+    "YNNPACK and XNNPACK off":
+        "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_xnnpack=false",
     "oneDNN (use_onednn)": "--xla_cpu_use_onednn=true",
-    "oneDNN custom call": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
+    "oneDNN custom call":
+        "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
 }
 
 _CHILD = r"""
