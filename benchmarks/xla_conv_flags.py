@@ -17,6 +17,8 @@ import os
 import subprocess
 import sys
 
+from score_jax import KEEP_XLA_FLAGS_ENV
+
 FLAG_SETS = {
     "jax default (YNNPACK convolutions)": "",
     "score_jax (ynn_fusion_type=-individual_convolution)":
@@ -64,7 +66,7 @@ print(json.dumps(out))
 
 
 def run(which: str, flags: str, args) -> list[float]:
-    env = dict(os.environ, XLA_FLAGS=flags, SCORE_JAX_KEEP_XLA_FLAGS="1", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **{KEEP_XLA_FLAGS_ENV: "1"})
     spec = json.dumps([args.shapes, args.repeats, which, args.threads])
     proc = subprocess.run([sys.executable, "-c", _CHILD, spec], env=env, capture_output=True,
                           text=True)

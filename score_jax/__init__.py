@@ -10,14 +10,16 @@ __version__ = "0.1.0"
 # reductions and dots it also handles and takes it off convolutions only (README, Benchmarks:
 # NCSN++ forward pass 1.4x faster on a 2-core CPU). GPU/TPU backends ignore XLA:CPU flags.
 _CPU_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+# Set to "1" to leave XLA_FLAGS as it is.
+KEEP_XLA_FLAGS_ENV = "SCORE_JAX_KEEP_XLA_FLAGS"
 
 
 def _cpu_convolutions_without_ynnpack() -> None:
     """Appends `_CPU_CONV_FLAG` to XLA_FLAGS unless the user set the YNNPACK flag, or set
-    SCORE_JAX_KEEP_XLA_FLAGS=1, or the installed jaxlib is not 0.10 (the release the flag was
+    KEEP_XLA_FLAGS_ENV=1, or the installed jaxlib is not 0.10 (the release the flag was
     measured on; an XLA that does not know a flag aborts the process)."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if os.environ.get("SCORE_JAX_KEEP_XLA_FLAGS") == "1" or "ynn_fusion_type" in flags:
+    if os.environ.get(KEEP_XLA_FLAGS_ENV) == "1" or "ynn_fusion_type" in flags:
         return
     try:
         version = importlib.metadata.version("jaxlib")

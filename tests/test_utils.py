@@ -57,7 +57,7 @@ print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "ynn": "__ynn_fusion
 
 
 def _probe(**env_changes):
-    unset = ("XLA_FLAGS", "SCORE_JAX_KEEP_XLA_FLAGS")
+    unset = ("XLA_FLAGS", score_jax.KEEP_XLA_FLAGS_ENV)
     env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(JAX_PLATFORMS="cpu", **env_changes)
     out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
@@ -75,7 +75,7 @@ def test_importing_score_jax_takes_cpu_convolutions_off_ynnpack():
         assert ours["flags"] == devices  # only the jaxlib it was measured on gets the flag
         return
     assert ours["flags"] == f"{devices} {score_jax._CPU_CONV_FLAG}"
-    kept = _probe(SCORE_JAX_KEEP_XLA_FLAGS="1")
+    kept = _probe(**{score_jax.KEEP_XLA_FLAGS_ENV: "1"})
     assert kept["flags"] == ""
     # The flag takes effect: jax's default puts the convolution in a YNNPACK fusion, ours does not.
     assert kept["ynn"] and not ours["ynn"]
