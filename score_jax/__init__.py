@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 # XLA:CPU flag set at import, before jax starts its CPU backend (it reads XLA_FLAGS then, not at
 # `import jax`). jaxlib 0.10 hands every convolution to YNNPACK, which on x86 CPUs runs our 3x3
-# convolutions 1.6-2.4x slower than XLA's own (Eigen) convolution; this keeps YNNPACK for the
+# convolutions 1.3-2.4x slower than XLA's own (Eigen) convolution; this keeps YNNPACK for the
 # reductions and dots it also handles and takes it off convolutions only (README, Benchmarks:
 # NCSN++ forward pass 1.4x faster on a 2-core CPU). GPU/TPU backends ignore XLA:CPU flags.
 _CPU_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"

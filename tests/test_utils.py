@@ -66,7 +66,7 @@ def _probe(**env_changes):
 
 
 def test_importing_score_jax_takes_cpu_convolutions_off_ynnpack():
-    """jaxlib 0.10's XLA:CPU runs convolutions in YNNPACK, 1.6-2.4x slower here than its own;
+    """jaxlib 0.10's XLA:CPU runs convolutions in YNNPACK, 1.3-2.4x slower here than its own;
     `import score_jax` appends the flag that stops it, keeps the user's flags and honours
     opt-outs."""
     devices = "--xla_force_host_platform_device_count=2"
