@@ -1,0 +1,128 @@
+"""The accelerator check of the full-size CIFAR-10 networks: forward, train step, PC and ODE.
+
+    python benchmarks/gpu_check.py                      # on a GPU/TPU host: the README's table
+    python benchmarks/gpu_check.py --nf 16 --batches 4 --pc_N 4 --dtypes float32   # CPU smoke run
+
+For NCSN++ (`configs/ve/cifar10_ncsnpp_continuous.py`) and DDPM++
+(`configs/vp/cifar10_ddpmpp_continuous.py`) at every batch of `--batches` and every
+`model.dtype` of `--dtypes`, with random weights (the timings do not depend on them) and inputs on
+the default backend, it prints one markdown row: one forward pass, one train step (loss, backward,
+Adam, EMA; `train.get_train_fns`), a PC sample with `--pc_N` noise levels (reverse diffusion +
+one Langevin step, 2 * pc_N evaluations) and a probability-flow ODE sample at rtol = atol = 1e-3
+(its NFE: random weights need few), each the median of `--repeats` calls after one that compiles
+(compile seconds in their own columns). Per-evaluation times (PC and ODE seconds over their NFE)
+show what the samplers add around the network. The device is named in the header. Nothing here
+needs the official code; compare_official.py is the side-by-side on CPU.
+
+Sized to finish in a few minutes of accelerator time (the device budget of a session is short):
+16 rows at the defaults, each compiling four programs.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from score_jax import config_lib, datasets, parallel, sampling, train
+from score_jax import sde as sde_lib
+from score_jax.models import utils as mutils
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = {"NCSN++": "configs/ve/cifar10_ncsnpp_continuous.py",
+           "DDPM++": "configs/vp/cifar10_ddpmpp_continuous.py"}
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """(first call s, median of `repeats` later calls s); `fn` returns what to block on."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    first, times = time.perf_counter() - start, []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return max(first - median, 0.0), median
+
+
+def check(name: str, args, batch: int, dtype: str) -> dict:
+    config = config_lib.load_config(ROOT / CONFIGS[name])
+    config.model.dtype = dtype
+    config.training.batch_size, config.training.n_jitted_steps = batch, 1
+    if args.nf:
+        config.model.nf = args.nf
+    mesh = parallel.make_mesh()
+    model = mutils.create_model(config)
+    sde, eps = sde_lib.get_sde(config)
+    size, channels = config.data.image_size, config.data.num_channels
+    shape = (batch, size, size, channels)
+    state = train.create_train_state(config, mesh)
+    variables = {"params": jax.tree.map(jnp.copy, state.params)}  # the step donates `state`
+    x = jax.random.uniform(jax.random.PRNGKey(0), shape)
+    labels = jnp.linspace(0.5, 20.0, batch) if config.training.sde.lower() == "vesde" else \
+        jnp.linspace(1.0, 999.0, batch)
+    out = {}
+
+    forward = jax.jit(lambda v, x, l: model.apply(v, x, l, train=False))
+    out["forward"] = timed(lambda: forward(variables, x, labels), args.repeats)
+
+    step, _ = train.get_train_fns(config, model, mesh)
+    xs = jax.device_put(x[None], NamedSharding(mesh, P(None, "data")))
+    holder = {"state": state}
+
+    def one_step():
+        holder["state"], metrics = step(holder["state"], xs)
+        return metrics
+
+    out["train"] = timed(one_step, args.repeats)
+
+    inverse_scaler = datasets.get_data_inverse_scaler(config)
+    config.model.num_scales = args.pc_N
+    sde_pc, _ = sde_lib.get_sde(config)
+    pc = sampling.get_pc_sampler(sde_pc, model, shape, "reverse_diffusion", "langevin",
+                                 inverse_scaler, snr=0.16, n_steps=1, probability_flow=False,
+                                 continuous=True, denoise=True, eps=eps)
+    out["pc"] = timed(lambda: pc(jax.random.PRNGKey(1), variables), args.repeats)
+
+    ode_sampler = sampling.get_ode_sampler(sde, model, shape, inverse_scaler, rtol=1e-3,
+                                           atol=1e-3, eps=eps)
+    out["ode"] = timed(lambda: ode_sampler(jax.random.PRNGKey(2), variables), args.repeats)
+    out["ode_nfe"] = int(ode_sampler(jax.random.PRNGKey(2), variables)[1])
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", default="NCSN++,DDPM++")
+    parser.add_argument("--batches", default="64,128")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--nf", type=int, default=0, help="0: the config's (128)")
+    parser.add_argument("--pc_N", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    devices = jax.devices()
+    print(f"# {devices[0].device_kind} x{len(devices)} ({jax.default_backend()}), jax "
+          f"{jax.__version__}; medians of {args.repeats} calls; PC N={args.pc_N}; "
+          f"nf={args.nf or 'config'}", flush=True)
+    print("| network | batch | dtype | forward (ms) | train step (ms) | images/s trained | "
+          f"PC, {2 * args.pc_N} NFE (s) | PC per NFE (ms) | ODE 1e-3 (s) | ODE NFE | "
+          "ODE per NFE (ms) | compile forward / train / PC / ODE (s) |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name in args.networks.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            for dtype in args.dtypes.split(","):
+                r = check(name, args, batch, dtype)
+                (cf, f), (ct, t), (cp, p), (co, o) = r["forward"], r["train"], r["pc"], r["ode"]
+                print(f"| {name} | {batch} | {dtype} | {1e3 * f:.1f} | {1e3 * t:.1f} | "
+                      f"{batch / t:.0f} | {p:.2f} | {1e3 * p / (2 * args.pc_N):.1f} | {o:.2f} | "
+                      f"{r['ode_nfe']} | {1e3 * o / r['ode_nfe']:.1f} | "
+                      f"{cf:.0f} / {ct:.0f} / {cp:.0f} / {co:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
