@@ -201,25 +201,24 @@ MATCH_NFE = (6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 120, 160, 200, 2
 
 
 def cheapest_match(args, sde, model, shape, eps, variables, z, rms, target):
-    """(name, jitted sampler, NFE) of the sampler in `--match` with the fewest evaluations whose
-    RMS error `rms(sample)` is <= `target`, or (None, None, None). Few-step solvers
+    """(name, jitted sampler, NFE, error) of the sampler in `--match` with the fewest evaluations
+    whose RMS error `rms(sample)` is <= `target`, or None. Few-step solvers
     ('method[:order]', default time grid) are searched over MATCH_NFE by doubling, then bisection
-    (each NFE is a compilation); 'dopri5' over tolerances 1e-2 .. 1e-7 (a 10^(1/2) ratio).
-    Errors are kept in `cheapest_match.errors` by name."""
+    (each NFE is a compilation); 'dopri5' over tolerances 1e-2 .. 1e-6 (a 10^(1/2) ratio)."""
     key, zj = jax.random.PRNGKey(0), jnp.asarray(z)
     found = []
 
     def probe(name, make):
         sampler = make()
         sample, n = sampler(key, variables, zj)
-        err = float(rms(sample))
+        err = rms(sample)
         print(f"#   {name}: NFE {int(n)}, error {err:.2e}", flush=True)
         return err <= target, (name, sampler, int(n), err)
 
     for spec in args.match.split(","):
         method, _, order = spec.partition(":")
         if method == "dopri5":
-            for tol in 10.0 ** -np.arange(2.0, 7.5, 0.5):
+            for tol in 10.0 ** -np.arange(2.0, 6.5, 0.5):
                 ok, hit = probe(f"dopri5 {tol:.1e}", lambda: sampling.get_ode_sampler(
                     sde, model, shape, lambda v: v, rtol=tol, atol=tol, eps=eps))
                 if ok:
@@ -239,13 +238,8 @@ def cheapest_match(args, sde, model, shape, eps, variables, z, rms, target):
             mid = (lo + hi) // 2
             ok, hits[mid] = probe(f"{spec} {MATCH_NFE[mid]}", make(MATCH_NFE[mid]))
             lo, hi = (lo, mid) if ok else (mid, hi)
-        name, sampler, n, err = hits[hi]
-        found.append((name, sampler, n, err))
-    if not found:
-        return None, None, None
-    name, sampler, n, err = min(found, key=lambda h: h[2])
-    cheapest_match.errors = {name: err}
-    return name, sampler, n
+        found.append(hits[hi])
+    return min(found, key=lambda h: h[2]) if found else None
 
 
 def labels_for(config, sde, t):
@@ -421,14 +415,14 @@ def main():
                                          rtol=ref_tol, atol=ref_tol, eps=eps)
         reference, n = tight(jax.random.PRNGKey(0), variables, jnp.asarray(z))
         reference = np.asarray(reference)
-        rms = lambda a: f"{np.sqrt(np.mean((np.asarray(a) - reference) ** 2)):.2e}"
+        rms = lambda a: float(np.sqrt(np.mean((np.asarray(a) - reference) ** 2)))
         # How tight the tight solution is: its distance to ours at 10x its tolerance.
         check = sampling.get_ode_sampler(sde, model, shape, lambda v: v, denoise=False,
                                          rtol=10 * ref_tol, atol=10 * ref_tol, eps=eps)
+        spread = rms(check(jax.random.PRNGKey(0), variables, jnp.asarray(z))[0])
         print(f"# tight ODE solution (ours, {ref_tol:g}, {int(n)} NFE, "
               f"{time.perf_counter() - start:.0f} s): RMS {np.sqrt(np.mean(reference ** 2)):.3g}, "
-              f"{rms(check(jax.random.PRNGKey(0), variables, jnp.asarray(z))[0])} from ours at "
-              f"{10 * ref_tol:g}", flush=True)
+              f"{spread:.2e} from ours at {10 * ref_tol:g}", flush=True)
         targets = {}
         for tol in args.ode_tols:
             t_sampler = official["sampling"].get_ode_sampler(
@@ -449,19 +443,19 @@ def main():
             res = interleaved({"official": torch_call(run_official), "ours": run_ours},
                               args.repeats)
             row(f"ODE sample, rtol=atol={tol:g}", res, (nfe["official"], nfe["ours"]),
-                (rms(out["official"]), rms(out["ours"])))
-            targets[tol] = (t_sampler, float(rms(out["official"])))
+                (f"{rms(out['official']):.2e}", f"{rms(out['ours']):.2e}"))
+            targets[tol] = (t_sampler, rms(out["official"]))
         for tol, (t_sampler, target) in targets.items():
             if not args.match:
                 break
             # Equal accuracy: our cheapest sampler (few-step solvers of --match, dopri5 at
             # tighter tolerances) whose error is at most the official's at `tol`, timed against it.
-            name, j_sampler, n = cheapest_match(args, sde, model, shape, eps, variables, z,
-                                                rms, target)
-            if j_sampler is None:
+            match = cheapest_match(args, sde, model, shape, eps, variables, z, rms, target)
+            if match is None:
                 print(f"# ODE at the official's {tol:g} error ({target:.2e}): none of --match "
                       "reaches it", flush=True)
                 continue
+            name, j_sampler, n, match_error = match
             out = {}
 
             def run_official():
@@ -473,7 +467,7 @@ def main():
             res = interleaved({"official": torch_call(run_official), "ours": run_ours},
                               args.repeats)
             row(f"ODE at the official's {tol:g} error: ours {name}", res, (out["nfe"], n),
-                (f"{target:.2e}", f"{cheapest_match.errors[name]:.2e}"))
+                (f"{target:.2e}", f"{match_error:.2e}"))
 
     if "bpd" in rows:
         # The same Hutchinson probe on both sides: the official likelihood_fn draws it first thing
@@ -505,9 +499,12 @@ def main():
             print(f"# tight bits/dim (ours, {args.bpd_reference_tol:g}): mean "
                   f"{reference.mean():.5f}, {int(n)} NFE, {time.perf_counter() - start:.0f} s",
                   flush=True)
-        error = lambda bpd: (f"{np.sqrt(np.mean((np.asarray(bpd) - reference) ** 2)):.1e}"
-                             if reference is not None else f"{np.asarray(bpd).mean():.4f}")
-        what = "error to the tight bits/dim" if reference is not None else "mean bits/dim"
+        if reference is not None:
+            what, fmt = "error to the tight bits/dim", "{:.2e}"
+            error = lambda bpd: float(np.sqrt(np.mean((np.asarray(bpd) - reference) ** 2)))
+        else:
+            what, fmt = "mean bits/dim", "{:.4f}"
+            error = lambda bpd: float(np.asarray(bpd).mean())
         for tol in args.bpd_tols:
             t_lik = official["likelihood"].get_likelihood_fn(
                 tsde, inverse_scaler, rtol=tol, atol=tol, eps=1e-5)
@@ -525,22 +522,24 @@ def main():
 
             res = interleaved({"official": torch_call(run_official), "ours": run_ours},
                               args.repeats)
+            errors = lambda: tuple(fmt.format(error(out[k])) for k in ("official", "ours"))
             row(f"bits/dim, rtol=atol={tol:g} (error columns: {what})", res,
-                (nfe["official"], nfe["ours"]), (error(out["official"]), error(out["ours"])))
-            if reference is None or float(error(out["ours"])) <= float(error(out["official"])):
+                (nfe["official"], nfe["ours"]), errors())
+            target = error(out["official"])
+            if reference is None or error(out["ours"]) <= target:
                 continue
-            # Equal accuracy: ours at tighter tolerances until it is as close as the official.
-            target = float(error(out["official"]))
-            for our_tol in tol * 10.0 ** -np.arange(0.5, 3.5, 0.5):
+            # Equal accuracy: ours at tighter tolerances (a quarter decade apart) until it is as
+            # close to the tight solve as the official.
+            for our_tol in tol * 10.0 ** -np.arange(0.25, 3.25, 0.25):
                 samplers["ours"] = ours_at(our_tol)
                 run_ours()
-                print(f"#   ours at {our_tol:.1e}: error {error(out['ours'])}", flush=True)
-                if float(error(out["ours"])) <= target:
+                print(f"#   ours at {our_tol:.1e}: NFE {nfe['ours']}, error "
+                      f"{error(out['ours']):.2e}", flush=True)
+                if error(out["ours"]) <= target:
                     res = interleaved({"official": torch_call(run_official), "ours": run_ours},
                                       args.repeats)
                     row(f"bits/dim at the official's {tol:g} error: ours at {our_tol:.1e}", res,
-                        (nfe["official"], nfe["ours"]), (error(out["official"]),
-                                                          error(out["ours"])))
+                        (nfe["official"], nfe["ours"]), errors())
                     break
 
     if "pc" in rows:

@@ -14,8 +14,10 @@ one Langevin step, 2 * pc_N evaluations) and a probability-flow ODE sample at rt
 show what the samplers add around the network. The device is named in the header. Nothing here
 needs the official code; compare_official.py is the side-by-side on CPU.
 
-Sized to finish in a few minutes of accelerator time (the device budget of a session is short):
-16 rows at the defaults, each compiling four programs.
+Each row compiles four programs; on CPU at nf=16 that is 1.5-2.5 min a row (the train step most),
+and full-size networks on an accelerator may take as long, so under a short device budget run a
+part per call (`--networks`, `--batches`, `--dtypes`, `--only forward,train`): rows print as they
+finish, so a run cut off by its time limit keeps the rows before.
 """
 from __future__ import annotations
 
@@ -66,33 +68,38 @@ def check(name: str, args, batch: int, dtype: str) -> dict:
     x = jax.random.uniform(jax.random.PRNGKey(0), shape)
     labels = jnp.linspace(0.5, 20.0, batch) if config.training.sde.lower() == "vesde" else \
         jnp.linspace(1.0, 999.0, batch)
-    out = {}
+    nan = (float("nan"), float("nan"))
+    out = {"forward": nan, "train": nan, "pc": nan, "ode": nan, "ode_nfe": 0}
 
-    forward = jax.jit(lambda v, x, l: model.apply(v, x, l, train=False))
-    out["forward"] = timed(lambda: forward(variables, x, labels), args.repeats)
+    if "forward" in args.only:
+        forward = jax.jit(lambda v, x, l: model.apply(v, x, l, train=False))
+        out["forward"] = timed(lambda: forward(variables, x, labels), args.repeats)
 
-    step, _ = train.get_train_fns(config, model, mesh)
-    xs = jax.device_put(x[None], NamedSharding(mesh, P(None, "data")))
-    holder = {"state": state}
+    if "train" in args.only:
+        step, _ = train.get_train_fns(config, model, mesh)
+        xs = jax.device_put(x[None], NamedSharding(mesh, P(None, "data")))
+        holder = {"state": state}
 
-    def one_step():
-        holder["state"], metrics = step(holder["state"], xs)
-        return metrics
+        def one_step():
+            holder["state"], metrics = step(holder["state"], xs)
+            return metrics
 
-    out["train"] = timed(one_step, args.repeats)
+        out["train"] = timed(one_step, args.repeats)
 
     inverse_scaler = datasets.get_data_inverse_scaler(config)
-    config.model.num_scales = args.pc_N
-    sde_pc, _ = sde_lib.get_sde(config)
-    pc = sampling.get_pc_sampler(sde_pc, model, shape, "reverse_diffusion", "langevin",
-                                 inverse_scaler, snr=0.16, n_steps=1, probability_flow=False,
-                                 continuous=True, denoise=True, eps=eps)
-    out["pc"] = timed(lambda: pc(jax.random.PRNGKey(1), variables), args.repeats)
+    if "pc" in args.only:
+        config.model.num_scales = args.pc_N
+        sde_pc, _ = sde_lib.get_sde(config)
+        pc = sampling.get_pc_sampler(sde_pc, model, shape, "reverse_diffusion", "langevin",
+                                     inverse_scaler, snr=0.16, n_steps=1, probability_flow=False,
+                                     continuous=True, denoise=True, eps=eps)
+        out["pc"] = timed(lambda: pc(jax.random.PRNGKey(1), variables), args.repeats)
 
-    ode_sampler = sampling.get_ode_sampler(sde, model, shape, inverse_scaler, rtol=1e-3,
-                                           atol=1e-3, eps=eps)
-    out["ode"] = timed(lambda: ode_sampler(jax.random.PRNGKey(2), variables), args.repeats)
-    out["ode_nfe"] = int(ode_sampler(jax.random.PRNGKey(2), variables)[1])
+    if "ode" in args.only:
+        ode_sampler = sampling.get_ode_sampler(sde, model, shape, inverse_scaler, rtol=1e-3,
+                                               atol=1e-3, eps=eps)
+        out["ode"] = timed(lambda: ode_sampler(jax.random.PRNGKey(2), variables), args.repeats)
+        out["ode_nfe"] = int(ode_sampler(jax.random.PRNGKey(2), variables)[1])
     return out
 
 
@@ -104,6 +111,8 @@ def main():
     parser.add_argument("--nf", type=int, default=0, help="0: the config's (128)")
     parser.add_argument("--pc_N", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default="forward,train,pc,ode",
+                        type=lambda v: set(v.split(",")))
     args = parser.parse_args()
     devices = jax.devices()
     print(f"# {devices[0].device_kind} x{len(devices)} ({jax.default_backend()}), jax "
@@ -120,7 +129,7 @@ def main():
                 (cf, f), (ct, t), (cp, p), (co, o) = r["forward"], r["train"], r["pc"], r["ode"]
                 print(f"| {name} | {batch} | {dtype} | {1e3 * f:.1f} | {1e3 * t:.1f} | "
                       f"{batch / t:.0f} | {p:.2f} | {1e3 * p / (2 * args.pc_N):.1f} | {o:.2f} | "
-                      f"{r['ode_nfe']} | {1e3 * o / r['ode_nfe']:.1f} | "
+                      f"{r['ode_nfe']} | {1e3 * o / max(r['ode_nfe'], 1):.1f} | "
                       f"{cf:.0f} / {ct:.0f} / {cp:.0f} / {co:.0f} |", flush=True)
 
 
