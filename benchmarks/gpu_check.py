@@ -1,18 +1,18 @@
 """The accelerator check of the full-size CIFAR-10 networks: forward, train step, PC and ODE.
 
     python benchmarks/gpu_check.py                      # on a GPU/TPU host: the README's table
-    python benchmarks/gpu_check.py --nf 16 --batches 4 --pc_N 4 --dtypes float32   # CPU smoke run
+    python benchmarks/gpu_check.py --nf 16 --batches 2 --pc_N 25 --repeats 1     # CPU smoke run
 
 For NCSN++ (`configs/ve/cifar10_ncsnpp_continuous.py`) and DDPM++
-(`configs/vp/cifar10_ddpmpp_continuous.py`) at every batch of `--batches` and every
-`model.dtype` of `--dtypes`, with random weights (the timings do not depend on them) and inputs on
-the default backend, it prints one markdown row: one forward pass, one train step (loss, backward,
-Adam, EMA; `train.get_train_fns`), a PC sample with `--pc_N` noise levels (reverse diffusion +
-one Langevin step, 2 * pc_N evaluations) and a probability-flow ODE sample at rtol = atol = 1e-3
-(its NFE: random weights need few), each the median of `--repeats` calls after one that compiles
-(compile seconds in their own columns). Per-evaluation times (PC and ODE seconds over their NFE)
-show what the samplers add around the network. The device is named in the header. Nothing here
-needs the official code; compare_official.py is the side-by-side on CPU.
+(`configs/vp/cifar10_ddpmpp_continuous.py`) at every batch of `--batches` and every `model.dtype`
+of `--dtypes`, with random weights (the timings do not depend on them) and inputs on the default
+backend, it prints one markdown row: one forward pass, one train step (loss, backward, Adam, EMA;
+`train.get_train_fns`), a PC sample with `--pc_N` noise levels (reverse diffusion + one Langevin
+step, 2 * pc_N evaluations; VP needs pc_N > beta_max = 20) and a probability-flow ODE sample at
+rtol = atol = 1e-3 (its NFE: random weights need few), each the median of `--repeats` calls after
+one that compiles (compile seconds in their own columns). Per-evaluation times (PC and ODE seconds
+over their NFE) show what the samplers add around the network. The device is named in the header.
+Nothing here needs the official code; compare_official.py is the side-by-side on CPU.
 
 Each row compiles four programs; on CPU at nf=16 that is 1.5-2.5 min a row (the train step most),
 and full-size networks on an accelerator may take as long, so under a short device budget run a
@@ -33,6 +33,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from score_jax import config_lib, datasets, parallel, sampling, train
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
+
+from bench_models import labels_for  # benchmarks/ is on sys.path when a script here runs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = {"NCSN++": "configs/ve/cifar10_ncsnpp_continuous.py",
@@ -66,8 +68,7 @@ def check(name: str, args, batch: int, dtype: str) -> dict:
     state = train.create_train_state(config, mesh)
     variables = {"params": jax.tree.map(jnp.copy, state.params)}  # the step donates `state`
     x = jax.random.uniform(jax.random.PRNGKey(0), shape)
-    labels = jnp.linspace(0.5, 20.0, batch) if config.training.sde.lower() == "vesde" else \
-        jnp.linspace(1.0, 999.0, batch)
+    labels = labels_for(config, batch)
     nan = (float("nan"), float("nan"))
     out = {"forward": nan, "train": nan, "pc": nan, "ode": nan, "ode_nfe": 0}
 
