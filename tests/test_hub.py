@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -84,6 +85,8 @@ def test_outputs_match_diffusers(layout, tmp_path):
     ours = model.apply({"params": ckpt["params"]}, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)),
                        jnp.asarray(labels.numpy()))
     assert rel_err(ours, ref) <= 1e-4, rel_err(ours, ref)
+    count = sum(np.size(v) for v in jax.tree_util.tree_leaves(ckpt["params"]))
+    assert count == sum(v.numel() for v in unet.state_dict().values())
     assert config.model.name == ("ncsnpp" if layout.startswith("ncsnpp") else "ddpm")
     assert config.data.centered == (not unet.config.center_input_sample)
     assert config.data.num_channels == channels

@@ -267,7 +267,8 @@ def _sde(scheduler: dict | None, family: str, where) -> dict:
     def refuse(key, why):
         raise ValueError(f"{where}: {key}={scheduler.get(key)!r}: {why}")
 
-    n = int(scheduler.get("num_train_timesteps", 1000))
+    # Absent keys take the scheduler's defaults (diffusers 0.42).
+    n = int(scheduler.get("num_train_timesteps", 2000 if name == "ScoreSdeVeScheduler" else 1000))
     if name == "ScoreSdeVeScheduler":
         if family != "ncsnpp":
             refuse("_class_name", "a VE scheduler with a DDPM network")
