@@ -88,7 +88,8 @@ def test_outputs_match_diffusers(layout, tmp_path):
     count = sum(np.size(v) for v in jax.tree_util.tree_leaves(ckpt["params"]))
     assert count == sum(v.numel() for v in unet.state_dict().values())
     assert config.model.name == ("ncsnpp" if layout.startswith("ncsnpp") else "ddpm")
-    assert config.data.centered == (not unet.config.center_input_sample)
+    assert config.model.center_input == unet.config.center_input_sample
+    assert config.data.centered == (config.model.name == "ddpm")  # diffusers' pipelines
     assert config.data.num_channels == channels
 
 

@@ -14,7 +14,9 @@ downloaded with `huggingface_hub` (the `hub` extra). Two `UNet2DModel` layouts a
   the noise epsilon (score = -epsilon / sqrt(1 - alphabar_t)).
 
 In both, `model.apply(variables, x, labels)` (x NHWC) equals diffusers' `unet(x, labels).sample`
-(NCHW), with `data.centered = not center_input_sample` (2x - 1 inside the network iff not centered).
+(NCHW): `model.center_input = center_input_sample` (2x - 1 inside the network), and the data range
+is that of diffusers' pipeline (`data.centered`: False for NCSN++/VE, whose samples are [0, 1];
+True for DDPM, [-1, 1]).
 The scheduler sets the SDE: `ScoreSdeVeScheduler` -> VE (sigma_min, sigma_max, N, snr, corrector
 steps), `DDPMScheduler` / `DDIMScheduler` with linear betas and epsilon prediction -> discrete VP
 (beta_min = N beta_start, beta_max = N beta_end). Weights are read with safetensors, or
@@ -199,8 +201,10 @@ def _network(unet: dict, where: pathlib.Path) -> tuple[str, dict, dict]:
             "model.attn_resolutions": attn_resolutions, "model.dropout": float(u["dropout"]),
             "model.conditional": True, "model.nonlinearity": "swish",
             "model.normalization": "GroupNorm", "model.resamp_with_conv": True,
+            "model.center_input": bool(u["center_input_sample"]),
+            # diffusers' data range: [0, 1] in the VE pipeline, [-1, 1] in the DDPM one.
             "data.image_size": size, "data.num_channels": int(u["in_channels"]),
-            "data.centered": not u["center_input_sample"]}
+            "data.centered": family == "ddpm"}
     layout = {"levels": levels, "blocks": int(u["layers_per_block"]), "attn": attn_down,
               # Only the positional embedding reads it (the Fourier one is [sin, cos]).
               "flip_sin_to_cos": bool(u["flip_sin_to_cos"]) and family == "ddpm"}

@@ -10,7 +10,8 @@ attn_every_up_block (ours; default False: attention once per up level after its 
 official score_sde DDPM; True: after every up-path block, as Ho et al.'s original and diffusers'
 `AttnUpBlock2D`),
 scale_by_sigma (divides by `sigmas[int(label)]`, in
-float32 here, float64 in PyTorch); data.centered=False maps x to 2x - 1 first.
+float32 here, float64 in PyTorch); data.centered=False maps x to 2x - 1 first
+(`model.center_input`, ours, decides instead when set: `layers.centers_input`).
 `conditional=False` (the official PyTorch model crashes on it) builds no time embedding at all,
 as the official JAX model: no `Dense_0/1` and no `Dense_0` in the ResNet blocks.
 
@@ -59,7 +60,7 @@ class DDPM(nn.Module):
             temb = None
 
         ResnetBlock = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=m.dropout)
-        h = (x if config.data.centered else 2 * x - 1.0).astype(dtype)
+        h = (2 * x - 1.0 if layers.centers_input(config) else x).astype(dtype)
 
         hs = [layers.conv3x3(h, nf)]
         for i_level in range(num_resolutions):
