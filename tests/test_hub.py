@@ -139,7 +139,8 @@ def test_score_sde_ve_scheduler_maps_to_the_ve_sde(tmp_path):
     config = hub.load_diffusers_config(_pipeline(tmp_path, "ncsnpp", scheduler))
     assert (config.training.sde, config.training.continuous) == ("vesde", True)
     assert (config.sampling.snr, config.sampling.n_steps_each) == (0.075, 2)
-    assert (config.sampling.predictor, config.sampling.corrector) == ("reverse_diffusion", "langevin")
+    assert (config.sampling.predictor, config.sampling.corrector) == \
+        ("reverse_diffusion", "langevin")
     sde, eps = sde_lib.get_sde(config)
     assert eps == scheduler.config.sampling_eps
     scheduler.set_timesteps(100)

@@ -412,7 +412,8 @@ _OLD_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": 
 def _leaves(prefix: str, kind: str, block: dict, take, flip: bool) -> dict:
     """{Flax path inside the module: array} of one diffusers module; `take(name)` pops a tensor."""
     def conv(name):
-        return {"kernel": take(f"{name}.weight").transpose(2, 3, 1, 0), "bias": take(f"{name}.bias")}
+        kernel = take(f"{name}.weight").transpose(2, 3, 1, 0)  # OIHW -> HWIO
+        return {"kernel": kernel, "bias": take(f"{name}.bias")}
 
     def norm(name):
         return {"scale": take(f"{name}.weight"), "bias": take(f"{name}.bias")}
