@@ -4,7 +4,12 @@ For each layout of tests/test_hub.py: random N(0, 0.3^2) weights (3 seeds), save
 `convert.load_diffusers_checkpoint`, and the max |ours - diffusers| / max |diffusers| of one forward
 pass on random inputs. Needs the test extra (diffusers, torch).
 
-    PYTHONPATH=. python benchmarks/hub_parity.py
+    PYTHONPATH=. python benchmarks/hub_parity.py          # the test layouts, 3 seeds
+    PYTHONPATH=. python benchmarks/hub_parity.py --full   # full-size layouts, 1 seed
+
+`--full`: the layouts we expect of google/ncsnpp-celebahq-256 (diffusers' own NCSN++ test layout at
+the paper's size: 7 levels, attention at 16 px) and google/ddpm-cifar10-32 (Ho et al.'s CIFAR-10
+network), batch 1 - not read from the hub (no network here).
 """
 import pathlib
 import sys
@@ -22,10 +27,27 @@ from score_jax import convert  # noqa: E402
 from score_jax.models import get_model  # noqa: E402
 
 
-def main(seeds=3):
-    print("| layout (test id) | network | parameters | max rel. error |")
+FULL = {
+    "ncsnpp_celebahq_256": dict(
+        test_hub.NCSNPP, sample_size=256, block_out_channels=(128, 128, 256, 256, 256, 256, 256),
+        layers_per_block=2, down_block_types=("SkipDownBlock2D",) * 4 + ("AttnSkipDownBlock2D",)
+        + ("SkipDownBlock2D",) * 2, up_block_types=("SkipUpBlock2D",) * 2
+        + ("AttnSkipUpBlock2D",) + ("SkipUpBlock2D",) * 4),
+    "ddpm_cifar10_32": dict(
+        test_hub.DDPM, sample_size=32, block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+        flip_sin_to_cos=False,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D")),
+}
+
+
+def main(seeds=3, full=False):
+    if full:
+        test_hub.LAYOUTS.update(FULL)
+        seeds = 1
+    print("| layout | network | parameters | max rel. error |")
     print("|---|---|---:|---:|")
-    for layout in sorted(test_hub.LAYOUTS):
+    for layout in sorted(FULL if full else test_hub.LAYOUTS):
         errors = []
         for seed in range(seeds):
             unet = test_hub.make_unet(layout, seed=seed)
@@ -34,8 +56,8 @@ def main(seeds=3):
                 config, ckpt = convert.load_diffusers_checkpoint(folder)
             torch.manual_seed(100 + seed)
             size = unet.config.sample_size
-            x = torch.randn(2, unet.config.in_channels, size, size)
-            labels = test_hub.labels_for(layout)
+            x = torch.randn(1 if full else 2, unet.config.in_channels, size, size)
+            labels = test_hub.labels_for(layout)[: x.shape[0]]
             with torch.no_grad():
                 ref = unet(x, labels).sample.numpy().transpose(0, 2, 3, 1)
             ours = get_model(config.model.name)(config=config).apply(
@@ -47,4 +69,4 @@ def main(seeds=3):
 
 
 if __name__ == "__main__":
-    main()
+    main(full="--full" in sys.argv[1:])
