@@ -28,7 +28,11 @@ setup(
     extras_require={
         "cuda12": ["jax[cuda12]>=0.10.2"],
         "convert": ["torch>=2.6"],
-        # nbclient/ipykernel/nbformat execute notebooks/walkthrough.ipynb in the tests.
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch>=2.6", "nbclient>=0.10", "ipykernel>=6.29", "nbformat>=5.10"],
+        # diffusers folders: safetensors weights; `--checkpoint hf://...` downloads.
+        "hub": ["huggingface_hub>=0.23", "safetensors>=0.4"],
+        # nbclient/ipykernel/nbformat execute notebooks/walkthrough.ipynb in the tests; diffusers
+        # builds the reference UNet2DModels of tests/test_hub.py (pulls huggingface_hub, safetensors).
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch>=2.6", "nbclient>=0.10", "ipykernel>=6.29", "nbformat>=5.10",
+                 "diffusers>=0.42", "huggingface_hub>=0.23", "safetensors>=0.4"],
     },
 )

@@ -17,6 +17,9 @@ order, buffers included); `mapping` sends each Flax variable path, collection fi
 `dropped` is the set of torch keys deliberately not mapped (buffers such as `sigmas`, which we
 recompute from the config after checking it against the checkpoint).
 
+diffusers folders and hub models (`hub.py`): `load_diffusers_checkpoint(source) -> (config,
+checkpoint)`, the config built from the folder's config.json files.
+
 Output of `load_official_checkpoint`: `{'params': tree, 'ema_params': tree, 'step': int}` plus any
 other Flax collection of the network, with float32 numpy leaves, so that
 `model.apply({'params': out['params']}, x, labels)` runs the converted network.
@@ -320,8 +323,15 @@ def load_official_checkpoint(path, config) -> dict:
 
 
 def convert(config, workdir, checkpoint=None):
-    """`--mode convert`: official `--checkpoint` -> orbax checkpoint in `workdir/checkpoints`."""
+    """`--mode convert`: official `--checkpoint` file, diffusers folder or `hf://` model ->
+    orbax checkpoint in `workdir/checkpoints` (diffusers: `hub.convert_diffusers`)."""
     if not checkpoint:
         raise ValueError("--mode convert needs --checkpoint=FILE (an official .pth or "
-                         "checkpoint_N)")
+                         "checkpoint_N), a diffusers folder or hf://OWNER/NAME[@REVISION]")
+    if hub.is_diffusers_source(checkpoint):
+        return hub.convert_diffusers(config, workdir, checkpoint)
     return checkpoints.save_converted(workdir, load_official_checkpoint(checkpoint, config))
+
+
+from score_jax.convert import hub  # noqa: E402  (hub uses the helpers above)
+from score_jax.convert.hub import load_diffusers_checkpoint, load_diffusers_config  # noqa: E402,F401

@@ -6,8 +6,12 @@ Called as `model.apply(variables, x, labels, train=...)` with `x` (B, H, W, C) f
 
 Flags: nf, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv, conditional,
 nonlinearity, normalization (GroupNorm), dtype ('float32' | 'bfloat16', see ncsnpp),
+attn_every_up_block (ours; default False: attention once per up level after its blocks, as the
+official score_sde DDPM; True: after every up-path block, as Ho et al.'s original and diffusers'
+`AttnUpBlock2D`),
 scale_by_sigma (divides by `sigmas[int(label)]`, in
-float32 here, float64 in PyTorch); data.centered=False maps x to 2x - 1 first.
+float32 here, float64 in PyTorch); data.centered=False maps x to 2x - 1 first
+(`model.center_input`, ours, decides instead when set: `layers.centers_input`).
 `conditional=False` (the official PyTorch model crashes on it) builds no time embedding at all,
 as the official JAX model: no `Dense_0/1` and no `Dense_0` in the ResNet blocks.
 
@@ -37,6 +41,7 @@ class DDPM(nn.Module):
         act = layers.get_act(config)
         nf, ch_mult, num_res_blocks = m.nf, tuple(m.ch_mult), m.num_res_blocks
         attn_resolutions = tuple(m.attn_resolutions)
+        attn_every_up_block = bool(m.get("attn_every_up_block", False))
         num_resolutions = len(ch_mult)
         if str(m.normalization).lower() != "groupnorm":
             raise ValueError(f"model.normalization={m.normalization!r} is unknown; valid: GroupNorm")
@@ -55,7 +60,7 @@ class DDPM(nn.Module):
             temb = None
 
         ResnetBlock = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=m.dropout)
-        h = (x if config.data.centered else 2 * x - 1.0).astype(dtype)
+        h = (2 * x - 1.0 if layers.centers_input(config) else x).astype(dtype)
 
         hs = [layers.conv3x3(h, nf)]
         for i_level in range(num_resolutions):
@@ -76,7 +81,9 @@ class DDPM(nn.Module):
             for _ in range(num_res_blocks + 1):
                 h = ResnetBlock(out_ch=nf * ch_mult[i_level])(
                     jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
-            if h.shape[1] in attn_resolutions:
+                if attn_every_up_block and h.shape[1] in attn_resolutions:
+                    h = layers.AttnBlock()(h)
+            if not attn_every_up_block and h.shape[1] in attn_resolutions:
                 h = layers.AttnBlock()(h)
             if i_level != 0:
                 h = layers.Upsample(with_conv=m.resamp_with_conv)(h)

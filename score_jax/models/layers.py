@@ -220,6 +220,13 @@ class ResnetBlockDDPM(nn.Module):
 
 
 
+def centers_input(config) -> bool:
+    """Whether the network maps its input x to 2x - 1: `model.center_input` if set (ours, for
+    diffusers' `center_input_sample`), else `not data.centered` (official)."""
+    center = config.model.get("center_input", None)
+    return (not config.data.centered) if center is None else bool(center)
+
+
 def get_sigmas(config) -> np.ndarray:
     """The official noise table (float64, `model.num_scales`,): geometric from sigma_max down to
     sigma_min."""

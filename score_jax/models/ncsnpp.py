@@ -10,7 +10,8 @@ Flags (all those of the official configs):
   biggan), fir + fir_kernel, skip_rescale, init_scale, progressive (none | output_skip |
   residual), progressive_input (none | input_skip | residual), progressive_combine (sum | cat),
   embedding_type (fourier | positional), fourier_scale, scale_by_sigma, conv_size (3 only, as
-  the official code, which ignores it); data.centered=False maps x to 2x - 1 first.
+  the official code, which ignores it); data.centered=False maps x to 2x - 1 first
+  (`model.center_input`, ours, decides instead when set: `layers.centers_input`).
   Ours only: dtype ('float32' | 'bfloat16'), what the layers compute in (`layers.compute_dtype`);
   the time embedding, normalisation statistics, softmax and output scaling stay float32 and the
   output is float32.
@@ -124,7 +125,7 @@ class NCSNpp(nn.Module):
         def combine(a, b):
             return layerspp.skip_sum(a, b, skip_rescale)
 
-        if not config.data.centered:
+        if layers.centers_input(config):
             x = 2 * x - 1.0
         x = x.astype(dtype)  # every layer computes in its input's dtype
 
