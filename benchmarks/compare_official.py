@@ -59,7 +59,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from score_jax import reference as refcases  # noqa: E402
+sys.path.insert(0, str(REPO / "tests"))  # the reference cases are a test fixture
+import reference as refcases  # noqa: E402
 from score_jax import convert, datasets, likelihood, parallel, sampling, train  # noqa: E402
 from score_jax import train_state  # noqa: E402
 from score_jax import sde as sde_lib  # noqa: E402
