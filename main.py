@@ -91,7 +91,7 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     mode_flags = {"checkpoint": FLAGS.checkpoint} if FLAGS.mode == "convert" else {}
-    from score_jax.train import Preempted
+    from score_jax.loop import Preempted
 
     try:
         run(FLAGS.mode, FLAGS.config, FLAGS.workdir, **mode_flags)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import statistics
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -38,6 +37,8 @@ import jax.numpy as jnp
 
 from score_jax import likelihood, ode, sampling, sde as sde_lib, solvers
 from score_jax.models import utils as mutils
+
+import timing  # benchmarks/ is on sys.path when a script here runs
 
 
 class SmallScoreNet(nn.Module):
@@ -77,16 +78,6 @@ def build(model_name: str, batch: int, image_size: int, channels: int, n_levels:
     model = mutils.create_model(config)
     variables = mutils.init_model(jax.random.key(0), config, batch_size=batch)
     return sde, model, variables, shape
-
-
-def interleaved_medians(fns, repeats: int) -> list[float]:
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
 
 
 def main():
@@ -152,7 +143,7 @@ def main():
         if name in runs:
             nfes[name] = int(out[-1])
     names = list(units) + list(runs)
-    medians = dict(zip(names, interleaved_medians([units[n] if n in units else runs[n][0]
+    medians = dict(zip(names, timing.medians([units[n] if n in units else runs[n][0]
                                                    for n in names], args.repeats)))
     for unit in ("forward", "jvp"):
         medians[unit + " in loop"] /= args.loop

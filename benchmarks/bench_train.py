@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import pathlib
-import statistics
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,10 +22,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import config_lib, losses, parallel, sde as sde_lib, train
 from score_jax.models import utils as mutils
+
+import timing  # benchmarks/ is on sys.path when a script here runs
 
 CASES = ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small", "ddpmpp_subvp_cont_small",
          "ncsnv2_ve_small", "ddpm_vp_small"]
@@ -47,18 +47,6 @@ def load_config(name: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_tuples(meta["config"]))
 
 
-def _interleaved_medians(fns, repeats: int) -> list[float]:
-    """Median wall time of each function, calling them in turn so that load from other processes
-    on a shared machine hits all of them alike."""
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
-
-
 def bench(name: str, batch_size: int, repeats: int) -> dict:
     config = load_config(name)
     config.training.batch_size = batch_size
@@ -69,16 +57,16 @@ def bench(name: str, batch_size: int, repeats: int) -> dict:
     train_step, _ = train.get_train_fns(config, model, mesh)
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
     x = jax.random.uniform(jax.random.PRNGKey(0), shape)
-    xs = jax.device_put(x[None], NamedSharding(mesh, P(None, "data")))
+    xs = jax.device_put(x[None], parallel.batch_sharding(mesh, 1))
 
     sde, _ = sde_lib.get_sde(config)
     t = config.training
     _, loss_fn = losses.get_loss_fn(sde, model, True, t.reduce_mean, t.continuous,
                                     t.likelihood_weighting)
     grad_fn = jax.jit(jax.value_and_grad(loss_fn),
-                      in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data")),
-                                    NamedSharding(mesh, P())))
-    xb = jax.device_put(x, NamedSharding(mesh, P("data")))
+                      in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh),
+                                    parallel.replicated(mesh)))
+    xb = jax.device_put(x, parallel.batch_sharding(mesh))
     rng = jax.random.PRNGKey(1)
     params = jax.tree.map(jnp.copy, state.params)  # the step donates `state`
 
@@ -92,7 +80,7 @@ def bench(name: str, batch_size: int, repeats: int) -> dict:
         return metrics
 
     jax.block_until_ready(one_step())
-    fwd_bwd, step = _interleaved_medians([lambda: grad_fn(params, xb, rng), one_step], repeats)
+    fwd_bwd, step = timing.medians([lambda: grad_fn(params, xb, rng), one_step], repeats)
     return {"model": name, "batch": batch_size, "steps_per_s": 1 / step,
             "images_per_s": batch_size / step, "step_ms": 1e3 * step,
             "fwd_bwd_ms": 1e3 * fwd_bwd, "ratio": step / fwd_bwd, "compile_s": compile_s}

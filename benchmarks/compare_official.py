@@ -45,9 +45,9 @@ CPU shims for the official code, kept here and applied only inside `import_offic
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import pathlib
-import statistics
 import sys
 import tempfile
 import time
@@ -59,11 +59,14 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from score_jax import reference as refcases  # noqa: E402
+sys.path.insert(0, str(REPO / "tests"))  # the reference cases are a test fixture
+import reference as refcases  # noqa: E402
 from score_jax import convert, datasets, likelihood, parallel, sampling, train  # noqa: E402
 from score_jax import train_state  # noqa: E402
 from score_jax import sde as sde_lib  # noqa: E402
 from score_jax.models import utils as mutils  # noqa: E402
+
+import timing  # noqa: E402  (benchmarks/ is on sys.path when a script here runs)
 
 
 class _NoCudaExtension:
@@ -254,23 +257,7 @@ def labels_for(config, sde, t):
 # once shares the CPU with the other side's spinning threads (a 2.6 ms XLA convolution measured
 # 6.5 ms right after a torch call). Each call starts on a quiet CPU instead.
 QUIET_S = 0.05
-
-
-def interleaved(fns: dict, repeats: int) -> dict:
-    """{name: (first call s, median of `repeats` later calls s)}; calls alternate between fns."""
-    first, times = {}, {k: [] for k in fns}
-    for name, fn in fns.items():
-        time.sleep(QUIET_S)
-        start = time.perf_counter()
-        fn()
-        first[name] = time.perf_counter() - start
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            time.sleep(QUIET_S)
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {k: (first[k], statistics.median(times[k])) for k in fns}
+interleaved_quiet = functools.partial(timing.interleaved, quiet_s=QUIET_S)
 
 
 def main():
@@ -362,13 +349,13 @@ def main():
         conv = jax.jit(lambda h, w: jax.lax.conv_general_dilated(
             h, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
         w_j, h_j = jnp.asarray(w), jnp.asarray(h)
-        res = interleaved(
+        res = interleaved_quiet(
             {"official": torch_call(lambda: torch.nn.functional.conv2d(h_t, w_t, padding=1)),
              "ours": lambda: conv(h_j, w_j).block_until_ready()}, args.repeats * 10)
         row(f"one 3x3 conv, {b}x{size}x{size}x{c} -> {c}", res)
 
     if "forward" in rows:
-        res = interleaved({"official": torch_call(lambda: net(x_t, labels_t)),
+        res = interleaved_quiet({"official": torch_call(lambda: net(x_t, labels_t)),
                            "ours": lambda: forward(variables, x_j, labels_j).block_until_ready()},
                           args.repeats * 4)
         row("forward", res)
@@ -396,7 +383,7 @@ def main():
             j_state["state"], m = j_step(j_state["state"], data_j)
             jax.block_until_ready(m)
 
-        res = interleaved({"official": lambda: t_step(t_state, data_t), "ours": run_ours},
+        res = interleaved_quiet({"official": lambda: t_step(t_state, data_t), "ours": run_ours},
                           args.repeats * 4)
         row("train step (loss, backward, Adam, EMA)", res)
 
@@ -440,7 +427,7 @@ def main():
                 sample, n = j_sampler(jax.random.PRNGKey(0), variables, jnp.asarray(z))
                 nfe["ours"], out["ours"] = int(n), np.asarray(sample)
 
-            res = interleaved({"official": torch_call(run_official), "ours": run_ours},
+            res = interleaved_quiet({"official": torch_call(run_official), "ours": run_ours},
                               args.repeats)
             row(f"ODE sample, rtol=atol={tol:g}", res, (nfe["official"], nfe["ours"]),
                 (f"{rms(out['official']):.2e}", f"{rms(out['ours']):.2e}"))
@@ -464,7 +451,7 @@ def main():
             def run_ours():
                 jax.block_until_ready(j_sampler(jax.random.PRNGKey(0), variables, jnp.asarray(z)))
 
-            res = interleaved({"official": torch_call(run_official), "ours": run_ours},
+            res = interleaved_quiet({"official": torch_call(run_official), "ours": run_ours},
                               args.repeats)
             row(f"ODE at the official's {tol:g} error: ours {name}", res, (out["nfe"], n),
                 (f"{target:.2e}", f"{match_error:.2e}"))
@@ -520,7 +507,7 @@ def main():
                 bpd, _, n = samplers["ours"](None, variables, data_j, probe)
                 nfe["ours"], out["ours"] = int(n), np.asarray(bpd)
 
-            res = interleaved({"official": torch_call(run_official), "ours": run_ours},
+            res = interleaved_quiet({"official": torch_call(run_official), "ours": run_ours},
                               args.repeats)
             errors = lambda: tuple(fmt.format(error(out[k])) for k in ("official", "ours"))
             row(f"bits/dim, rtol=atol={tol:g} (error columns: {what})", res,
@@ -536,7 +523,7 @@ def main():
                 print(f"#   ours at {our_tol:.1e}: NFE {nfe['ours']}, error "
                       f"{error(out['ours']):.2e}", flush=True)
                 if error(out["ours"]) <= target:
-                    res = interleaved({"official": torch_call(run_official), "ours": run_ours},
+                    res = interleaved_quiet({"official": torch_call(run_official), "ours": run_ours},
                                       args.repeats)
                     row(f"bits/dim at the official's {tol:g} error: ours at {our_tol:.1e}", res,
                         (nfe["official"], nfe["ours"]), errors())
@@ -555,7 +542,7 @@ def main():
             probability_flow=False, continuous=True, denoise=True, eps=eps, device="cpu")
         j_sampler = sampling.get_pc_sampler(sde_pc, model, shape, kwargs.pop("predictor"),
                                             kwargs.pop("corrector"), inverse_scaler, **kwargs)
-        res = interleaved({
+        res = interleaved_quiet({
             "official": torch_call(lambda: t_sampler(net)),
             "ours": lambda: jax.block_until_ready(j_sampler(jax.random.PRNGKey(0), variables))},
             args.repeats)

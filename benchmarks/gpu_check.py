@@ -23,35 +23,20 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import config_lib, datasets, parallel, sampling, train
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
 
 from bench_models import labels_for  # benchmarks/ is on sys.path when a script here runs
+from timing import timed
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = {"NCSN++": "configs/ve/cifar10_ncsnpp_continuous.py",
            "DDPM++": "configs/vp/cifar10_ddpmpp_continuous.py"}
-
-
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """(first call s, median of `repeats` later calls s); `fn` returns what to block on."""
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    first, times = time.perf_counter() - start, []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return max(first - median, 0.0), median
 
 
 def check(name: str, args, batch: int, dtype: str) -> dict:
@@ -78,7 +63,7 @@ def check(name: str, args, batch: int, dtype: str) -> dict:
 
     if "train" in args.only:
         step, _ = train.get_train_fns(config, model, mesh)
-        xs = jax.device_put(x[None], NamedSharding(mesh, P(None, "data")))
+        xs = jax.device_put(x[None], parallel.batch_sharding(mesh, 1))
         holder = {"state": state}
 
         def one_step():

@@ -27,7 +27,7 @@ import optax
 
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
-from score_jax.train_state import ema_decay
+from score_jax.train_state import apply_update
 
 PyTree = Any
 
@@ -161,11 +161,8 @@ def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformati
     """One training update (`train`) or one evaluation of the EMA model's loss.
 
     Train: `step_fn(state, x) -> (new_state, StepMetrics)`: the gradient of the loss with the
-    step's randomness `fold_in(state.rng, state.step)` (dropout on), the `optimize_fn` update,
-    step + 1, and the EMA update with the new parameters. When the loss, the gradient norm or the
-    update's norm is not finite (an update of norm beyond float32's ~1.8e19 counts as one), the
-    update is not applied (parameters, EMA and optimizer state stay, step + 1) and
-    `StepMetrics.finite` is False. Eval: `step_fn(state, x, rng) -> loss` of
+    step's randomness `fold_in(state.rng, state.step)` (dropout on), then
+    `train_state.apply_update` (optimizer, EMA, non-finite guard: `StepMetrics.finite`). Eval: `step_fn(state, x, rng) -> loss` of
     the EMA parameters in eval mode (no dropout), its draws from `rng`.
     `x` is (B, H, W, C) scaled data. Pure and traceable: jit it, scan it, shard its batch.
     """
@@ -184,24 +181,8 @@ def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformati
     def train_step(state, x):
         rng = jax.random.fold_in(state.rng, state.step)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, x, rng)
-        updates, opt_state = optimize_fn.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        step = state.step + 1
-        decay = ema_decay(ema_rate, step)
-        ema_params = jax.tree.map(lambda e, p: e - (1.0 - decay) * (e - p), state.ema_params, params)
-        grad_norm = optax.tree.norm(grads)
-        # A finite update keeps the parameters and their EMA finite. (Testing every parameter
-        # and EMA leaf instead made XLA:CPU compile the step 15-30x slower.)
-        finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-                  & jnp.isfinite(optax.tree.norm(updates)))
-        # A non-finite update is dropped here, on device: the caller reads `finite` with the
-        # metrics it fetches anyway.
-        params, ema_params, opt_state = jax.tree.map(
-            lambda new, old: jnp.where(finite, new, old), (params, ema_params, opt_state),
-            (state.params, state.ema_params, state.opt_state))
+        new_state, grad_norm, finite = apply_update(state, grads, loss, optimize_fn, ema_rate)
         lr = lr_fn(state.step) if lr_fn is not None else jnp.full((), jnp.nan)
-        new_state = state.replace(params=params, ema_params=ema_params, opt_state=opt_state,
-                                  step=step)
         return new_state, StepMetrics(loss=loss, grad_norm=grad_norm, lr=lr, finite=finite)
 
     return train_step

@@ -17,26 +17,22 @@ classes; checked by `restore_classifier`), `metrics.jsonl`, `tensorboard/`.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
+from score_jax import loop
 from score_jax import parallel
 from score_jax import sde as sde_lib
 from score_jax import train_state
 from score_jax import utils
 from score_jax.models import utils as mutils
-from score_jax.train import MetricsLog, Preempted, _crossed, _stop_requests, _stop_signal
 
 CLASSIFIER_DIR = "classifier"
 _META = "classifier.json"
@@ -110,7 +106,8 @@ def get_loss_fn(sde, classifier):
 
 
 def get_train_fns(config, classifier, mesh):
-    """Jitted `(state, x, labels) -> (state, {'loss', 'accuracy', 'grad_norm', 'lr'})` and
+    """Jitted `(state, x, labels) -> (state, {'loss', 'accuracy', 'grad_norm', 'lr', 'finite'})`
+    (`train_state.apply_update`: a non-finite update is not applied) and
     `(state, x, labels, rng) -> (loss, accuracy)` of the EMA weights, batch sharded over 'data'."""
     sde, _ = sde_lib.get_sde(config)
     loss_fn = get_loss_fn(sde, classifier)
@@ -123,16 +120,12 @@ def get_train_fns(config, classifier, mesh):
         rng = jax.random.fold_in(state.rng, state.step)
         (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, labels,
                                                                         rng)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        decay = train_state.ema_decay(ema_rate, state.step + 1)
-        ema = jax.tree.map(lambda e, p: e - (1.0 - decay) * (e - p), state.ema_params, params)
-        metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
-                   "lr": lr_fn(state.step)}
-        return state.replace(params=params, ema_params=ema, opt_state=opt_state,
-                             step=state.step + 1), metrics
+        new_state, grad_norm, finite = train_state.apply_update(state, grads, loss, optimizer,
+                                                                ema_rate)
+        return new_state, {"loss": loss, "accuracy": acc, "grad_norm": grad_norm,
+                           "lr": lr_fn(state.step), "finite": finite}
 
-    replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     train = jax.jit(train_step, in_shardings=(replicated, batch, batch),
                     out_shardings=(replicated, replicated), donate_argnums=(0,))
     evaluate = jax.jit(lambda state, x, labels, rng: loss_fn(state.ema_params, x, labels, rng),
@@ -147,52 +140,26 @@ def create_train_state(config, mesh):
     variables = jax.jit(lambda r: mutils.init_classifier(r, config))(init_rng)
     state = train_state.TrainState.create(
         variables["params"], train_state.get_optimizer(_optimizer_config(config)), state_rng)
-    return jax.device_put(state, NamedSharding(mesh, P()))
+    return jax.device_put(state, parallel.replicated(mesh))
 
 
 def train_classifier(config, workdir: str) -> dict:
     """Trains the classifier in `W/classifier/` until `classifier.n_iters` updates, resuming from
-    its newest checkpoint. Returns the last logged metrics and `updates`. As `--mode train`: holds
-    `W/classifier/train.lock` (process 0) and stops on SIGTERM/SIGINT with a checkpoint
-    (`train.Preempted`)."""
+    its newest checkpoint (`score_jax.loop`, as `--mode train`: `W/classifier/train.lock`,
+    SIGTERM/SIGINT stop with a checkpoint, a non-finite update stops the run). Returns the last
+    logged metrics and `updates`."""
+    from score_jax import datasets
+
     if "classifier" not in config:
         raise ValueError("the config has no `classifier` settings (see configs/digits.py)")
     directory = classifier_dir(workdir)
     utils.check_workdir(directory)
-    lock = (utils.workdir_lock(directory) if jax.process_index() == 0
-            else contextlib.nullcontext())
-    with lock, _stop_requests() as stop:
-        return _train_classifier(config, directory, stop)
-
-
-def _train_classifier(config, directory: str, stop: list) -> dict:
-    from score_jax import datasets
-
     c = config.classifier
     local_batch = parallel.check_batch_size(int(c.batch_size), what="classifier.batch_size")
-    is_main = jax.process_index() == 0
     mesh = parallel.make_mesh()
     classifier = mutils.create_classifier(config)
-    state = create_train_state(config, mesh)
-    checkpointer = ckpt_lib.Checkpointer(directory)
-    restored = checkpointer.restore(state)
-    if restored is None:
-        if is_main:
-            with utils.atomic_path(os.path.join(directory, _META)) as tmp, open(tmp, "w") as f:
-                json.dump(_meta(config), f, indent=1)
-    else:
-        _check_meta(config, directory)
-        state = restored
-    start, n_iters = int(state.step), int(c.n_iters)
-
     scaler = datasets.get_data_scaler(config)
-    train_it = datasets.get_dataset(config, split="train", batch_size=local_batch,
-                                    start_step=start)
-    evals_done = sum(_crossed(k, k + 1, c.eval_freq) for k in range(start))
-    eval_it = datasets.get_dataset(config, split="eval", batch_size=local_batch,
-                                   start_step=evals_done)
-    train_step, eval_step = get_train_fns(config, classifier, mesh)
-    batch = NamedSharding(mesh, P("data"))
+    batch = parallel.batch_sharding(mesh)
     eval_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 8)
 
     def device_batch(item):
@@ -207,61 +174,30 @@ def _train_classifier(config, directory: str, stop: list) -> dict:
         labels = np.asarray(item["label"], np.int32)
         return parallel.global_batch(scaler(x), batch), parallel.global_batch(labels, batch)
 
-    writer = None
-    if is_main:
-        from tensorboardX import SummaryWriter
-        writer = SummaryWriter(os.path.join(directory, "tensorboard"))
-    metrics_log = MetricsLog(directory, start, is_main)
-    from tqdm import tqdm
-    bar = tqdm(total=n_iters, initial=start, disable=not is_main, unit="step", dynamic_ncols=True)
+    def start(step: int, restored: bool) -> loop.Task:
+        if restored:
+            _check_meta(config, directory)
+        elif jax.process_index() == 0:
+            with utils.atomic_path(os.path.join(directory, _META)) as tmp, open(tmp, "w") as f:
+                json.dump(_meta(config), f, indent=1)
+        train_it = datasets.get_dataset(config, split="train", batch_size=local_batch,
+                                        start_step=step)
+        eval_it = datasets.get_dataset(config, split="eval", batch_size=local_batch,
+                                       start_step=loop.evals_before(step, 1, c.eval_freq))
+        train_step, eval_step = get_train_fns(config, classifier, mesh)
 
-    last, step = {}, start
-    tick, tick_step = time.perf_counter(), start
-    try:
-        while step < n_iters:
+        def device_call(state):
             state, metrics = train_step(state, *device_batch(next(train_it)))
-            if step % c.log_freq == 0:
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if not np.isfinite(metrics["loss"]):
-                    raise FloatingPointError(
-                        f"classifier loss is {metrics['loss']} at step {step}; stopped without "
-                        f"saving. Last good checkpoint: step {checkpointer.latest_step()} in "
-                        f"{directory}")
-                now = time.perf_counter()
-                rate = (step + 1 - tick_step) / max(now - tick, 1e-9)
-                tick, tick_step = now, step + 1
-                last = {"step": step, **metrics, "steps_per_s": rate}
-                metrics_log.write(last)
-                if writer is not None:
-                    for k, v in last.items():
-                        if k != "step":
-                            writer.add_scalar(f"train/{k}", v, step)
-                bar.set_postfix(loss=f"{metrics['loss']:.4g}", acc=f"{metrics['accuracy']:.3f}")
-            before, step = step, step + 1
-            bar.update(1)
-            if _crossed(before, step, c.eval_freq):
-                loss, acc = jax.device_get(eval_step(state, *device_batch(next(eval_it)),
-                                                     jax.random.fold_in(eval_rng, step)))
-                row = {"step": step, "eval_loss": float(loss), "eval_accuracy": float(acc)}
-                metrics_log.write(row)
-                if writer is not None:
-                    writer.add_scalar("eval/loss", row["eval_loss"], step)
-                    writer.add_scalar("eval/accuracy", row["eval_accuracy"], step)
-            snapshot = _crossed(before, step, c.snapshot_freq) or step >= n_iters
-            signum = _stop_signal(stop)
-            if (_crossed(before, step, c.snapshot_freq_for_preemption) or signum) and not snapshot:
-                checkpointer.save(state, preemption=True)
-            if snapshot:
-                checkpointer.save(state, preemption=False)
-            if signum and step < n_iters:
-                checkpointer.wait()
-                raise Preempted(
-                    f"stopped by {signal.Signals(signum).name} after classifier step {step}; its "
-                    f"checkpoint is written in {directory}: run the same command to resume", signum)
-    finally:
-        bar.close()
-        checkpointer.wait()
-        checkpointer.close()
-        if writer is not None:
-            writer.close()
-    return {**last, "updates": step}
+            return state, jax.tree.map(lambda v: v[None], metrics)
+
+        def evaluate(state, step):
+            loss, acc = eval_step(state, *device_batch(next(eval_it)),
+                                  jax.random.fold_in(eval_rng, step))
+            return {"eval_loss": loss, "eval_accuracy": acc}
+
+        return loop.Task(device_call, evaluate)
+
+    schedule = loop.Schedule(int(c.n_iters), int(c.log_freq), int(c.eval_freq),
+                             int(c.snapshot_freq), int(c.snapshot_freq_for_preemption))
+    return loop.run(directory, create_train_state(config, mesh), schedule, start,
+                    batch_size=int(c.batch_size), what="classifier step")

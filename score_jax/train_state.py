@@ -1,5 +1,6 @@
 """What a training run carries from step to step: `TrainState`, the optimizer (torch's Adam with
-the official warm-up and clipping, as one optax transformation) and the EMA decay."""
+the official warm-up and clipping, as one optax transformation), the EMA decay and `apply_update`,
+the one update (with its non-finite guard) of every training step."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -53,6 +54,28 @@ def ema_decay(ema_rate: float, num_updates: jax.Array) -> jax.Array:
     """The official EMA decay after `num_updates` updates (counting the current one)."""
     n = jnp.asarray(num_updates, jnp.float32)
     return jnp.minimum(ema_rate, (1.0 + n) / (10.0 + n))
+
+
+def apply_update(state: "TrainState", grads: PyTree, loss: jax.Array,
+                 optimizer: optax.GradientTransformation, ema_rate: float):
+    """`(new state, grad_norm, finite)`: the optimizer step on `grads`, step + 1 and the EMA of
+    the new parameters. When the loss, the gradient norm or the update's norm is not finite (an
+    update of norm beyond float32's ~1.8e19 counts as one) the update is dropped on device
+    (parameters, EMA and optimizer state stay; step + 1) and `finite` is False."""
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step = state.step + 1
+    decay = ema_decay(ema_rate, step)
+    ema_params = jax.tree.map(lambda e, p: e - (1.0 - decay) * (e - p), state.ema_params, params)
+    grad_norm = optax.tree.norm(grads)
+    # A finite update keeps the parameters and their EMA finite. (Testing every parameter and EMA
+    # leaf instead made XLA:CPU compile the step 15-30x slower.)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
+    params, ema_params, opt_state = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old), (params, ema_params, opt_state),
+        (state.params, state.ema_params, state.opt_state))
+    new_state = state.replace(params=params, ema_params=ema_params, opt_state=opt_state, step=step)
+    return new_state, grad_norm, finite
 
 
 class TrainState(flax.struct.PyTreeNode):

@@ -4,7 +4,7 @@ bounds; this prints the errors themselves, for README and release notes).
     python tests/parity_report.py          # ~3 min on a 2-core CPU
 
 It lives with the tests because it reuses their helpers (the injected official draws, the official
-PC-step replay). Tables (reference arrays in `tests/data/`, see `score_jax.reference`):
+PC-step replay). Tables (reference arrays in `tests/data/`, see `tests/reference.py`):
 
 1. networks: max |ours - official| / max |official| of the raw output and the score, for the
    `model` and EMA weights of each converted official checkpoint;
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import reference as refcases
+import reference as refcases
 from score_jax import convert, losses
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils

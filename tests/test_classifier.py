@@ -6,6 +6,7 @@ The references in data/wrn_noise_conditional_refs.* were written by the official
 (yang-song/score_sde `models/wideresnet_noise_conditional.py`, run with flax 0.12.8): its
 WRN-28-10 parameter shapes for CIFAR-10, and a small WRN-10-2's parameters, inputs and logits.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -22,10 +23,10 @@ from flax import traverse_util
 from score_jax import checkpoints as ckpt_lib
 from score_jax import controllable_generation as cg
 from score_jax import evaluate
+from score_jax import loop
 from score_jax import parallel
 from score_jax import sampling
 from score_jax import sde as sde_lib
-from score_jax import train
 from score_jax import train_classifier
 from score_jax import train_state
 from score_jax import utils
@@ -219,7 +220,8 @@ def test_train_classifier_logs_checkpoints_and_resumes_exactly(trained):
         np.testing.assert_array_equal(u, v)
     with open(os.path.join(resumed_dir, "classifier", "metrics.jsonl")) as f:
         resumed_rows = [json.loads(line) for line in f]
-    drop_rate = lambda rs: [{k: v for k, v in r.items() if k != "steps_per_s"} for r in rs]
+    rates = ("steps_per_s", "images_per_s")
+    drop_rate = lambda rs: [{k: v for k, v in r.items() if k not in rates} for r in rs]
     assert drop_rate(resumed_rows) == drop_rate(rows)
 
 
@@ -261,7 +263,8 @@ def test_bad_class_conditional_input_names_the_key_or_path(trained, tmp_path):
         evaluate.sample(config, workdir)
 
 
-def test_classifier_training_holds_a_lock_and_stops_on_sigterm_with_a_checkpoint(trained):
+def test_classifier_training_holds_a_lock_and_stops_on_sigterm_with_a_checkpoint(trained,
+                                                                                 monkeypatch):
     config, _, resumed_dir, _, _ = trained
     config = config.copy_and_resolve_references()
     cdir = os.path.join(resumed_dir, "classifier")
@@ -269,6 +272,12 @@ def test_classifier_training_holds_a_lock_and_stops_on_sigterm_with_a_checkpoint
         with pytest.raises(RuntimeError, match="is in use by another training run"):
             train_classifier.train_classifier(config, resumed_dir)
     config.classifier.n_iters = 8
-    with pytest.raises(train.Preempted, match="stopped by SIGTERM after classifier step 5"):
-        train_classifier._train_classifier(config, cdir, [signal.SIGTERM])
+
+    @contextlib.contextmanager
+    def sigterm_received():  # as if SIGTERM arrived during the first step
+        yield [signal.SIGTERM]
+
+    monkeypatch.setattr(loop, "stop_requests", sigterm_received)
+    with pytest.raises(loop.Preempted, match="stopped by SIGTERM after classifier step 5"):
+        train_classifier.train_classifier(config, resumed_dir)
     assert sorted(os.listdir(os.path.join(cdir, "checkpoints-meta"))) == ["5"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from flax import serialization, traverse_util
 
-from score_jax import reference as refcases
+import reference as refcases
 from test_models import compile_fast
 from score_jax import checkpoints, convert, sde as sde_lib
 from score_jax.models import utils as mutils
@@ -227,7 +227,7 @@ def test_main_convert_end_to_end(tmp_path, converted):
     case = "ddpmpp_vp_cont_small"
     config_file = tmp_path / "case_config.py"
     config_file.write_text(
-        f"from score_jax import reference\n\n\n"
+        f"import sys\nsys.path.insert(0, {str(REPO / 'tests')!r})\nimport reference\n\n\n"
         f"def get_config():\n    return reference.case_config({case!r})\n")
     workdir = tmp_path / "work"
     subprocess.run([sys.executable, str(REPO / "main.py"), "--mode", "convert",

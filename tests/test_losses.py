@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from score_jax import reference as refcases
+import reference as refcases
 from score_jax import losses
 from score_jax import train_state
 from score_jax import sde as sde_lib

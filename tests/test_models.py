@@ -13,7 +13,7 @@ import ml_collections
 import pytest
 from jax import lax
 
-from score_jax import reference as refcases
+import reference as refcases
 from score_jax.models import get_model, up_or_down_sampling as updown
 from score_jax.models import utils as mutils
 

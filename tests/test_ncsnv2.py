@@ -11,7 +11,7 @@ import pytest
 import torch
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from score_jax.reference import case_arrays, case_checkpoint, case_config, case_meta
+from reference import case_arrays, case_checkpoint, case_config, case_meta
 from score_jax import convert
 from score_jax import sde as sde_lib
 from score_jax.convert import ncsnv2 as ncsn_convert

@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from score_jax import reference as refcases
+import reference as refcases
 from analytic import AnalyticScore, analytic_variables, flow_map
 from conftest import DATA
 from score_jax import convert, ode, sampling

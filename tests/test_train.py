@@ -281,7 +281,7 @@ def test_one_step_end_to_end(family, tmp_path):
 def test_training_starts_from_converted_official_weights(tmp_path):
     """A workdir holding `--mode convert` output: training restores its params, EMA and step
     (with a fresh optimizer state), and `restore_for_sampling` returns its EMA."""
-    from score_jax import reference as refcases
+    import reference as refcases
     from score_jax import convert
 
     case = "ddpm_vp_small"

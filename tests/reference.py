@@ -1,7 +1,8 @@
 """Reference cases of the official code (`<DATA>/<case>.{json,npz,pth}`) in our conventions.
 
-`DATA` is `$SCORE_JAX_REFERENCE_DIR`, else the repository's `tests/data/` (the official outputs the
-parity tests and benchmarks compare with; see its README).
+`DATA` is `$SCORE_JAX_REFERENCE_DIR`, else `tests/data/` beside this file (the official outputs the
+parity tests and benchmarks compare with; see its README). A test fixture, not part of the package:
+tests import it as `reference` (pytest puts tests/ on sys.path), benchmarks add tests/ first.
 
 A case JSON holds the full official config (with the shrinking overrides applied) under `config`;
 `case_config` turns it into an `ml_collections.ConfigDict` (lists become tuples, as in the config
@@ -17,7 +18,7 @@ import ml_collections
 import numpy as np
 
 DATA = pathlib.Path(os.environ.get("SCORE_JAX_REFERENCE_DIR")
-                    or pathlib.Path(__file__).resolve().parents[1] / "tests" / "data")
+                    or pathlib.Path(__file__).resolve().parent / "data")
 
 
 def _tuples(value):
