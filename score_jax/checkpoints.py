@@ -1,25 +1,8 @@
-"""Checkpoints of training runs (orbax), laid out like the official code.
-
-    W/checkpoints/<step>/        every `training.snapshot_freq` steps, all kept
-    W/checkpoints-meta/<step>/   every `training.snapshot_freq_for_preemption` steps, newest kept
-
-Each step directory holds one orbax `StandardSave` item, the pytree
-`{'params', 'ema_params', 'opt_state', 'step' (int), 'rng' (uint32 (2,))}`. The converter of
-official weights (`save_converted`) writes the same layout without `opt_state`
-and `rng` under `W/checkpoints/`, so `restore_for_sampling` serves both, and training can start
-from converted weights (with a fresh optimizer state).
-
-Atomicity: orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>`
-only once every item is committed; a process killed during a save leaves the temporary folder
-(ignored, deleted on the next start) and the previous checkpoints intact. A save that fails (disk
-full) raises `CheckpointWriteError` at the next `check()` or save, and its temporary folder is
-removed.
-
-Restoring validates: a checkpoint that cannot be read (missing files, a stray empty `<step>`
-folder, truncated arrays) or holds NaN/inf is skipped, with a warning naming the step and why, and
-the newest intact one is used. Training sets a skipped checkpoint aside as `<step>.corrupt` so that
-it can write that step again.
-"""
+"""Orbax checkpoints of training runs: `W/checkpoints/<step>/` every `training.snapshot_freq`
+steps (all kept), `W/checkpoints-meta/<step>/` for preemption (newest kept). A step holds one
+`StandardSave` pytree `{'params', 'ema_params', 'opt_state', 'step', 'rng' (uint32 (2,))}`;
+converted weights lack `opt_state` and `rng`. Saves are atomic (temp folder, then rename); restore
+skips unreadable or non-finite checkpoints with a warning and uses the newest intact one."""
 from __future__ import annotations
 
 import logging
@@ -59,7 +42,7 @@ def _abstract(tree: PyTree, sharding=None) -> PyTree:
 
 
 class Checkpointer:
-    """Saves and restores a `TrainState` in the two official folders of `workdir`."""
+    """Saves and restores a `TrainState` in the two checkpoint folders of `workdir`."""
 
     def __init__(self, workdir: str):
         self.workdir = workdir
@@ -69,10 +52,8 @@ class Checkpointer:
         self._reported = False  # a failed save was raised already
 
     def save(self, state, preemption: bool) -> None:
-        """Starts an (asynchronous) save of `state` at `state.step` once the previous save is
-        committed; returns once the arrays are copied off the devices, so the caller may donate
-        `state` afterwards. Raises `CheckpointWriteError` if the previous save failed: a failed
-        save stops the run at the next save at the latest."""
+        """Starts an asynchronous save at `state.step`; `state` may be donated once it returns.
+        Raises `CheckpointWriteError` if the previous save failed."""
         self.wait()
         manager = self.preemption if preemption else self.snapshots
         step = int(state.step)
@@ -110,10 +91,9 @@ class Checkpointer:
                                    f"checkpoints are intact. Cause: {_cause(error)}") from error
 
     def restore(self, template):
-        """The newest intact checkpoint of either folder as a state shaped (and sharded) like
-        `template` (a `TrainState`), or None when there is none. Newer damaged checkpoints are
-        set aside as `<step>.corrupt` with a warning. A converted official checkpoint (no
-        optimizer state) keeps the template's fresh `opt_state` and `rng`."""
+        """The newest intact checkpoint shaped and sharded like `template`, or None. Damaged
+        newer ones become `<step>.corrupt`; converted weights keep the template's `opt_state`
+        and `rng`."""
         sharding = jax.tree.leaves(template.params)[0].sharding
 
         def target(meta):
@@ -139,8 +119,7 @@ class Checkpointer:
                 self._failed(e)
 
     def close(self) -> None:
-        """Waits for pending saves and releases orbax's threads; raises `CheckpointWriteError`
-        for a failed save not raised yet."""
+        """Waits for pending saves, releases orbax's threads; raises `CheckpointWriteError`."""
         try:
             self.snapshots.close()
             self.preemption.close()
@@ -200,10 +179,8 @@ def _nonfinite(tree: dict) -> list[str]:
 
 
 def _newest_intact(candidates, target_fn, set_aside: bool):
-    """(step, restored items) of the first candidate that reads and is finite, or None when there
-    are no candidates. Each one skipped is logged with its reason (and, once an intact one is
-    found, renamed `<step>.corrupt` when `set_aside`); when none is intact, raises ValueError
-    listing them all."""
+    """(step, items) of the first candidate that reads and is finite, or None without candidates;
+    raises ValueError listing all when none is intact. `set_aside`: skipped ones -> `.corrupt`."""
     skipped = []
     for step, path in candidates:
         try:
@@ -242,14 +219,9 @@ def latest_intact_step(workdir: str) -> int | None:
 
 
 def restore_for_sampling(workdir: str, step: int | None = None, sharding=None):
-    """`(ema_params, step)` of a training run or of converted official weights in `workdir`.
-
-    Reads only the EMA weights of `step` from `W/checkpoints/` if given, else of the newest intact
-    checkpoint of `W/checkpoints/` and `W/checkpoints-meta/` (damaged ones are skipped with a
-    warning; one that a concurrent training run deletes while it is read is passed over). Arrays
-    are placed with `sharding` (default: the first device). Raises FileNotFoundError when there
-    is no checkpoint, ValueError when none is intact.
-    """
+    """`(ema_params, step)` from `workdir`: of `step` in `W/checkpoints/` if given, else of the
+    newest intact checkpoint of both folders. Placed with `sharding` (default: first device).
+    Raises FileNotFoundError without checkpoints, ValueError when none is intact."""
     if sharding is None:
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     folders = (SNAPSHOT_DIR,) if step is not None else (SNAPSHOT_DIR, PREEMPTION_DIR)
@@ -272,14 +244,8 @@ def restore_for_sampling(workdir: str, step: int | None = None, sharding=None):
 
 
 def save_converted(workdir, state: dict) -> pathlib.Path:
-    """Writes `state` as an orbax checkpoint under `workdir/checkpoints/<step>`; returns that dir.
-
-    Layout (what training and sampling restore): a `CheckpointManager` on `workdir/checkpoints`,
-    one `StandardSave` item, the pytree `{'params': tree, 'ema_params': tree, 'step': int}` at
-    step `state['step']`, restorable with `mngr.restore(step)` or
-    `mngr.restore(step, args=ocp.args.StandardRestore(abstract_tree))`. Directories this call
-    created are removed again if writing fails.
-    """
+    """Writes `{'params', 'ema_params', 'step'}` as one `StandardSave` item under
+    `workdir/checkpoints/<step>` (removed again if writing fails); returns that directory."""
     ckpt_dir = pathlib.Path(os.path.abspath(workdir)) / "checkpoints"
     created = ckpt_dir
     while not created.parent.exists():

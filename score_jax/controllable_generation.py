@@ -1,16 +1,6 @@
-"""Controllable generation with PC samplers (Song et al. 2021, Sec. 5 and App. I): inpainting,
-colorization and class-conditional sampling with a noise-conditional classifier, with the official
-semantics.
-
-After every corrector and every predictor update the known part of x is replaced by a sample of
-its marginal at time t, `mean(t) * known + std(t) * z` (the known pixels for inpainting; the gray
-channel of an orthogonal colour transform for colorization). Both run as one jitted
-`sampling.pc_loop` (a `lax.scan`), with the projection as its `project` hook.
-
-As in the official code, the projection's `x_mean` is built from the *noisy* updated x on the
-unknown part (`x_mean = x (1 - mask) + mean(t) mask` with the new x), so `denoise=True` only
-removes the noise of the known part; we keep that so results match the official samplers.
-"""
+"""Controllable generation with PC samplers (Song et al. 2021, Sec. 5, App. I): inpainting,
+colorization, and class-conditional sampling guided by a noise-conditional classifier. The known
+part of x is replaced by a sample of its marginal at t after every predictor/corrector update."""
 from __future__ import annotations
 
 import jax
@@ -63,11 +53,8 @@ def _run(sde, score_fn, x, rng, project, predictor, corrector, snr, n_steps, pro
 
 def get_pc_inpainter(sde, model, predictor, corrector, inverse_scaler, snr, n_steps=1,
                      probability_flow=False, continuous=False, denoise=True, eps=1e-5):
-    """A jitted `(rng, variables, data, mask) -> samples` that fills in the unknown pixels.
-
-    `data` (batch, H, W, C) scaled like the training data; `mask` (same shape, or broadcastable)
-    is 1 on known pixels, 0 on pixels to inpaint. Arguments as `sampling.get_pc_sampler`.
-    """
+    """Jitted `(rng, variables, data, mask) -> samples`; `data` (B, H, W, C) scaled like the
+    training data, `mask` broadcastable to it, 1 on known pixels. Arguments as `get_pc_sampler`."""
     sampling.check_pc_args(sde, predictor, corrector, probability_flow, n_steps)
 
     def inpainter(rng, variables, data, mask):
@@ -78,6 +65,8 @@ def get_pc_inpainter(sde, model, predictor, corrector, inverse_scaler, snr, n_st
             known_mean, std = sde.marginal_prob(data, t)
             known = known_mean + batch_mul(std, z)
             x = x * (1.0 - mask) + known * mask
+            # x_mean keeps the noisy new x on the unknown part: `denoise` only denoises the
+            # known part (the official samplers do the same).
             return x, x * (1.0 - mask) + known_mean * mask
 
         prior_key, loop_key = jax.random.split(rng)
@@ -92,12 +81,8 @@ def get_pc_inpainter(sde, model, predictor, corrector, inverse_scaler, snr, n_st
 
 def get_pc_colorizer(sde, model, predictor, corrector, inverse_scaler, snr, n_steps=1,
                      probability_flow=False, continuous=False, denoise=True, eps=1e-5):
-    """A jitted `(rng, variables, gray_scale_img) -> samples` that colorizes gray images.
-
-    `gray_scale_img` (batch, H, W, 3), scaled like the training data, with equal R, G, B. Its
-    decoupled gray channel is kept (through its marginals); the two colour channels are sampled.
-    Arguments as `sampling.get_pc_sampler`.
-    """
+    """Jitted `(rng, variables, gray_scale_img) -> samples`; `gray_scale_img` (B, H, W, 3) with
+    R = G = B, scaled like the training data. Arguments as `sampling.get_pc_sampler`."""
     sampling.check_pc_args(sde, predictor, corrector, probability_flow, n_steps)
 
     def colorizer(rng, variables, gray_scale_img):
@@ -129,16 +114,10 @@ def get_pc_conditional_sampler(sde, model, classifier, shape, predictor, correct
                                snr, n_steps=1, probability_flow=False, continuous=False,
                                denoise=True, eps=1e-3, scale=1.0,
                                sharding: NamedSharding | None = None):
-    """A jitted class-conditional PC sampler
-    `(rng, variables, classifier_variables, labels) -> (samples, nfe)`.
+    """Jitted `(rng, variables, classifier_variables, labels) -> (samples, nfe)`, labels int (B,).
 
-    The official formula: every predictor and corrector update uses the conditional score
-    grad log p_t(x | y) = s_theta(x, t) + scale * grad_x log p(y | x, t), the second term the
-    gradient of the noise-conditional `classifier`'s log-softmax at `labels` (int (batch,)), with
-    the classifier fed the noise level `sde.sigma(t)`. Otherwise `sampling.get_pc_sampler` (same
-    arguments, same random draws, same nfe = N (n_steps + 1) counting score evaluations): with
-    `scale=0` it returns the unconditional sampler's samples bit for bit.
-    """
+    Every update uses score + scale * grad_x log p(labels | x, sigma(t)); otherwise as
+    `sampling.get_pc_sampler` (same arguments, draws, nfe): `scale=0` gives its samples exactly."""
     shape = tuple(int(s) for s in shape)
     sampling.check_pc_args(sde, predictor, corrector, probability_flow, n_steps)
     parallel.check_sharding(shape, sharding)
@@ -167,9 +146,8 @@ def get_pc_conditional_sampler(sde, model, classifier, shape, predictor, correct
 
 def get_conditional_sampling_fn(config, sde, model, classifier_variables, shape, inverse_scaler,
                                 eps, sharding: NamedSharding | None = None):
-    """`(rng, variables) -> (samples, nfe)` of class `sampling.class_label` for every sample: the
-    PC sampler of `config.sampling` guided by the classifier `config.classifier` (weight
-    `classifier.scale`). Only PC sampling is conditional: another `sampling.method` raises."""
+    """`(rng, variables) -> (samples, nfe)` of class `sampling.class_label`, guided by
+    `config.classifier` (weight `classifier.scale`); raises unless `sampling.method` is 'pc'."""
     s = config.sampling
     if str(s.method).lower() != "pc":
         raise ValueError(f"sampling.method={s.method!r}: class-conditional sampling "

@@ -1,24 +1,9 @@
 """The forward SDEs of Song et al. (2021): VE, VP and sub-VP, and their reverses.
 
-Semantics follow the official `sde_lib` exactly (parity-tested against its outputs):
-
-* VE SDE  dx = sqrt(d sigma^2/dt) dw, sigma(t) = sigma_min (sigma_max/sigma_min)^t; discretized as
-  SMLD (adjacent noise levels of the geometric table).
-* VP SDE  dx = -beta(t) x/2 dt + sqrt(beta(t)) dw, beta linear in t; discretized as DDPM.
-* sub-VP  dx = -beta(t) x/2 dt + sqrt(beta(t) (1 - e^{-2 int_0^t beta})) dw; Euler discretization.
-
-Arrays are NHWC (any rank works: per-example quantities broadcast over the trailing axes); `t` has
-shape `(batch,)` and is in `[0, T]`. Every SDE is an immutable dataclass whose fields are all static
-pytree metadata: it can be closed over or passed into a jitted function, and equal SDEs hit the same
-compilation cache entry.
-
-Each SDE also says what the samplers, losses and networks need to know about it, so no other module
-asks which SDE it has: the marginal x_t = alpha(t) x_0 + sigma(t) z and its half-log-SNR
-`log_snr(t)` = log(alpha/sigma) with the inverse `t_from_log_snr`; the network's label
-(`network_label`) and how its output becomes a score (`score_from_output`); the discrete chain's
-coefficients (`ancestral_step`, `langevin_alpha`); the discrete objective (`discrete_loss`); and the
-paper's sampling end time (`sampling_eps`).
-"""
+Arrays are NHWC (any rank: per-example quantities broadcast over trailing axes); `t` is (batch,)
+in [0, T]. An SDE is a frozen dataclass of static fields (safe to close over in jitted code) and
+owns what samplers, losses and networks need to know about it (marginal, log-SNR, network label,
+output -> score, discrete chain, `sampling_eps`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -84,11 +69,7 @@ class SDE:
         raise NotImplementedError
 
     def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
-        """One step of the discretized SDE x_{i+1} = x_i + f_i(x_i) + G_i z_i, i = t (N-1)/T.
-
-        The default is Euler-Maruyama with dt = T/N (as the official code). Returns f (shape of x)
-        and G (batch,).
-        """
+        """Euler-Maruyama step x_{i+1} = x_i + f + G z with dt = T/N: f (shape of x), G (batch,)."""
         dt = 1.0 / self.N
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * jnp.sqrt(dt)
@@ -98,7 +79,7 @@ class SDE:
         return ReverseSDE(forward=self, score_fn=score_fn, probability_flow=probability_flow)
 
     def timestep(self, t: Array) -> Array:
-        """Discrete index floor(t (N-1)/T) of the official code (computed in t's precision)."""
+        """Discrete index floor(t (N-1)/T), int32 (batch,), computed in t's precision."""
         _check_t(t, self.T)
         idx = (t * (self.N - 1) / self.T).astype(jnp.int32)
         return jnp.clip(idx, 0, self.N - 1)
@@ -141,9 +122,8 @@ class SDE:
 
 
 def linspace32(start: float, stop: float, num: int) -> np.ndarray:
-    """float32 linspace as torch computes it (from both ends toward the middle), so the discrete
-    noise tables equal the official ones bit for bit; sqrt(sigma_i^2 - sigma_{i-1}^2) amplifies a
-    one-ulp difference fifty-fold."""
+    """float32 linspace computed like torch (from both ends toward the middle)."""
+    # Bit-equal discrete noise tables: sqrt(sigma_i^2 - sigma_{i-1}^2) amplifies one ulp 50-fold.
     start, stop = np.float32(start), np.float32(stop)
     step = (stop - start) / np.float32(max(num - 1, 1))
     i = np.arange(num, dtype=np.float32)
@@ -280,11 +260,7 @@ class VPSDE(SDE):
 
 @struct.dataclass
 class subVPSDE(VPSDE):
-    """Sub-VP SDE: the VP drift with diffusion beta(t) (1 - e^{-2 int_0^t beta}).
-
-    Its marginal std is 1 - e^{-int_0^t beta} (not a square root: the sub-VP variance is the square
-    of the VP one's complement, as in the paper and the official code).
-    """
+    """Sub-VP SDE: the VP drift with diffusion beta(t) (1 - e^{-2 int_0^t beta})."""
 
     def sde(self, x, t):
         beta_t = self.beta(t)
@@ -295,6 +271,7 @@ class subVPSDE(VPSDE):
     has_ancestral_step = False
 
     def sigma(self, t):
+        # No square root: the sub-VP variance is (1 - e^{-int beta})^2.
         return 1.0 - jnp.exp(2.0 * self.log_mean_coeff(t))
 
     def log_snr(self, t):
@@ -365,8 +342,7 @@ class VESDE(SDE):
         return output
 
     def ancestral_step(self, x, score, t):
-        """SMLD ancestral step between adjacent noise levels sigma_i > sigma_{i-1}
-        (sigma_{-1} = 0)."""
+        """SMLD ancestral step between noise levels sigma_i > sigma_{i-1} (sigma_{-1} = 0)."""
         i = self.timestep(t)
         sigmas = jnp.asarray(self.discrete_sigmas)
         sigma = sigmas[i]
@@ -398,12 +374,8 @@ class VESDE(SDE):
 
 @dataclasses.dataclass(frozen=True)
 class ReverseSDE:
-    """Reverse-time SDE dx = [f - g^2 score] dt + g dw-bar, or the probability-flow ODE
-    dx = [f - g^2 score / 2] dt when `probability_flow` (then the diffusion is 0).
-
-    `score_fn(x, t)` is a closure over the model's variables, so this object is built inside the
-    jitted function that uses it (cheap: it holds no arrays).
-    """
+    """Reverse-time SDE dx = [f - g^2 score] dt + g dw-bar, or with `probability_flow` the ODE
+    dx = [f - g^2 score / 2] dt (diffusion 0). Holds no arrays: build it inside jitted code."""
 
     forward: SDE
     score_fn: ScoreFn
@@ -436,9 +408,8 @@ _SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": subVPSDE}
 
 
 def get_sde(config) -> tuple[SDE, float]:
-    """The SDE of `config.training.sde` with the config's noise scales, and its `sampling_eps`
-    (the smallest time the samplers and the likelihood integrate to: 1e-5 for VE, 1e-3 for VP and
-    sub-VP, as in the paper)."""
+    """(SDE of `config.training.sde`, sampling_eps): the smallest time samplers and the likelihood
+    integrate to (1e-5 for VE, 1e-3 for VP and sub-VP)."""
     name = str(config.training.sde).lower()
     if name not in _SDES:
         raise ValueError(
