@@ -1,29 +1,11 @@
 """Official score_sde checkpoints -> our Flax variables, and `python main.py --mode convert`.
 
-Two formats are read:
-
-* PyTorch (`score_sde_pytorch`, `.pth`): `{'model': state_dict, 'ema': {'shadow_params': [...]},
-  'optimizer': ..., 'step': int}`, loaded with `torch.load(weights_only=True)` (torch is the
-  `convert` extra, imported only here). A family function `torch_to_flax(state, config)` maps the
-  state dict onto Flax variables; everything else (loading, the EMA list, validation) is generic.
-* JAX (`score_sde`, flax 0.3 msgpack `checkpoint_N`): a serialized `State` whose
-  `optimizer.target` and `params_ema` are already our parameter trees (same module names), except
-  that flax 0.3 stored GroupNorm `scale`/`bias` as (1, 1, 1, C).
-
-Family plug-in contract (`_TORCH_TO_FLAX`): `torch_to_flax(state: dict[str, np.ndarray], config)
--> (mapping, dropped)`. `state` is the torch state dict ('module.' stripped, numpy, state-dict
-order, buffers included); `mapping` sends each Flax variable path, collection first (e.g.
-`('params', 'begin_conv', 'kernel')`), to its array in Flax layout, one torch tensor per Flax leaf;
-`dropped` is the set of torch keys deliberately not mapped (buffers such as `sigmas`, which we
-recompute from the config after checking it against the checkpoint).
-
-diffusers folders and hub models (`hub.py`): `load_diffusers_checkpoint(source) -> (config,
-checkpoint)`, the config built from the folder's config.json files.
-
-Output of `load_official_checkpoint`: `{'params': tree, 'ema_params': tree, 'step': int}` plus any
-other Flax collection of the network, with float32 numpy leaves, so that
-`model.apply({'params': out['params']}, x, labels)` runs the converted network.
-"""
+Reads PyTorch `.pth` files (`torch.load(weights_only=True)`; torch is the `convert` extra) and
+flax 0.3 msgpack `checkpoint_N` files; diffusers folders and `hf://` models are in `hub.py`.
+A family plug-in `torch_to_flax(state, config) -> (mapping, dropped)` (`_TORCH_TO_FLAX`) gets the
+torch state dict ('module.' stripped, numpy, buffers included) and returns {Flax path, collection
+first, e.g. ('params', 'begin_conv', 'kernel'): array in Flax layout} plus the torch keys it
+deliberately leaves out (e.g. `sigmas`, checked against the config)."""
 from __future__ import annotations
 
 import functools
@@ -72,9 +54,7 @@ def _variable_template(config) -> dict:
 
 
 def _top_level_call_order(config) -> list[str]:
-    """Names of the network's direct submodules in the order they are first called.
-
-    This is the official construction order of `all_modules` (which is also its forward order)."""
+    """Names of the network's direct submodules in first-call order (torch `all_modules` order)."""
     return list(_network_layout(config.to_json_best_effort())[1])
 
 
@@ -108,12 +88,9 @@ def _torch_leaf_to_flax(module_path: tuple[str, ...], leaf: str, array: np.ndarr
 
 
 def all_modules_to_flax(state: dict, config):
-    """`torch_to_flax` of NCSN++ / DDPM++ / DDPM, whose torch modules are one `all_modules` list.
-
-    The i-th parameterised entry of `all_modules` is the i-th parameterised top-level submodule
-    of our network in call order; names inside blocks (`GroupNorm_0`, `Conv_1`, `NIN_0`,
-    `Conv2d_0`, ...) are the same in both, except `Combine.Conv` -> `Conv_0`.
-    """
+    """`torch_to_flax` of NCSN++ / DDPM++ / DDPM: the i-th parameterised `all_modules` entry is
+    our i-th parameterised top-level submodule in call order; inner names match (except
+    `Combine.Conv` -> `Conv_0`)."""
     template = _variable_template(config)["params"]
     flax_modules = [n for n in _top_level_call_order(config) if n in template]
     groups: dict[int, list[str]] = {}
@@ -151,9 +128,8 @@ def all_modules_to_flax(state: dict, config):
 
 
 def _unused_time_projection(block: dict, sub: tuple, array: np.ndarray, config, key: str) -> bool:
-    """Whether torch tensor `key` is a residual block's time-embedding projection `Dense_0` of a
-    `model.conditional=False` network: the official blocks own it (nf * 4 -> channels) but never
-    call it; we check its shape and drop it. Raises ValueError on a wrong shape."""
+    """Whether torch `key` is the time projection `Dense_0` of a `model.conditional=False` block
+    (owned but never called); raises ValueError on a wrong shape."""
     if config.model.get("conditional", True) or sub != ("Dense_0",) or "Dense_0" in block:
         return False
     channels = block["Conv_0"]["kernel"].shape[-1] if "Conv_0" in block else None
@@ -307,13 +283,9 @@ def _load_jax(path, config) -> dict:
 
 
 def load_official_checkpoint(path, config) -> dict:
-    """Converts an official checkpoint for `config`'s network: `{'params', 'ema_params', 'step'}`.
-
-    `path` is a PyTorch `.pth` (score_sde_pytorch) or a flax msgpack `checkpoint_N` (score_sde).
-    All or nothing: raises ValueError naming the file and the offending key / shape when the
-    file is unreadable, carries pickled code, or does not match the config's network exactly
-    (every tensor used, every variable filled with the right shape, the sigma table equal).
-    """
+    """`{'params', 'ema_params', 'step'}` (float32 numpy leaves, plus any other Flax collection) of
+    an official `.pth` or msgpack `checkpoint_N` file for `config`'s network. All or nothing: raises
+    ValueError naming the file and key/shape if unreadable, pickled code, or any mismatch."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: checkpoint file not found")

@@ -1,28 +1,12 @@
-"""diffusers-format score models (the Hugging Face hub's `UNet2DModel` folders) -> our config and
-Flax variables, and `--mode convert --checkpoint DIR | hf://OWNER/NAME[@REVISION]`.
+"""diffusers `UNet2DModel` folders and `hf://OWNER/NAME[@REVISION]` models -> our config and Flax
+variables (`--mode convert --checkpoint DIR | hf://...`; download needs the `hub` extra).
 
-A source is a model folder (`config.json` + `diffusion_pytorch_model.safetensors` or `.bin`), a
-pipeline folder (`unet/` as above, `scheduler/scheduler_config.json`), or `hf://OWNER/NAME[@REV]`,
-downloaded with `huggingface_hub` (the `hub` extra). Two `UNet2DModel` layouts are networks of ours:
-
-* NCSN++ (score-SDE): Fourier embedding, `SkipDownBlock2D` / `AttnSkipDownBlock2D` and
-  `SkipUpBlock2D` / `AttnSkipUpBlock2D` -> `ncsnpp` (BigGAN blocks, FIR [1, 3, 3, 1], skip_rescale,
-  progressive output_skip / input_skip (sum), scale_by_sigma). Label: sigma; output: the score
-  (diffusers divides by the label, as scale_by_sigma does).
-* DDPM (Ho et al.): positional embedding, `DownBlock2D` / `AttnDownBlock2D` and `UpBlock2D` /
-  `AttnUpBlock2D` -> `ddpm` with `attn_every_up_block`. Label: the step index t in [0, N); output:
-  the noise epsilon (score = -epsilon / sqrt(1 - alphabar_t)).
-
-In both, `model.apply(variables, x, labels)` (x NHWC) equals diffusers' `unet(x, labels).sample`
-(NCHW): `model.center_input = center_input_sample` (2x - 1 inside the network), and the data range
-is that of diffusers' pipeline (`data.centered`: False for NCSN++/VE, whose samples are [0, 1];
-True for DDPM, [-1, 1]).
-The scheduler sets the SDE: `ScoreSdeVeScheduler` -> VE (sigma_min, sigma_max, N, snr, corrector
-steps), `DDPMScheduler` / `DDIMScheduler` with linear betas and epsilon prediction -> discrete VP
-(beta_min = N beta_start, beta_max = N beta_end). Weights are read with safetensors, or
-`torch.load(weights_only=True)`; a folder holds one set of weights, used as `params` and
-`ema_params`.
-"""
+Two layouts are ours: score-SDE NCSN++ (Fourier embedding, Skip*Block2D; label sigma, output the
+score) -> `ncsnpp`, and DDPM (positional embedding; label the step index in [0, N), output epsilon)
+-> `ddpm`. `model.apply(variables, x NHWC, labels)` equals diffusers' `unet(x NCHW, labels).sample`
+in diffusers' data range (`data.centered`: False for NCSN++/VE, True for DDPM). The scheduler sets
+the SDE: `ScoreSdeVeScheduler` -> VE; `DDPMScheduler` / `DDIMScheduler` (linear betas, epsilon)
+-> discrete VP with beta_min = N beta_start, beta_max = N beta_end."""
 from __future__ import annotations
 
 import importlib
@@ -329,12 +313,9 @@ def _read(source):
 
 
 def load_diffusers_config(source):
-    """The full ConfigDict of a diffusers folder or `hf://` model (no weights are read).
-
-    The matching config of `configs/` (NCSN++: `ve/*_ncsnpp_continuous.py`, DDPM:
-    `vp/ddpm/*.py`, by image size and sigma_max), with the model, data shape and SDE keys of the
-    folder's config.json files. Without a scheduler config, the base config's SDE is kept.
-    """
+    """The full ConfigDict of a diffusers source (no weights read): the matching `configs/` file
+    (NCSN++: `ve/*_ncsnpp_continuous.py`, DDPM: `vp/ddpm/*.py`, by image size and sigma_max) with
+    the model, data shape and SDE keys of the folder's config.json files."""
     return _read(source)[0]
 
 
@@ -455,10 +436,8 @@ def _leaves(prefix: str, kind: str, block: dict, take, flip: bool) -> dict:
 
 
 def diffusers_to_flax(state: dict, config, family: str, layout: dict, path) -> dict:
-    """Maps a diffusers UNet2DModel state dict onto the Flax variables of `config`'s network.
-
-    Every tensor is used once and every Flax leaf filled with its shape, else ValueError naming
-    `path` and the tensor."""
+    """Diffusers UNet2DModel state dict -> Flax variables of `config`'s network; raises ValueError
+    naming `path` and the tensor unless every tensor is used once and every leaf filled."""
     from score_jax import convert
 
     template = convert._variable_template(config)
@@ -500,14 +479,9 @@ def diffusers_to_flax(state: dict, config, family: str, layout: dict, path) -> d
 
 
 def load_diffusers_checkpoint(source):
-    """(config, checkpoint) of a diffusers folder or `hf://OWNER/NAME[@REVISION]`.
-
-    `config`: `load_diffusers_config(source)`. `checkpoint`: `{'params', 'ema_params', 'step': 0}`
-    like `load_official_checkpoint`'s (both trees the folder's weights), so that
-    `get_model(config.model.name)(config=config).apply({'params': checkpoint['params']}, x, labels)`
-    with x (B, H, W, C) equals diffusers' `unet(x NCHW, labels).sample` in NHWC.
-    Raises ValueError naming the file and the reason for unsupported or inconsistent input.
-    """
+    """(config, checkpoint) of a diffusers source: `load_diffusers_config(source)` and
+    `{'params', 'ema_params', 'step': 0}` (both trees the folder's weights). Raises ValueError
+    naming the file and the reason for unsupported or inconsistent input."""
     config, unet_dir, family, layout = _read(source)
     state, path = _load_state(unet_dir)
     variables = diffusers_to_flax(state, config, family, layout, path)

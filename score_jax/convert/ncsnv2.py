@@ -60,12 +60,10 @@ def _leaves(kind: str):
 
 def torch_to_flax(state: dict[str, np.ndarray], config
                   ) -> tuple[dict[tuple[str, ...], np.ndarray], set[str]]:
-    """Maps an official PyTorch NCSN/NCSNv2 state dict ('module.' stripped) onto our Flax tree.
+    """Official NCSN/NCSNv2 state dict ('module.' stripped) -> ({('params', *path): array}, dropped)
 
-    Returns ({('params', *path): array in Flax layout}, dropped torch keys). Convolutions go from
-    OIHW to HWIO, InstanceNorm++ vectors (C,) to (1, 1, 1, C); the `sigmas` buffer is dropped (the
-    loader checks it against the config). Raises ValueError on a missing or an unexpected tensor.
-    """
+    Convolutions OIHW -> HWIO, InstanceNorm++ vectors (C,) -> (1, 1, 1, C); `sigmas` is dropped
+    (checked by the loader). Raises ValueError on a missing or unexpected tensor."""
     cls = get_model(config.model.name)
     if not (isinstance(cls, type) and issubclass(cls, RefineNet)):
         raise ValueError(f"model.name={config.model.name!r} is not an NCSN-family network")
