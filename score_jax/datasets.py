@@ -1,50 +1,11 @@
-"""Input pipelines: tfds array_record sources read with grain, no TensorFlow.
+"""Input pipelines: tfds array_record sources read with grain, no TensorFlow (README, Datasets).
 
-`get_dataset(config, split)` returns an iterator of per-host batches
-`{'image': float32 (B, H, W, C) in [0, 1]}` (NHWC, plus `'label'` int64 (B,) where the dataset
-has labels), preprocessed as the official `datasets.py` does (yang-song/score_sde):
+The stream is a pure function of (config, step): a fresh permutation of the split per epoch from
+`config.seed`, flip/dequantization noise seeded per element, host h of P reading rows
+[h B, (h + 1) B) of each global batch; `get_dataset(..., start_step=k)` resumes exactly.
+FFHQ / CelebA-HQ TFRecords are copied once into ArrayRecord (random access)::
 
-=========== ======================= ================ ===========================================
-dataset     source                  eval split       preprocessing to `data.image_size` (s)
-=========== ======================= ================ ===========================================
-CIFAR10     tfds `cifar10`          test             bilinear antialiased resize to s x s
-SVHN        tfds `svhn_cropped`     test             bilinear antialiased resize to s x s
-CELEBA      tfds `celeb_a`          validation       central crop 140 x 140, resize to s x s
-LSUN        tfds `lsun/<category>`  validation       s = 128: resize the short side to s, central
-                                                     crop; else central square crop, bicubic
-                                                     resize, truncate to uint8
-FFHQ,       the authors' TFRecords  (train)          none: stored at the resolution used
-CelebAHQ    (`data.tfrecords_path`)
-DIGITS      tfds `digits`           test             none (8 x 8 x 1, see `score_jax.digits`)
-=========== ======================= ================ ===========================================
-
-Resizing uses PIL per channel in float32, which computes what `tf.image.resize(...,
-antialias=True)` computes (same triangle / Keys cubic kernels with half-pixel centres; agreement
-to float32 rounding for bilinear, ~1e-6 relative for bicubic). Then, as in the official code:
-random horizontal flip when `data.random_flip` and not `evaluation`, and uniform dequantization
-`(x * 255 + u) / 256, u ~ U[0, 1)` when asked.
-
-Order and resuming. For a given config (dataset, seed, batch size) the stream is a pure function
-of the step: element `i` of the global stream is a fixed example (a fresh permutation of the
-split per epoch, from `config.seed`) with fixed flip/dequantization noise (seeded by `(seed, i)`);
-global batch `k` is elements `[k*B, (k+1)*B)`; host `h` of `P` gets those with index `= h mod P`
-(so the global batch does not depend on the number of hosts). `get_dataset(..., start_step=k)`
-therefore yields exactly what an uninterrupted run yields from step `k` on: to resume, pass the
-restored step, nothing else needs saving. (The returned grain iterator also has
-`get_state()`/`set_state()` should one prefer to checkpoint it.)
-
-FFHQ / CelebA-HQ. The official code reads the authors' TFRecord file (uncompressed records of
-`tf.train.Example{shape: int64[3] (C, H, W), data: bytes uint8}`, as the progressive-GAN
-`dataset_tool.py` writes its `<name>-rXX.tfrecords`) with tf.data. TFRecord files are
-sequential, so grain cannot shuffle or resume them by index; `convert_tfrecords` copies the
-records once, unchanged, into an ArrayRecord file next to them (random access), and
-`get_dataset` reads that. Neither side needs TensorFlow: the TFRecord framing is read directly
-(CRCs are not checked) and the Example protos are parsed with the copy of the proto that tfds
-ships. Run once per file::
-
-    python -m score_jax.datasets convert_tfrecords /data/ffhq/ffhq-r10.tfrecords
-    # -> /data/ffhq/ffhq-r10.array_record; keep data.tfrecords_path pointing at either file
-"""
+    python -m score_jax.datasets convert_tfrecords /data/ffhq/ffhq-r10.tfrecords"""
 import argparse
 import os
 import pathlib
@@ -85,38 +46,18 @@ def get_dataset(config, split: str = "train", *, evaluation: bool = False,
                 start_step: int = 0, shard_index: int | None = None,
                 shard_count: int | None = None, data_dir: str | None = None,
                 uniform_dequantization: bool | None = None) -> grain.DatasetIterator:
-    """Iterator over this host's batches of `split` of `config.data.dataset`.
+    """Iterator over this host's batches of `split` ('train' or 'eval') of `config.data.dataset`.
 
-    Args:
-      config: reads `seed`, `training.batch_size` / `eval.batch_size`, and `data.{dataset,
-        image_size, num_channels}`, the optional `data.{random_flip, uniform_dequantization}`
-        (default False) and `data.data_dir`, `data.category` (LSUN) and `data.tfrecords_path`
-        (FFHQ, CelebAHQ).
-      split: 'train' or 'eval' (the dataset's test/validation split; FFHQ and CelebA-HQ have only
-        one split, which both names read).
-      evaluation: one pass over the split (the iterator ends; the last partial global batch is
-        dropped), no random flip, and `eval.batch_size` as the global batch. Otherwise the stream
-        repeats forever with a new permutation each epoch and the batch is `training.batch_size`.
-      batch_size: this host's batch; default the global batch above divided by `shard_count`.
-      additional_dim: if set, each item stacks this many consecutive batches (B -> (n, B)), for a
-        train step that scans over several updates; `start_step` still counts single batches.
-      start_step: index of the first batch (see the module docstring: resuming at step k yields
-        what an uninterrupted run yields from k).
-      shard_index, shard_count: this host and the number of hosts; default
-        `jax.process_index()`, `jax.process_count()`.
-      data_dir: tfds data directory; default `data.data_dir`, else tfds' default.
-      uniform_dequantization: default `data.uniform_dequantization`.
-
-    Returns:
-      A grain iterator (with `get_state`/`set_state`) of dicts of numpy arrays: `'image'` float32
-      (B, H, W, C) in [0, 1], and `'label'` int64 (B,) for
-      CIFAR10, SVHN and DIGITS; each with a leading `additional_dim` axis when set.
-
-    Raises:
-      ValueError: an unknown dataset or split, an image size or channel count the dataset cannot
-        produce, a global batch not divisible by `jax.device_count()` or by the host count, or
-        data that is missing or not prepared (the message says how to prepare it).
-    """
+    Yields dicts of numpy arrays: `'image'` float32 (B, H, W, C) in [0, 1], plus `'label'` int64
+    (B,) for CIFAR10, SVHN and DIGITS; with `additional_dim` n, a leading (n,) axis (n consecutive
+    batches; `start_step` still counts single batches). `evaluation`: one pass, last partial global
+    batch dropped, no flip, global batch `eval.batch_size`; else an endless stream of
+    `training.batch_size`. `batch_size` is per host (default global / `shard_count`); `shard_index`,
+    `shard_count` default to jax's process index and count; `data_dir` and `uniform_dequantization`
+    default to `data.*`. FFHQ and CelebA-HQ have one split, read by both names.
+    Raises ValueError for an unknown dataset or split, an image size or channel count the dataset
+    cannot produce, a global batch not divisible by the device or host count, or unprepared data
+    (the message says how to prepare it)."""
     data = config.data
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; valid: {SPLITS}")
@@ -229,9 +170,7 @@ def _tfds_source(config, split: str, data_dir):
 
 
 def _prepared_digits(data_dir):
-    """The DIGITS builder, prepared in `data_dir` on first use. Processes that prepare one data dir
-    at once (several hosts on a shared filesystem) all succeed: tfds writes into a temporary
-    folder and renames it; the losers of that rename use the winner's files."""
+    """The DIGITS builder, prepared in `data_dir` on first use (safe for concurrent processes)."""
     from score_jax import digits
 
     builder = digits.Digits(data_dir=data_dir)
@@ -240,6 +179,7 @@ def _prepared_digits(data_dir):
     try:
         builder.download_and_prepare(file_format="array_record")
     except OSError:
+        # Another process won tfds' rename of its temporary folder: use its files.
         builder = digits.Digits(data_dir=data_dir)
         if not builder.is_prepared():
             raise
@@ -247,7 +187,7 @@ def _prepared_digits(data_dir):
 
 
 def _tfds_preprocess(dataset: str, size: int) -> Callable[[dict], np.ndarray]:
-    """The official per-dataset `resize_op`: tfds example -> float32 (size, size, C) in [0, 1]."""
+    """The per-dataset resize: tfds example -> float32 (size, size, C) in [0, 1]."""
     if dataset in ("CIFAR10", "SVHN"):
         return lambda ex: _resize(_to_float(ex["image"]), (size, size), Image.BILINEAR)
     if dataset == "CELEBA":
@@ -286,7 +226,7 @@ def _resize_small(image: np.ndarray, resolution: int) -> np.ndarray:
 
 
 def _crop_resize(image: np.ndarray, resolution: int) -> np.ndarray:
-    """uint8 -> uint8: central square crop, bicubic resize, cast (truncating) as official."""
+    """uint8 -> uint8: central square crop, bicubic resize, truncating cast."""
     image = _central_crop(image, min(image.shape[:2])).astype(np.float32)
     image = _resize(image, (resolution, resolution), Image.BICUBIC)
     return np.clip(image, 0, 255).astype(np.uint8)
@@ -310,10 +250,8 @@ def _converted_path(tfrecords_path) -> pathlib.Path:
 
 
 def _tfrecords(path) -> Iterator[bytes]:
-    """The records of a TFRecord file: each is u64 length, u32 crc, data, u32 crc (little endian).
-
-    CRCs are not checked (crc32c is not in the standard library); a truncated file raises.
-    """
+    """The records of a TFRecord file (u64 length, u32 crc, data, u32 crc; little endian).
+    CRCs are not checked; a truncated file raises."""
     with open(path, "rb") as f:
         while header := f.read(12):
             if len(header) < 12:
@@ -326,11 +264,10 @@ def _tfrecords(path) -> Iterator[bytes]:
 
 
 def convert_tfrecords(tfrecords_path, out_path=None) -> pathlib.Path:
-    """Copies the records of a TFRecord file, unchanged, into an ArrayRecord file; returns its path.
+    """Copies the records of a TFRecord file, unchanged, into an ArrayRecord file.
 
-    `out_path` defaults to `tfrecords_path` with the suffix `.array_record`, where `get_dataset`
-    looks for it; the file appears only once complete. No TensorFlow needed.
-    """
+    Returns its path (default: the `.array_record` suffix, where `get_dataset` looks). Written
+    atomically; no TensorFlow needed."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     src = pathlib.Path(tfrecords_path)
@@ -347,7 +284,7 @@ def convert_tfrecords(tfrecords_path, out_path=None) -> pathlib.Path:
 
 
 def _parse_example(record: bytes) -> np.ndarray:
-    """`tf.train.Example{shape: (C, H, W), data}` -> uint8 (H, W, C), as the official parser."""
+    """`tf.train.Example{shape: (C, H, W), data}` -> uint8 (H, W, C)."""
     from tensorflow_datasets.proto import tf_example_pb2  # TF-free copy of the proto.
 
     feature = tf_example_pb2.Example.FromString(record).features.feature

