@@ -1,11 +1,8 @@
 """Sample quality: Inception features, FID, KID, Inception Score, and reference statistics files.
 
-Features come from the FID Inception network (`score_jax.inception`); the distances are computed
-on the host in float64 from the features of whole sets. A statistics file is an `.npz` with
-`pool_3` (N, 2048) raw features and optionally `mu` (2048,), `sigma` (2048, 2048) and `logits`
-(N, 1008): `--mode fid_stats` writes `{mu, sigma, pool_3}`, and the official score_sde files
-(`cifar10_stats.npz`, ...: `pool_3`, sometimes `logits`) read the same way.
-"""
+Distances are computed on the host in float64. A statistics `.npz` holds `pool_3` (N, 2048) and
+optionally `mu` (2048,), `sigma` (2048, 2048), `logits` (N, 1008); the official score_sde files
+read the same way."""
 from __future__ import annotations
 
 import os
@@ -20,8 +17,7 @@ from score_jax import utils
 
 
 def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of TF1's bilinear resize (`align_corners=False`,
-    `half_pixel_centers=False`): output i samples the input at i * n_in / n_out."""
+    """(n_out, n_in) weights of TF1's bilinear resize, no half-pixel centres (i n_in / n_out)."""
     src = np.arange(n_out) * (n_in / n_out)
     lo = np.floor(src).astype(int)
     hi = np.minimum(lo + 1, n_in - 1)
@@ -33,17 +29,12 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def preprocess(images: jax.Array) -> jax.Array:
-    """uint8 (B, H, W, 1 or 3) -> float32 (B, 299, 299, 3), the network's input.
-
-    Resizes only when (H, W) != (299, 299), bilinearly as `tfgan.eval.preprocess_image` does in the
-    official score_sde evaluation (TF1's `resize_bilinear` without half-pixel centres, so our FIDs
-    are comparable with the paper's; torch's `align_corners=False` is a different resampling), then
-    scales as the TF graph does: v / 128 - 1.
-    """
+    """uint8 (B, H, W, 1 or 3) -> float32 (B, 299, 299, 3): TF1 bilinear resize, v / 128 - 1."""
     x = images.astype(jnp.float32)
     if x.shape[-1] == 1:
         x = jnp.repeat(x, 3, axis=-1)
     _, h, w, _ = x.shape
+    # tfgan's resize (TF1, no half-pixel centres), so FIDs compare with the paper's.
     if (h, w) != (inception.SIZE, inception.SIZE):
         hp = jax.lax.Precision.HIGHEST
         x = jnp.einsum("oh,bhwc->bowc", resize_matrix(h, inception.SIZE), x, precision=hp)
@@ -60,14 +51,9 @@ def check_images(images) -> None:
 def get_inception_fn(weights: str | None = None, batch_size: int = 100):
     """`fn(images) -> {'pool_3': (B, 2048), 'logits': (B, 1008) or None}` (float32 numpy).
 
-    `images`: uint8 (B, H, W, 3), or (B, H, W, 1) repeated to 3 channels, any B, the same on
-    every process; preprocessed
-    by `preprocess`. `weights`: see `score_jax.inception.load_params` (None: the default, which
-    has no classifier, so `logits` is None). The network runs jitted in chunks of at most
-    `batch_size` images (rounded up to a multiple of the device count; the last chunk padded),
-    sharded over all devices, parameters replicated. Raises ValueError for other dtypes or
-    channel counts.
-    """
+    `images` uint8 (B, H, W, 3 or 1), the same on every process; `weights` as
+    `inception.load_params` (the default has no classifier: `logits` None). Runs jitted over all
+    devices in chunks of at most `batch_size`. Raises ValueError for another dtype or channels."""
     flat, has_logits = inception.load_params(weights)
     mesh = parallel.make_mesh()
     n_dev = jax.device_count()
@@ -97,13 +83,12 @@ def get_inception_fn(weights: str | None = None, batch_size: int = 100):
 
 
 def samples_to_uint8(samples: np.ndarray) -> np.ndarray:
-    """Samples in [0, 1] -> uint8 as the official evaluation does: clip(x * 255, 0, 255),
-    truncated."""
+    """Samples in [0, 1] -> uint8: clip(x * 255, 0, 255), truncated."""
     return np.clip(np.asarray(samples) * 255.0, 0, 255).astype(np.uint8)
 
 
 def feature_stats(pool_3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mu (D,), sigma (D, D)) in float64: the mean and the unbiased covariance (as official)."""
+    """(mu (D,), sigma (D, D)) in float64: the mean and the unbiased covariance."""
     f = np.asarray(pool_3, np.float64)
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
@@ -118,11 +103,9 @@ def save_stats(path: str, pool_3: np.ndarray) -> dict:
 
 
 def load_stats(path: str) -> dict:
-    """`{mu, sigma, pool_3[, logits]}` of a statistics file (ours or an official one).
-
-    Raises FileNotFoundError if `path` does not exist, ValueError naming the file and key if it has
-    no `pool_3` (N, 2048) with N >= 2, or a `mu`/`sigma` of the wrong shape.
-    """
+    """`{mu, sigma, pool_3[, logits]}` of a statistics file. Raises FileNotFoundError, or
+    ValueError naming the file and key without `pool_3` (N, 2048), N >= 2, or with a wrongly shaped
+    mu/sigma."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"FID statistics file {path!r} does not exist; write it with "
                                 "--mode fid_stats")
@@ -143,22 +126,16 @@ def load_stats(path: str) -> dict:
 
 
 def _psd_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition of a symmetric PSD matrix with eigenvalues below its numerical rank
-    tolerance (max * D * float64 eps) set to 0: rounding noise, whose square roots would add up."""
+    """eigh of a symmetric PSD matrix, eigenvalues below max * D * eps set to 0."""
     w, v = np.linalg.eigh((matrix + matrix.T) / 2)
+    # Rounding noise: its square roots would add up.
     tol = max(w.max(), 0.0) * len(w) * np.finfo(np.float64).eps
     return np.where(w > tol, w, 0.0), v
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)), in float64.
-
-    tr (sigma1 sigma2)^(1/2) is the sum of the square roots of the eigenvalues of the symmetric
-    PSD matrix sigma1^(1/2) sigma2 sigma1^(1/2) (same spectrum as sigma1 sigma2), eigenvalues
-    below the rounding level taken as 0. This stays real and finite for singular covariances
-    (fewer samples than features), where `scipy.linalg.sqrtm` of the non-symmetric product can
-    return NaN or complex values (pytorch-fid then retries with 1e-6 added to the diagonals).
-    """
+    """|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)) in float64; finite and
+    real also for singular covariances. Raises ValueError on mismatched shapes."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     d = mu1.shape[-1]
@@ -166,6 +143,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
                                ("sigma2", sigma2, (d, d))):
         if value.shape != shape:
             raise ValueError(f"{name} has shape {value.shape}, expected {shape}")
+    # tr (sigma1 sigma2)^(1/2) from the spectrum of the symmetric sigma1^(1/2) sigma2 sigma1^(1/2):
+    # stays real where sqrtm of the non-symmetric product gives NaN or complex values.
     w, v = _psd_eigh(sigma1)
     root = (v * np.sqrt(w)) @ v.T
     eig, _ = _psd_eigh(root @ sigma2 @ root)
@@ -182,13 +161,9 @@ def _check_features(name, f, dim=None):
 
 def kernel_inception_distance(f1, f2, subsets: int = 100, subset_size: int = 1000,
                               seed: int = 0) -> tuple[float, float]:
-    """(mean, std) over `subsets` of the unbiased MMD^2 with the kernel k(x, y) = (x.y / D + 1)^3.
-
-    Each subset draws m = min(subset_size, N1, N2) rows of `f1` (N1, D) and of `f2` (N2, D)
-    without replacement (numpy generator `seed`; when m is both set sizes, one subset), as in the
-    KID paper and tf-gan:
-    MMD^2 = sum_{i!=j} k(x_i, x_j) / m(m-1) + sum_{i!=j} k(y_i, y_j) / m(m-1) - 2 mean k(x_i, y_j).
-    """
+    """(mean, std) over `subsets` of the unbiased MMD^2, kernel (x.y / D + 1)^3, on
+    m = min(subset_size, N1, N2) rows of `f1` (N1, D) and `f2` (N2, D) drawn without replacement
+    (numpy `seed`)."""
     f1 = _check_features("f1", f1)
     f2 = _check_features("f2", f2, f1.shape[1])
     m = min(subset_size, len(f1), len(f2))

@@ -1,9 +1,5 @@
-"""Processes, devices and the data-parallel layout.
-
-One home for: starting the distributed runtime (`initialize`), the one-axis device mesh
-(`make_mesh`), the checks that a batch divides over devices and processes, and placing arrays on
-the mesh (`global_batch`, `constrain`). Every mode of `main.py` calls `initialize` once, first.
-"""
+"""Processes, devices and the data-parallel layout: `initialize` (called first by every mode),
+the one-axis 'data' mesh, batch divisibility checks, and placing arrays on the mesh."""
 from __future__ import annotations
 
 import importlib.util
@@ -35,13 +31,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                process_id: int | None = None, timeout_s: int = 300) -> bool:
     """Starts `jax.distributed` for a multi-process run; returns whether it did.
 
-    Explicit arguments (main.py's `--coordinator_address`, `--num_processes`, `--process_id`, or
-    the environment's `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`) take
-    precedence; otherwise a launcher jax knows (SLURM with more than one task, Open MPI, a
-    multi-host Cloud TPU, an indexed Kubernetes job) is detected by jax itself; otherwise this is
-    a single-process run and nothing is started. Inconsistent arguments raise ValueError naming
-    the flag; a coordinator that does not answer within `timeout_s` seconds raises RuntimeError.
-    """
+    Explicit arguments (or `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`) win;
+    else a launcher jax detects (SLURM, Open MPI, Cloud TPU pod, indexed Kubernetes job); else
+    nothing starts. Raises ValueError naming the flag on inconsistent arguments, RuntimeError when
+    the coordinator does not answer within `timeout_s` seconds."""
     if jax.distributed.is_initialized():
         return True
     env = os.environ
@@ -106,8 +99,8 @@ def _start(what: str, timeout_s: int, **kwargs) -> None:
 
 
 def make_mesh() -> jax.sharding.Mesh:
-    """All devices of all processes on one 'data' axis (Auto axis type: XLA propagates the batch
-    sharding through the network)."""
+    """All devices of all processes on one Auto-typed 'data' axis."""
+    # Auto axis type: XLA propagates the batch sharding through the network.
     return jax.make_mesh((jax.device_count(),), ("data",),
                          axis_types=(jax.sharding.AxisType.Auto,))
 
@@ -122,8 +115,7 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 
 def check_batch_size(batch_size: int, what: str = "training.batch_size") -> int:
-    """Raises ValueError unless `batch_size` divides over the devices and the processes; returns
-    the per-process batch."""
+    """The per-process batch; ValueError unless `batch_size` divides over devices and processes."""
     for n, of in ((jax.device_count(), "devices"), (jax.process_count(), "processes")):
         if batch_size < 1 or batch_size % n:
             raise ValueError(f"{what}={batch_size} is not a positive multiple of the number of "
@@ -164,11 +156,11 @@ def check_sharding(shape, sharding: NamedSharding | None) -> None:
 
 
 def constrain(x, sharding: NamedSharding | None):
-    """Shards x as `sharding` inside jit. The constraint is placed on an Auto-typed copy of the
-    mesh, so an explicit-axes mesh (`jax.make_mesh`'s default) works without a mesh context."""
+    """Shards x as `sharding` inside jit; works for explicit-axes meshes without a mesh context."""
     if sharding is None:
         return x
     mesh = sharding.mesh
+    # An Auto-typed copy of the mesh: no mesh context needed for `jax.make_mesh`'s explicit axes.
     auto = jax.sharding.Mesh(mesh.devices, mesh.axis_names,
                              axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
     return jax.lax.with_sharding_constraint(x, NamedSharding(auto, sharding.spec))

@@ -1,6 +1,5 @@
-"""What a training run carries from step to step: `TrainState`, the optimizer (torch's Adam with
-the official warm-up and clipping, as one optax transformation), the EMA decay and `apply_update`,
-the one update (with its non-finite guard) of every training step."""
+"""Training state, optimizer (torch's Adam with warm-up and clipping, one optax transformation),
+EMA decay, and `apply_update`, the guarded update of every training step."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -14,8 +13,7 @@ PyTree = Any
 
 
 def learning_rate_fn(config) -> Callable[[jax.Array], jax.Array]:
-    """lr(step) = optim.lr * min(step / warmup, 1) (constant optim.lr when warmup <= 0); `step` is
-    the number of updates already applied, so the first update of a fresh run uses lr(0)."""
+    """lr(step) = optim.lr * min(step / warmup, 1), `step` = updates already applied."""
     lr, warmup = float(config.optim.lr), float(config.optim.warmup)
     if warmup > 0:
         return lambda step: lr * jnp.minimum(jnp.asarray(step, jnp.float32) / warmup, 1.0)
@@ -34,8 +32,8 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
 
 
 def get_optimizer(config) -> optax.GradientTransformation:
-    """torch.optim.Adam(lr, betas=(beta1, 0.999), eps, weight_decay) behind the official
-    `optimize_fn` (warm-up, clipping when grad_clip >= 0) as one optax transformation."""
+    """torch.optim.Adam(lr, betas=(beta1, 0.999), eps, weight_decay) with warm-up and clipping
+    (when grad_clip >= 0); raises ValueError for another `optim.optimizer`."""
     if config.optim.optimizer != "Adam":
         raise ValueError(f"optim.optimizer={config.optim.optimizer!r} is not supported; valid: Adam")
     parts = []
@@ -51,17 +49,15 @@ def get_optimizer(config) -> optax.GradientTransformation:
 
 
 def ema_decay(ema_rate: float, num_updates: jax.Array) -> jax.Array:
-    """The official EMA decay after `num_updates` updates (counting the current one)."""
+    """min(ema_rate, (1 + n) / (10 + n)) after n = `num_updates` (counting the current one)."""
     n = jnp.asarray(num_updates, jnp.float32)
     return jnp.minimum(ema_rate, (1.0 + n) / (10.0 + n))
 
 
 def apply_update(state: "TrainState", grads: PyTree, loss: jax.Array,
                  optimizer: optax.GradientTransformation, ema_rate: float):
-    """`(new state, grad_norm, finite)`: the optimizer step on `grads`, step + 1 and the EMA of
-    the new parameters. When the loss, the gradient norm or the update's norm is not finite (an
-    update of norm beyond float32's ~1.8e19 counts as one) the update is dropped on device
-    (parameters, EMA and optimizer state stay; step + 1) and `finite` is False."""
+    """`(new state, grad_norm, finite)`: optimizer step, step + 1, EMA. A non-finite loss, gradient
+    norm or update norm drops the update on device (only the step advances); `finite` is False."""
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step = state.step + 1
@@ -79,13 +75,8 @@ def apply_update(state: "TrainState", grads: PyTree, loss: jax.Array,
 
 
 class TrainState(flax.struct.PyTreeNode):
-    """Everything a training run carries from one step to the next.
-
-    `params` / `ema_params`: the network's 'params' collection and its EMA; `opt_state`: optax
-    state; `step`: int32 number of updates applied; `rng`: the run's base PRNG key (uint32 (2,)),
-    constant — the randomness of update `s` is `fold_in(rng, s)`, so a resumed run continues the
-    same stream.
-    """
+    """`params`, `ema_params`, optax `opt_state`, int32 `step` (updates applied) and the run's
+    base key `rng` (uint32 (2,)); update s draws from `fold_in(rng, s)` (resumes continue it)."""
 
     params: PyTree
     ema_params: PyTree
