@@ -1,12 +1,6 @@
-"""The training loop shared by `--mode train` and `--mode train_classifier`.
-
-A mode gives `run` its directory, a fresh `TrainState`, a `Schedule` and `start(step, restored)`,
-which returns the mode's `Task` for a run resumed at update `step`: its device call (one or more
-fused updates), its evaluation and what it does at a snapshot. The loop owns the rest: the
-directory's lock, SIGTERM/SIGINT (stop after the current call with a preemption checkpoint,
-`Preempted`), restoring the newest intact checkpoint, the non-finite policy, `metrics.jsonl`,
-TensorBoard, the progress bar, and the eval / snapshot / preemption-checkpoint schedule.
-"""
+"""The training loop of `--mode train` and `--mode train_classifier`: a mode gives `run` a fresh
+state, a `Schedule` and `start(step, restored) -> Task`; the loop owns the lock, stop signals
+(`Preempted`), restoring, the non-finite policy, logging and the checkpoint schedule."""
 from __future__ import annotations
 
 import contextlib
@@ -74,9 +68,8 @@ def json_number(v) -> float | None:
 
 
 class MetricsLog:
-    """`<dir>/metrics.jsonl` (process 0): one JSON object per logged step; on resume, rows at or
-    after the resumed step (written by the interrupted run) are dropped so the file is one
-    trajectory."""
+    """`<dir>/metrics.jsonl` (process 0), one JSON object per logged step; on resume, rows at or
+    after the resumed step are dropped so the file is one trajectory."""
 
     def __init__(self, directory: str, start_step: int, enabled: bool):
         self.path = os.path.join(directory, "metrics.jsonl")
@@ -138,10 +131,10 @@ def stop_signal(received: list) -> int:
 
 def run(directory: str, state, schedule: Schedule, start: Callable[[int, bool], Task], *,
         skip_nonfinite: bool = False, batch_size: int = 0, what: str = "step") -> dict:
-    """Trains in `directory` until `schedule.n_iters` updates, resuming from its newest intact
-    checkpoint (`state` is the fresh state it restores into). Returns the last logged train row
-    and `updates`. Holds `<directory>/train.lock` (process 0); raises `Preempted` on
-    SIGTERM/SIGINT, FloatingPointError on a non-finite update unless `skip_nonfinite`."""
+    """Trains in `directory` to `schedule.n_iters` updates, resuming from its newest intact
+    checkpoint into `state`, holding `<directory>/train.lock`; returns the last logged train row and
+    `updates`. Raises `Preempted` on SIGTERM/SIGINT, FloatingPointError on a non-finite update
+    unless `skip_nonfinite`, RuntimeError when another process holds the lock."""
     utils.check_workdir(directory)
     lock = utils.workdir_lock(directory) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock, stop_requests() as stop:

@@ -1,20 +1,8 @@
-"""Training the noise-conditional classifier: `python main.py --config C --workdir W --mode
-train_classifier` (after, or beside, the main job in the same W).
-
-The classifier `config.classifier.name` learns p(y | x_t, t) with a cross-entropy on labelled data
-perturbed by the config's SDE, x_t = alpha_t x_0 + sigma_t z with t ~ U(eps, T) (eps = 1e-5, as the
-score loss). Data pipeline, optimizer (Adam of `config.optim` with `classifier.lr` and
-`classifier.warmup`), EMA (`classifier.ema_rate`), data parallelism, logging and exact resume are
-those of `--mode train`; the randomness of update s is `fold_in(state.rng, s)`.
-
-Settings (`config.classifier`): name, blocks_per_group, channel_multiplier, num_classes,
-batch_size, n_iters, lr, warmup, ema_rate, log_freq, eval_freq, snapshot_freq,
-snapshot_freq_for_preemption.
-
-Outputs in `W/classifier/`: `checkpoints/`, `checkpoints-meta/` (`score_jax.checkpoints` layout),
-`classifier.json` (what the checkpoints were trained for: architecture, image size, channels,
-classes; checked by `restore_classifier`), `metrics.jsonl`, `tensorboard/`.
-"""
+"""`--mode train_classifier`: the noise-conditional classifier p(y | x_t, t), trained with a
+cross-entropy on labelled data perturbed by the config's SDE at t ~ U(1e-5, T), by the loop of
+`--mode train` (`config.classifier`: lr, warmup, ema_rate, batch_size, n_iters, frequencies).
+Writes `W/classifier/`: checkpoints, `classifier.json` (what they were trained for),
+`metrics.jsonl`, `tensorboard/`."""
 from __future__ import annotations
 
 import json
@@ -44,8 +32,8 @@ def classifier_dir(workdir: str) -> str:
 
 
 def _meta(config) -> dict:
-    """What a classifier checkpoint depends on besides its parameter shapes (the WRN pools over the
-    whole image, so a checkpoint loads at any image size)."""
+    """What a classifier checkpoint depends on besides its parameter shapes."""
+    # The WRN pools over the whole image: its parameters load at any image size.
     c = config.classifier
     return {"classifier.name": c.name, "classifier.blocks_per_group": int(c.blocks_per_group),
             "classifier.channel_multiplier": int(c.channel_multiplier),
@@ -68,12 +56,9 @@ def _check_meta(config, directory: str) -> None:
 
 
 def restore_classifier(config, workdir: str, sharding=None):
-    """`(variables, step)` of the newest classifier checkpoint in `W/classifier/` (EMA weights).
-
-    Raises FileNotFoundError naming the folder when there is none, and ValueError naming the key
-    and `classifier.json` when the checkpoint was trained for another architecture, image size,
-    channel count or number of classes than `config` asks for.
-    """
+    """`(variables, step)`: EMA weights of the newest checkpoint in `W/classifier/`. Raises
+    FileNotFoundError naming the folder, or ValueError naming the key of `classifier.json` when it
+    was trained for another architecture, image size, channel count or class count."""
     directory = classifier_dir(workdir)
     _check_meta(config, directory)
     params, step = ckpt_lib.restore_for_sampling(directory, sharding=sharding)
@@ -107,8 +92,7 @@ def get_loss_fn(sde, classifier):
 
 def get_train_fns(config, classifier, mesh):
     """Jitted `(state, x, labels) -> (state, {'loss', 'accuracy', 'grad_norm', 'lr', 'finite'})`
-    (`train_state.apply_update`: a non-finite update is not applied) and
-    `(state, x, labels, rng) -> (loss, accuracy)` of the EMA weights, batch sharded over 'data'."""
+    and `(state, x, labels, rng) -> (loss, accuracy)` of the EMA weights; batch on 'data'."""
     sde, _ = sde_lib.get_sde(config)
     loss_fn = get_loss_fn(sde, classifier)
     opt_config = _optimizer_config(config)
@@ -144,10 +128,8 @@ def create_train_state(config, mesh):
 
 
 def train_classifier(config, workdir: str) -> dict:
-    """Trains the classifier in `W/classifier/` until `classifier.n_iters` updates, resuming from
-    its newest checkpoint (`score_jax.loop`, as `--mode train`: `W/classifier/train.lock`,
-    SIGTERM/SIGINT stop with a checkpoint, a non-finite update stops the run). Returns the last
-    logged metrics and `updates`."""
+    """Trains in `W/classifier/` to `classifier.n_iters` updates, resuming from its newest
+    checkpoint (as `--mode train`); returns the last logged metrics and `updates`."""
     from score_jax import datasets
 
     if "classifier" not in config:

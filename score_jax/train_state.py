@@ -13,7 +13,7 @@ PyTree = Any
 
 
 def learning_rate_fn(config) -> Callable[[jax.Array], jax.Array]:
-    """lr(step) = optim.lr * min(step / warmup, 1), `step` = updates already applied."""
+    """lr(step) = optim.lr * min(step / warmup, 1) (optim.lr if warmup <= 0); step: updates done."""
     lr, warmup = float(config.optim.lr), float(config.optim.warmup)
     if warmup > 0:
         return lambda step: lr * jnp.minimum(jnp.asarray(step, jnp.float32) / warmup, 1.0)
