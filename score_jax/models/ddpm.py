@@ -1,22 +1,10 @@
-"""The DDPM U-Net of Ho et al. (2020), as in the official score_sde code. Registered as `ddpm`.
+"""The DDPM U-Net of Ho et al. (2020), registered as `ddpm`.
 
-Called as `model.apply(variables, x, labels, train=...)` with `x` (B, H, W, C) float32 and
-`labels` (B,) time labels (DDPM index t (N-1), or 999 t), embedded sinusoidally. GroupNorms have
-32 groups, so `model.nf * ch_mult[i]` must be a multiple of 32.
-
-Flags: nf, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv, conditional,
-nonlinearity, normalization (GroupNorm), dtype ('float32' | 'bfloat16', see ncsnpp),
-attn_every_up_block (ours; default False: attention once per up level after its blocks, as the
-official score_sde DDPM; True: after every up-path block, as Ho et al.'s original and diffusers'
-`AttnUpBlock2D`),
-scale_by_sigma (divides by `sigmas[int(label)]`, in
-float32 here, float64 in PyTorch); data.centered=False maps x to 2x - 1 first
-(`model.center_input`, ours, decides instead when set: `layers.centers_input`).
-`conditional=False` (the official PyTorch model crashes on it) builds no time embedding at all,
-as the official JAX model: no `Dense_0/1` and no `Dense_0` in the ResNet blocks.
-
-The parameter tree is the official JAX one (`Dense_0`, `Conv_0`, `ResnetBlockDDPM_0`, ...).
-"""
+`model.apply(variables, x, labels, train=...)`: x (B, H, W, C) float32, labels (B,) time labels
+(DDPM index t (N-1), or 999 t), sinusoidally embedded; output shaped like x. GroupNorms have 32
+groups (`nf * ch_mult[i]` a multiple of 32). `attn_every_up_block` (default False): attention
+after every up-path block (Ho et al., diffusers) instead of once per level. `scale_by_sigma`
+divides by `sigmas[int(label)]`; `conditional=False` builds no time embedding (no `Dense_*`)."""
 from __future__ import annotations
 
 import functools

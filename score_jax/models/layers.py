@@ -1,14 +1,8 @@
-"""Layers shared by the DDPM and NCSN++ networks (NHWC), named as in the official JAX code.
+"""Layers shared by the DDPM and NCSN++ networks (NHWC), named like the official JAX code's.
 
-Convolutions are `flax.linen.Conv` created inside the caller's compact method, so the caller's
-parameter tree holds them as `Conv_0`, `Conv_1`, ... exactly as the official code's does. Their
-default initialisation is DDPM's: variance scaling, fan_avg, uniform, with `init_scale` (0 means
-1e-10, so "zero-initialised" layers still carry a gradient signal), and zero biases.
-
-Layers compute in the dtype of their input (parameters stay float32 and are cast): a network runs
-in bfloat16 by casting its input and time embedding (`compute_dtype`), while GroupNorm statistics
-and the attention softmax stay in float32.
-"""
+Convolutions are created in the caller's compact method (`Conv_0`, `Conv_1`, ...), initialised as
+DDPM (variance scaling, fan_avg, uniform; `init_scale` 0 means 1e-10; zero biases). Layers compute
+in their input's dtype with float32 parameters; GroupNorm statistics and softmax stay float32."""
 from __future__ import annotations
 
 import math
@@ -43,13 +37,8 @@ def get_act(config) -> Callable[[Array], Array]:
 
 
 class GroupNorm(nn.Module):
-    """Group normalisation of (B, H, W, C) with flax's parameters (`scale`, `bias`, (C,)).
-
-    Statistics over each group's (H, W, C / num_groups) values in float32 with the exact two-pass
-    variance; the output has the input's dtype. The group sums are taken from per-channel sums
-    (reductions over H, W that XLA:CPU vectorises over C), which is several times faster on CPU
-    than `flax.linen.GroupNorm`'s reduction over a (B, H, W, G, C / G) view.
-    """
+    """Group normalisation of (B, H, W, C), parameters `scale`, `bias` (C,); float32 two-pass
+    statistics, output in the input's dtype."""
 
     num_groups: int
     epsilon: float = 1e-6
@@ -64,6 +53,8 @@ class GroupNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (c,))
         bias = self.param("bias", nn.initializers.zeros, (c,))
 
+        # Group sums from per-channel sums: XLA:CPU vectorises those over C (several times faster
+        # than flax.linen.GroupNorm's (B, H, W, G, C / G) view).
         def group_mean(v):  # (B, H, W, C) -> (B, 1, 1, C): each channel gets its group's mean
             sums = jnp.sum(v, axis=(1, 2)).reshape(b, self.num_groups, per_group).sum(-1)
             return jnp.repeat(sums / (h * w * per_group), per_group, axis=1)[:, None, None, :]
@@ -77,7 +68,7 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(config):
-    """The dtype the network computes in: `config.model.dtype`, 'float32' (default) or 'bfloat16'."""
+    """The network's compute dtype: `config.model.dtype`, 'float32' (default) or 'bfloat16'."""
     name = str(config.model.get("dtype", "float32"))
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"model.dtype={name!r} is unknown; valid: {sorted(COMPUTE_DTYPES)}")
@@ -85,7 +76,7 @@ def compute_dtype(config):
 
 
 def group_norm(num_groups: int) -> GroupNorm:
-    """GroupNorm with the official epsilon (1e-6)."""
+    """GroupNorm with epsilon 1e-6."""
     return GroupNorm(num_groups=num_groups, epsilon=1e-6)
 
 
@@ -99,17 +90,13 @@ def ddpm_conv(x: Array, out_ch: int, kernel_size: int, stride: int = 1, bias: bo
 
 def conv1x1(x: Array, out_ch: int, stride: int = 1, bias: bool = True,
             init_scale: float = 1.0) -> Array:
-    """1x1 convolution with DDPM initialisation (official `ddpm_conv1x1`)."""
+    """1x1 convolution with DDPM initialisation."""
     return ddpm_conv(x, out_ch, 1, stride, bias, init_scale)
 
 
 def conv3x3(x: Array, out_ch: int, stride: int = 1, bias: bool = True,
             init_scale: float = 1.0) -> Array:
-    """3x3 'SAME' convolution with DDPM initialisation (official `ddpm_conv3x3`).
-
-    With stride 2 on an even size, 'SAME' pads one row/column at the end only: the official
-    PyTorch code's `F.pad(x, (0, 1, 0, 1))` followed by an unpadded convolution.
-    """
+    """3x3 'SAME' convolution with DDPM initialisation (stride 2: pads at the end only)."""
     return ddpm_conv(x, out_ch, 3, stride, bias, init_scale)
 
 
@@ -149,10 +136,8 @@ class NIN(nn.Module):
 
 
 def self_attention(x: Array, normed: Array, out_init_scale: float) -> Array:
-    """DDPM spatial self-attention of `normed` (B, H, W, C); returns the residual branch only.
-
-    Call inside a compact method: creates `NIN_0..3` (q, k, v, output projection).
-    """
+    """DDPM spatial self-attention of `normed` (B, H, W, C), the residual branch only; creates
+    `NIN_0..3` (q, k, v, output) in the calling compact method."""
     b, h, w, c = x.shape
     q, k, v = NIN(c)(normed), NIN(c)(normed), NIN(c)(normed)
     logits = jnp.einsum("bhwc,bHWc->bhwHW", q, k, preferred_element_type=jnp.float32)
@@ -194,9 +179,8 @@ class Downsample(nn.Module):
 
 
 class ResnetBlockDDPM(nn.Module):
-    """The ResNet block of DDPM: GroupNorm(32) -> act -> conv (+ Dense(temb)) -> GroupNorm ->
-    act -> dropout -> conv (zero init), plus a NIN (or 3x3 `conv_shortcut`) skip when channels
-    change. `temb=None` (unconditional) creates no `Dense_0`."""
+    """DDPM ResNet block: GroupNorm -> act -> conv (+ Dense(temb)) -> GroupNorm -> act -> dropout
+    -> conv (zero init), with a NIN (or 3x3 `conv_shortcut`) skip when channels change."""
 
     act: Callable[[Array], Array]
     out_ch: Optional[int] = None
@@ -221,22 +205,20 @@ class ResnetBlockDDPM(nn.Module):
 
 
 def centers_input(config) -> bool:
-    """Whether the network maps its input x to 2x - 1: `model.center_input` if set (ours, for
-    diffusers' `center_input_sample`), else `not data.centered` (official)."""
+    """Whether the network maps x to 2x - 1: `model.center_input`, else `not data.centered`."""
     center = config.model.get("center_input", None)
     return (not config.data.centered) if center is None else bool(center)
 
 
 def get_sigmas(config) -> np.ndarray:
-    """The official noise table (float64, `model.num_scales`,): geometric from sigma_max down to
-    sigma_min."""
+    """Noise table float64 (`model.num_scales`,), geometric from sigma_max down to sigma_min."""
     return np.exp(np.linspace(np.log(config.model.sigma_max), np.log(config.model.sigma_min),
                               config.model.num_scales))
 
 
 def check_resolutions(config, x: Array) -> None:
-    """Raises a ValueError naming `data.image_size` (or the input's shape) and the resolutions
-    of the U-Net levels when the size is not divisible by 2**(len(model.ch_mult) - 1)."""
+    """ValueError naming `data.image_size` (or the input's shape) unless divisible by
+    2**(len(model.ch_mult) - 1)."""
     num_resolutions = len(config.model.ch_mult)
     factor = 2 ** (num_resolutions - 1)
     for what, size in (("data.image_size", config.data.image_size),

@@ -1,15 +1,7 @@
-"""InstanceNorm++ (Song & Ermon, 2019) and its noise-conditional form, for NCSN and NCSNv2.
+"""InstanceNorm++ (Song & Ermon, 2019) and its noise-conditional form, for NCSN and NCSNv2 (NHWC).
 
-Inputs are NHWC. The numerics are those of the official PyTorch code: the per-channel spatial
-variance is biased (as `nn.InstanceNorm2d`, eps 1e-5 inside the square root), while the variance of
-the channel means across channels is *unbiased* (`torch.var(means, dim=-1)`, ddof=1) - so a layer
-needs at least two channels. The official JAX code uses ddof=0 there; we follow PyTorch, whose
-outputs are our reference.
-
-Parameter names and shapes follow the official JAX (Flax) code: `alpha`, `gamma`, `beta` of shape
-(1, 1, 1, C); the conditional layer holds one `Embed_0/embedding` table (num_classes, 3C) whose
-columns are [gamma | alpha | beta] (PyTorch `embed.weight`, same layout).
-"""
+Parameters `alpha`, `gamma`, `beta` (1, 1, 1, C); the conditional layer's `Embed_0/embedding`
+(num_classes, 3C) has columns [gamma | alpha | beta]. At least two channels (ValueError)."""
 from __future__ import annotations
 
 import functools
@@ -22,7 +14,7 @@ _EPS = 1e-5
 
 
 def _normal_around_one(key, shape, dtype=jnp.float32):
-    """N(1, 0.02^2) initializer of the InstanceNorm++ scales, as in the official code."""
+    """N(1, 0.02^2) initializer of the InstanceNorm++ scales."""
     return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
@@ -32,6 +24,7 @@ def _instance_norm_plus_parts(x: jax.Array) -> tuple[jax.Array, jax.Array]:
         raise ValueError(f"InstanceNorm++ needs at least 2 channels, got {x.shape[-1]}")
     means = jnp.mean(x, axis=(1, 2))
     m = jnp.mean(means, axis=-1, keepdims=True)
+    # Unbiased across channels as in PyTorch (`torch.var`), biased within a channel (eps 1e-5).
     v = jnp.var(means, axis=-1, keepdims=True, ddof=1)
     means_plus = (means - m) / jnp.sqrt(v + _EPS)
     h = (x - means[:, None, None, :]) / jnp.sqrt(jnp.var(x, axis=(1, 2), keepdims=True) + _EPS)
@@ -39,10 +32,7 @@ def _instance_norm_plus_parts(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 class InstanceNorm2dPlus(nn.Module):
-    """InstanceNorm++: instance norm that re-injects the channel means, scaled by `alpha`.
-
-    out = gamma * (IN(x) + alpha * standardised channel means) + beta.  x: (B, H, W, C) -> same.
-    """
+    """gamma * (IN(x) + alpha * standardised channel means) + beta; x (B, H, W, C) -> same."""
 
     bias: bool = True
 
@@ -58,11 +48,7 @@ class InstanceNorm2dPlus(nn.Module):
 
 
 class ConditionalInstanceNorm2dPlus(nn.Module):
-    """InstanceNorm++ whose gamma, alpha (and beta) are rows of an embedding of the class `y`.
-
-    NCSN v1 conditions on the integer noise-scale index.
-    x: (B, H, W, C), y: (B,) int -> (B, H, W, C).
-    """
+    """InstanceNorm++ with gamma, alpha, beta from an embedding of the class y (B,) int."""
 
     num_classes: int
     bias: bool = True
@@ -87,11 +73,8 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
 
 
 def get_normalization(config, conditional: bool = False):
-    """The normalization layer class of `config.model.normalization` (only 'InstanceNorm++').
-
-    Conditional layers embed one class per noise level: `model.num_classes` (official JAX name),
-    which must equal `model.num_scales`; absent, `model.num_scales`.
-    """
+    """The class of `config.model.normalization` (only 'InstanceNorm++'); conditional layers embed
+    `model.num_classes` classes (default and required: `model.num_scales`), else ValueError."""
     norm = config.model.normalization
     if norm != "InstanceNorm++":
         raise ValueError(f"model.normalization={norm!r} is not supported by the NCSN family; "
