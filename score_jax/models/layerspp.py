@@ -1,8 +1,5 @@
-"""Layers of NCSN++ / DDPM++ (NHWC), named as in the official JAX code.
-
-GroupNorms here use `min(C // 4, 32)` groups and epsilon 1e-6. `init_scale` is the scale of the
-"zero-initialised" output convolutions (0 means 1e-10, see `layers.default_init`).
-"""
+"""Layers of NCSN++ / DDPM++ (NHWC): GroupNorms of min(C // 4, 32) groups, epsilon 1e-6;
+`init_scale` scales the "zero-initialised" output convolutions (0 means 1e-10)."""
 from __future__ import annotations
 
 import math
@@ -33,11 +30,8 @@ def skip_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
 
 
 class GaussianFourierProjection(nn.Module):
-    """Random Fourier features of a scalar: (B,) -> (B, 2 * embedding_size) = [sin, cos](2 pi x W).
-
-    `W` (embedding_size,) ~ N(0, scale^2) is a parameter that is never trained (the official
-    PyTorch module has requires_grad=False): gradients are stopped here.
-    """
+    """Random Fourier features (B,) -> (B, 2 * embedding_size) = [sin, cos](2 pi x W); the
+    parameter `W` (embedding_size,) ~ N(0, scale^2) gets no gradient."""
 
     embedding_size: int = 256
     scale: float = 1.0
@@ -50,8 +44,7 @@ class GaussianFourierProjection(nn.Module):
 
 
 class Combine(nn.Module):
-    """Merges the input pyramid `x` into the features `y`: conv1x1(x) concatenated (`cat`) to, or
-    added (`sum`) to, `y`."""
+    """conv1x1(x) of the input pyramid concatenated (`cat`) or added (`sum`) to the features `y`."""
 
     method: str = "cat"
 
@@ -66,8 +59,7 @@ class Combine(nn.Module):
 
 
 class AttnBlockpp(nn.Module):
-    """DDPM self-attention with NCSN++ GroupNorm groups, `init_scale` on the output NIN and
-    optional 1/sqrt(2) skip rescaling."""
+    """DDPM self-attention with NCSN++ groups, output `init_scale` and optional skip rescaling."""
 
     skip_rescale: bool = False
     init_scale: float = 0.0
@@ -79,13 +71,9 @@ class AttnBlockpp(nn.Module):
 
 
 class Upsample(nn.Module):
-    """2x upsampling to `out_ch` channels (default: unchanged).
-
-    fir=False: nearest neighbour, then `Conv_0` (3x3) if `with_conv` (the official PyTorch module
-    crashes here: it passes 'nearest' as `F.interpolate`'s scale factor). fir=True: FIR
-    `upsample_2d`, or the fused FIR transposed convolution `Conv2d_0` if `with_conv`. Without a
-    convolution the channel count cannot change, so `out_ch` must then equal the input's.
-    """
+    """2x upsampling to `out_ch` channels (default: unchanged; must be unchanged without a conv).
+    fir=False: nearest, then 3x3 `Conv_0` if `with_conv`; fir=True: FIR `upsample_2d`, or the fused
+    FIR transposed convolution `Conv2d_0` if `with_conv`."""
 
     out_ch: Optional[int] = None
     with_conv: bool = False
@@ -107,11 +95,8 @@ class Upsample(nn.Module):
 
 
 class Downsample(nn.Module):
-    """2x downsampling to `out_ch` channels (default: unchanged).
-
-    fir=False: stride-2 3x3 `Conv_0` if `with_conv`, else 2x2 average pooling. fir=True: the
-    fused FIR + stride-2 convolution `Conv2d_0` if `with_conv`, else FIR `downsample_2d`.
-    """
+    """2x downsampling to `out_ch` channels. fir=False: stride-2 3x3 `Conv_0` or 2x2 average
+    pooling; fir=True: fused FIR + stride-2 `Conv2d_0`, or FIR `downsample_2d` without a conv."""
 
     out_ch: Optional[int] = None
     with_conv: bool = False
@@ -134,11 +119,8 @@ class Downsample(nn.Module):
 
 
 class ResnetBlockDDPMpp(nn.Module):
-    """DDPM's ResNet block with NCSN++ GroupNorms, `init_scale` and `skip_rescale`.
-
-    Parameters: GroupNorm_0, Conv_0, Dense_0 (only with a time embedding), GroupNorm_1, Conv_1,
-    and NIN_0 (or Conv_2 with `conv_shortcut`) when the channel count changes.
-    """
+    """DDPM's ResNet block with NCSN++ GroupNorms, `init_scale` and `skip_rescale`; `Dense_0`
+    only with a time embedding, `NIN_0` (or `Conv_2`) when the channel count changes."""
 
     act: Callable[[Array], Array]
     out_ch: Optional[int] = None
@@ -164,12 +146,9 @@ class ResnetBlockDDPMpp(nn.Module):
 
 
 class ResnetBlockBigGANpp(nn.Module):
-    """BigGAN-style ResNet block that can resample (`up` / `down`) inside the block.
-
-    Resampling (of both branches, after the first GroupNorm + act) is FIR with `fir`, else
-    nearest / average pooling. Parameters: GroupNorm_0, Conv_0, Dense_0 (only with a time
-    embedding), GroupNorm_1, Conv_1, and the 1x1 skip Conv_2 when channels change or it resamples.
-    """
+    """BigGAN ResNet block resampling (`up` / `down`, FIR or nearest / average) both branches after
+    the first GroupNorm + act; `Dense_0` only with a time embedding, 1x1 `Conv_2` when it resamples
+    or changes channels."""
 
     act: Callable[[Array], Array]
     up: bool = False

@@ -1,34 +1,12 @@
-"""NCSN++ and DDPM++ (Song et al., 2021): one U-Net module, configured by `config.model` flags.
+"""NCSN++ and DDPM++ (Song et al., 2021): one U-Net configured by `config.model`, as `ncsnpp`.
 
-Registered as `ncsnpp`. Called as `model.apply(variables, x, labels, train=...)` with `x`
-(B, H, W, C) float32 and `labels` (B,): sigma(t) for the `fourier` embedding (embedded as
-log sigma), a time / noise-index label (999 t, or an integer index) for `positional`.
-
-Flags (all those of the official configs):
-  nf, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv, conditional,
-  nonlinearity (elu | relu | lrelu | swish), normalization (GroupNorm), resblock_type (ddpm |
-  biggan), fir + fir_kernel, skip_rescale, init_scale, progressive (none | output_skip |
-  residual), progressive_input (none | input_skip | residual), progressive_combine (sum | cat),
-  embedding_type (fourier | positional), fourier_scale, scale_by_sigma, conv_size (3 only, as
-  the official code, which ignores it); data.centered=False maps x to 2x - 1 first
-  (`model.center_input`, ours, decides instead when set: `layers.centers_input`).
-  Ours only: dtype ('float32' | 'bfloat16'), what the layers compute in (`layers.compute_dtype`);
-  the time embedding, normalisation statistics, softmax and output scaling stay float32 and the
-  output is float32.
-
-Behaviour where the official code has none (it crashes or asserts):
-  * resblock_type='ddpm' with fir=True, and progressive='residual' with fir=True: the official
-    PyTorch `upsample_conv_2d` crashes; ours upsamples with the FIR transposed convolution of the
-    official JAX / StyleGAN2 code.
-  * fir=False upsampling modules (resblock_type='ddpm', progressive='output_skip'/'residual'):
-    the official PyTorch `layerspp.Upsample` crashes; ours is nearest neighbour (+ 3x3 conv).
-  * scale_by_sigma divides by sigma: the label itself with the fourier embedding, the sigma table
-    entry `sigmas[int(label)]` with the positional one (float32 here, float64 in PyTorch).
-  * embedding_type='fourier' with training.continuous=False is refused (ValueError), as the
-    official assertion: integer labels have no logarithm.
-
-The parameter tree is the official JAX one (`Dense_0`, `Conv_0`, `ResnetBlockBigGANpp_3`, ...).
-"""
+`model.apply(variables, x, labels, train=...)`: x (B, H, W, C) float32; labels (B,) are sigma(t)
+for the `fourier` embedding (embedded as log sigma), a time / noise-index label for `positional`;
+output float32 shaped like x. Flags are those of the official configs (`conv_size` 3 only), plus
+`dtype` ('float32' | 'bfloat16': the layers' compute dtype; embedding, normalisation statistics,
+softmax and output scaling stay float32) and `center_input`. `scale_by_sigma` divides by the
+label (fourier) or `sigmas[int(label)]` (positional). Fourier with `training.continuous=False`
+raises ValueError (integer labels have no logarithm)."""
 from __future__ import annotations
 
 import functools

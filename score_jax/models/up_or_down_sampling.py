@@ -1,13 +1,6 @@
-"""FIR up- and down-sampling of NHWC images (StyleGAN2's `upfirdn2d`), as used by NCSN++.
-
-`upfirdn2d` zero-stuffs by `up`, pads, convolves every channel with the 2-D FIR kernel and keeps
-every `down`-th sample, with the semantics of the official `op.upfirdn2d` (zeros are inserted after
-each sample; the kernel is flipped, i.e. a true convolution). Everything here is pure `jax.numpy`
-/ `lax`, so it is jit- and grad-compatible.
-
-`Conv2d` is the official FIR convolution module (parameters `weight` (k, k, in, out) and `bias`):
-a plain 'SAME' convolution, or a convolution fused with FIR resampling (`up` / `down`).
-"""
+"""FIR up- and down-sampling of NHWC images (StyleGAN2's `upfirdn2d`) for NCSN++: zeros inserted
+after each sample, a true (flipped-kernel) convolution; pure jax, jit- and grad-compatible.
+`Conv2d` is the FIR convolution module, plain or fused with resampling."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
@@ -33,11 +26,8 @@ def setup_kernel(k: Sequence[float]) -> np.ndarray:
 
 def upfirdn2d(x: jax.Array, k: np.ndarray, up: int = 1, down: int = 1,
               pad: tuple[int, int] = (0, 0)) -> jax.Array:
-    """Upsample (zero insertion), pad, FIR-filter and downsample `x` (N, H, W, C).
-
-    Output size per spatial axis: (H * up + pad[0] + pad[1] - len(k)) // down + 1. Negative pads
-    crop, as in the official op.
-    """
+    """Upsample (zero insertion), pad, FIR-filter and downsample `x` (N, H, W, C); per axis
+    (H * up + pad[0] + pad[1] - len(k)) // down + 1 outputs; negative pads crop."""
     n, h, w, c = x.shape
     kh, kw = k.shape
     p0, p1 = pad
@@ -75,12 +65,7 @@ def downsample_2d(x: jax.Array, k: Optional[Sequence[float]] = None, factor: int
 
 def upsample_conv_2d(x: jax.Array, w: jax.Array, k: Optional[Sequence[float]] = None,
                      factor: int = 2, gain: float = 1.0) -> jax.Array:
-    """Fused `upsample_2d` + 'SAME' convolution with `w` (kh, kw, in, out): (N, H*f, W*f, out).
-
-    The official PyTorch version crashes (negative-stride slicing of a tensor); this follows the
-    StyleGAN2 / official JAX semantics: a stride-`factor` transposed convolution (zero-stuffed
-    input correlated with `w`), then the FIR filter, padded once.
-    """
+    """Fused `upsample_2d` + 'SAME' convolution with `w` (kh, kw, in, out): (N, H*f, W*f, out)."""
     conv_h, conv_w, in_c, _ = w.shape
     if conv_h != conv_w:
         raise ValueError(f"upsample_conv_2d needs a square kernel, got {w.shape}")
@@ -88,6 +73,7 @@ def upsample_conv_2d(x: jax.Array, w: jax.Array, k: Optional[Sequence[float]] = 
         raise ValueError(f"input has {x.shape[-1]} channels, the kernel expects {in_c}")
     k = setup_kernel([1] * factor if k is None else k) * (gain * factor ** 2)
     p = (k.shape[0] - factor) - (conv_w - 1)
+    # StyleGAN2's order: stride-`factor` transposed convolution, then the FIR filter, padded once.
     x = lax.conv_general_dilated(x, w, window_strides=(1, 1),
                                  padding=((conv_h - 1, conv_h - 1), (conv_w - 1, conv_w - 1)),
                                  lhs_dilation=(factor, factor), dimension_numbers=_DIMS)
@@ -96,7 +82,7 @@ def upsample_conv_2d(x: jax.Array, w: jax.Array, k: Optional[Sequence[float]] = 
 
 def conv_downsample_2d(x: jax.Array, w: jax.Array, k: Optional[Sequence[float]] = None,
                        factor: int = 2, gain: float = 1.0) -> jax.Array:
-    """Fused FIR filter + stride-`factor` convolution with `w` (kh, kw, in, out): (N, H/f, W/f, out)."""
+    """Fused FIR filter + stride-f convolution with `w` (kh, kw, in, out): (N, H/f, W/f, out)."""
     conv_h, conv_w, _, _ = w.shape
     if conv_h != conv_w:
         raise ValueError(f"conv_downsample_2d needs a square kernel, got {w.shape}")
@@ -119,10 +105,7 @@ def naive_downsample_2d(x: jax.Array, factor: int = 2) -> jax.Array:
 
 
 class Conv2d(nn.Module):
-    """Convolution with optional fused FIR up/down-sampling (official `up_or_down_sampling.Conv2d`).
-
-    Parameters `weight` (kernel, kernel, in, fmaps) and `bias` (fmaps,).
-    """
+    """Convolution with optional fused FIR resampling; `weight` (k, k, in, out), `bias` (out,)."""
 
     fmaps: int
     kernel: int
