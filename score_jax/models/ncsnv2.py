@@ -1,30 +1,9 @@
-"""NCSNv2 (Song & Ermon, 2020): a RefineNet score network for 64, 128 and 256 px, in Flax.
+"""NCSNv2 (Song & Ermon, 2020): RefineNet score networks for 64, 128 and 256 px, in Flax.
 
-Computes what the official PyTorch `models/ncsnv2.py` computes (parity-tested on its outputs):
-
-* input `2x - 1` unless `data.centered` (data in [0, 1] is mapped to [-1, 1] inside the network);
-* a ResNet backbone of `ResidualBlock`s with InstanceNorm++ and ELU; 'down' blocks without dilation
-  halve the resolution (conv + 2x2 mean pool), dilated 'down' blocks only widen the receptive field
-  (they do not downsample); all 3x3 convolutions are 'SAME'-padded, dilated ones too (the official
-  PyTorch `ncsn_conv3x3` crashes on `bias=False` and pads dilated convolutions by 1 only; the
-  reference was made with the fix the original NCSNv2 code has, i.e. 'SAME' padding);
-* RefineNet blocks: residual conv units, multi-resolution fusion with bilinear `align_corners=True`
-  upsampling, chained residual pooling with a 5x5 stride-1 max pool;
-* the output divided by `sigmas[labels]`, the geometric table from `model.sigma_max` down to
-  `model.sigma_min` with `model.num_scales` entries. `labels` are integer noise indices (discrete
-  VE training; float labels are truncated, so continuous-time labels are meaningless). The
-  official PyTorch network divides unconditionally, the official JAX one only when
-  `model.scale_by_sigma` (True in every NCSNv2 config); we follow the flag.
-
-`ncsnv2_64`, `ncsnv2_128` and `ncsnv2_256` halve the resolution once, twice and three times:
-`data.image_size` must be a multiple of 2, 4 and 8 respectively.
-The official code picks the variant by image size (<96, <=128, <=256 px); here `model.name` does.
-
-Parameters are named as in the official JAX code (`Conv_0` = begin conv, `ResidualBlock_i`,
-`RefineBlock_i` with `RCUBlock_j`/`MSFBlock_0`/`CRPBlock_0`, `InstanceNorm2dPlus_0`, `Conv_1` = end
-conv), with the channel widths of the PyTorch code (the official JAX `ncsnv2_64` makes its third
-RefineBlock 2nf wide instead of nf, and upsamples without aligned corners).
-"""
+`ncsnv2_64`, `ncsnv2_128`, `ncsnv2_256` halve the resolution 1, 2, 3 times (`data.image_size` a
+multiple of 2, 4, 8). Input mapped to 2x - 1 unless `data.centered`; labels are integer noise
+indices (floats truncated); with `model.scale_by_sigma` the output is divided by `sigmas[labels]`
+(geometric, `model.num_scales` entries). Widths and upsampling follow the official PyTorch code."""
 from __future__ import annotations
 
 import functools
@@ -52,8 +31,9 @@ def _torch_default_init(fan_in: int):
 
 def ncsn_conv(x: Array, features: int, kernel_size: int = 3, dilation: int = 1,
          bias: bool = True) -> Array:
-    """'SAME'-padded (dilated) convolution with PyTorch's default init; call inside compact."""
+    """'SAME'-padded (also dilated) convolution with PyTorch's default init; call inside compact."""
     init = _torch_default_init(kernel_size * kernel_size * x.shape[-1])
+    # 'SAME' for dilated convolutions too: the original NCSNv2 code's fix, used for the reference.
     return nn.Conv(features, (kernel_size, kernel_size), padding="SAME",
                    kernel_dilation=(dilation, dilation), use_bias=bias, kernel_init=init,
                    bias_init=init)(x)
@@ -66,8 +46,8 @@ def _normalize(normalization, x: Array, y: Optional[Array]) -> Array:
 
 
 def resize_bilinear_align_corners(x: Array, size: Sequence[int]) -> Array:
-    """Bilinear resize of (B, H, W, C) to `size` (h, w) with aligned corners (PyTorch semantics:
-    output pixel i samples input coordinate i (in - 1) / (out - 1))."""
+    """Bilinear resize of (B, H, W, C) to `size` (h, w), aligned corners: output i reads input
+    i (in - 1) / (out - 1)."""
     for axis, out in zip((1, 2), size):
         n = x.shape[axis]
         if n == out:
@@ -95,13 +75,9 @@ class ConvMeanPool(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Pre-activation residual block of the backbone: norm, act, conv, norm, act, conv (+ shortcut).
-
-    resample='down': the first conv keeps the width, the second changes it and, without dilation,
-    mean-pools by 2 (the shortcut is a pooled 1x1 conv); with dilation > 1 nothing is pooled and the
-    shortcut is a dilated 3x3 conv. resample=None: a shortcut conv only when the width changes.
-    Conditional (NCSN v1) when called with labels `y`.
-    """
+    """Pre-activation residual block: norm, act, conv, norm, act, conv (+ shortcut); conditional
+    (NCSN v1) when called with labels `y`. resample='down' without dilation mean-pools by 2 (pooled
+    1x1 shortcut); with dilation > 1 nothing is pooled (dilated 3x3 shortcut)."""
 
     features: int
     normalization: Any
@@ -173,10 +149,8 @@ class MSFBlock(nn.Module):
 
 
 class CRPBlock(nn.Module):
-    """Chained residual pooling: act, then n_stages x ([norm,] 5x5 stride-1 pool, conv), summed.
-
-    Max pooling for NCSNv2; NCSN v1 (conditional) average-pools, counting the zero padding.
-    """
+    """Chained residual pooling: act, then n_stages x ([norm,] 5x5 stride-1 pool, conv), summed;
+    max pooling, or (NCSN v1, conditional) average pooling counting the zero padding."""
 
     n_stages: int
     act: Callable[[Array], Array]
@@ -229,12 +203,8 @@ _STAGES_256 = _STAGES_128[:3] + (("res31", ((2, "down", 1), (2, None, 1))),) + _
 
 
 class RefineNet(nn.Module):
-    """The NCSN / NCSNv2 RefineNet; subclasses fix the stages, the refine blocks and conditioning.
-
-    x: (B, H, W, C) float32 with H = W = data.image_size, C = data.num_channels; labels: (B,)
-    integer noise indices (floats are truncated). `train` is accepted for the common interface;
-    these networks have no dropout and no batch statistics. Returns (B, H, W, C).
-    """
+    """The NCSN / NCSNv2 RefineNet: x (B, H, W, C) float32, labels (B,) integer noise indices ->
+    (B, H, W, C). `train` is accepted and unused (no dropout, no batch statistics)."""
 
     config: ml_collections.ConfigDict
 

@@ -1,24 +1,9 @@
-"""The noise-conditional Wide-ResNet classifier of the official JAX score_sde code
-(`models/wideresnet_noise_conditional.py`). Registered as `wideresnet_noise_conditional`.
+"""The noise-conditional Wide-ResNet classifier, registered as `wideresnet_noise_conditional`.
 
-Called as `model.apply(variables, x, sigmas, train=...)` with `x` (B, H, W, C) float32 and `sigmas`
-(B,) the marginal standard deviation of the noise in x (`sde.sigma(t)`, the official
-`sde.marginal_prob(x, t)[1]`); returns logits (B, classifier.num_classes). Any image size works:
-the last group is average-pooled over the whole image.
-
-Architecture (WRN-d-k with d = 6 blocks_per_group + 4, k = channel_multiplier): per-image
-standardization; a Gaussian Fourier embedding of log sigma (128 frequencies, scale 16) and two
-Dense(512) layers; a bias-free 3x3 conv to 16 channels; three groups of pre-activation blocks with
-16k, 32k, 64k channels (strides 1, 2, 2), each block adding Dense(swish(temb)) after its first
-conv; GroupNorm(min(C // 4, 32), eps 1e-5) + ReLU as the "activation"; global average pooling and a
-Dense to the logits. Shortcuts are identity, average-pooled and zero-padded in channels where the
-shape changes. Parameter names follow the official tree (`init_conv`, `WideResnetGroup_i/
-WideResnetBlock_j/{init_bn, conv1, Dense_0, bn_2, conv2}`, `pre-pool-bn`, `Dense_2`), so the
-official classifier checkpoint's parameters load unchanged.
-
-Flags (`config.classifier`): blocks_per_group, channel_multiplier, num_classes. The official
-CIFAR-10 classifier is WRN-28-10 (4, 10, 10).
-"""
+`model.apply(variables, x, sigmas, train=...)`: x (B, H, W, C) float32 at any size (global
+average pooling), sigmas (B,) the noise std in x (`sde.sigma(t)`) -> logits (B, num_classes).
+WRN-(6 blocks_per_group + 4)-channel_multiplier with a Fourier embedding of log sigma added in
+every block; parameter names follow the official tree, so its checkpoint loads unchanged."""
 from __future__ import annotations
 
 import flax.linen as nn
@@ -35,7 +20,7 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _dense_out_init(key, shape, dtype=jnp.float32):
-    """The official logits layer: U[-1, 1) / sqrt(num_classes)."""
+    """U[-1, 1) / sqrt(num_classes) initializer of the logits layer."""
     return jax.random.uniform(key, shape, dtype, -1.0) / np.sqrt(shape[1])
 
 
