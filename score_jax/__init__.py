@@ -15,9 +15,8 @@ KEEP_XLA_FLAGS_ENV = "SCORE_JAX_KEEP_XLA_FLAGS"
 
 
 def _cpu_convolutions_without_ynnpack() -> None:
-    """Appends `_CPU_CONV_FLAG` to XLA_FLAGS unless the user set the YNNPACK flag, or set
-    KEEP_XLA_FLAGS_ENV=1, or the installed jaxlib is not 0.10 (the release the flag was
-    measured on; an XLA that does not know a flag aborts the process)."""
+    """Appends `_CPU_CONV_FLAG` to XLA_FLAGS unless set by the user, `KEEP_XLA_FLAGS_ENV`=1, or
+    jaxlib is not 0.10 (an XLA that does not know a flag aborts)."""
     flags = os.environ.get("XLA_FLAGS", "")
     if os.environ.get(KEEP_XLA_FLAGS_ENV) == "1" or "ynn_fusion_type" in flags:
         return

@@ -1,9 +1,5 @@
-"""Score networks, the noise-conditional classifier, and their registry.
-
-A network module registers itself with `@register_model(name="ncsnpp")`; `get_model(name)` returns
-the class, built as `get_model(name)(config=config)`. The modules are imported lazily here so that
-`get_model` finds every family without the caller importing it.
-"""
+"""Score networks, the noise-conditional classifier, and their registry: a module registers with
+`@register_model(name=...)`; `get_model(name)` imports its family lazily and returns the class."""
 import importlib
 
 _MODELS = {}

@@ -1,9 +1,5 @@
-"""Building networks from configs and turning their outputs into scores.
-
-Every network is a Flax linen module called as `model.apply(variables, x, labels, train=...)` with
-`x` (batch, H, W, C) float32 and `labels` (batch,) — a noise level, a time label or an integer noise
-index, depending on the SDE and on `training.continuous` (see `get_score_fn`).
-"""
+"""Building networks from configs and turning their outputs into scores. A network is applied as
+`model.apply(variables, x, labels, train=...)`, x (B, H, W, C) float32, labels (B,)."""
 from __future__ import annotations
 
 import jax
@@ -27,7 +23,7 @@ def init_model(rng, config, batch_size: int = 1):
 
 
 def get_model_fn(model, variables, train: bool = False, rng=None):
-    """`model_fn(x, labels) -> output` with the variables bound; `rng` drives dropout in training."""
+    """`model_fn(x, labels) -> output`, variables bound; `rng` drives dropout in training."""
 
     def model_fn(x, labels):
         rngs = {"dropout": rng} if train and rng is not None else None
@@ -37,9 +33,8 @@ def get_model_fn(model, variables, train: bool = False, rng=None):
 
 
 def get_score_fn(sde, model, variables, train: bool = False, continuous: bool = False, rng=None):
-    """`score_fn(x, t)` of the official parameterisation (x: (B, H, W, C), t: (B,) in [0, T]): the
-    network sees `sde.network_label(t, continuous)` and its output becomes a score through
-    `sde.score_from_output` (VP / sub-VP networks predict the noise, VE ones the score)."""
+    """`score_fn(x, t)`, x (B, H, W, C), t (B,) in [0, T]: the network sees
+    `sde.network_label(t, continuous)`, its output becomes a score by `sde.score_from_output`."""
     model_fn = get_model_fn(model, variables, train=train, rng=rng)
 
     def score_fn(x, t):
@@ -61,8 +56,7 @@ def init_classifier(rng, config, batch_size: int = 1):
 
 
 def get_logit_fn(sde, classifier, variables):
-    """`logit_fn(x, t) -> (B, num_classes)` logits of the classifier for x (B, H, W, C) at time t
-    (B,); the classifier sees the noise level `sde.sigma(t)` (official: the marginal std)."""
+    """`logit_fn(x, t) -> (B, num_classes)` logits; the classifier sees `sde.sigma(t)`."""
 
     def logit_fn(x, t):
         return classifier.apply(variables, x, sde.sigma(t), train=False)
@@ -71,8 +65,7 @@ def get_logit_fn(sde, classifier, variables):
 
 
 def get_classifier_grad_fn(logit_fn):
-    """`grad_fn(x, t, labels) -> grad_x log p(labels | x, t)`, shaped like x (official
-    `get_classifier_grad_fn`; each example's log-probability depends on its own x only)."""
+    """`grad_fn(x, t, labels) -> grad_x log p(labels | x, t)`, shaped like x."""
 
     def log_prob(x, t, labels):
         log_p = jax.nn.log_softmax(logit_fn(x, t), axis=-1)
