@@ -3,7 +3,7 @@
 `ncsnv2_64`, `ncsnv2_128`, `ncsnv2_256` halve the resolution 1, 2, 3 times (`data.image_size` a
 multiple of 2, 4, 8). Input mapped to 2x - 1 unless `data.centered`; labels are integer noise
 indices (floats truncated); with `model.scale_by_sigma` the output is divided by `sigmas[labels]`
-(geometric, `model.num_scales` entries). Widths and upsampling follow the official PyTorch code."""
+(geometric, `model.num_scales` entries)."""
 from __future__ import annotations
 
 import functools
