@@ -188,7 +188,8 @@ def _jsonable(value):
     if isinstance(value, (np.ndarray, jax.Array)) or np.isscalar(value) and isinstance(
             value, np.generic):
         return np.asarray(value).tolist()
-    if isinstance(value, str) and value and os.path.isfile(os.path.expanduser(value)):
+    if (isinstance(value, str) and ("/" in value or "." in value)  # a path, not a name
+            and os.path.isfile(os.path.expanduser(value))):
         with open(os.path.expanduser(value), "rb") as f:
             return {"path": value, "sha1": hashlib.sha1(f.read()).hexdigest()}
     if value is None or isinstance(value, (bool, int, float, str)):
