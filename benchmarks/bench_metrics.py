@@ -61,12 +61,12 @@ def eval_split(workdir: str, num_samples: int | None) -> None:
     if num_samples:
         config.eval.num_samples = num_samples
     step = evaluate.eval_steps(config, workdir)[-1]
-    evaluate._reference_stats(config)  # computed once, outside the timing
+    evaluate.reference_stats(config)  # computed once, outside the timing
     with tempfile.TemporaryDirectory() as scratch:
         os.symlink(os.path.abspath(os.path.join(workdir, "checkpoints")),
                    os.path.join(scratch, "checkpoints"))
-        sde, eps, model, variables, step, mesh = evaluate._restore(config, scratch, step)
-        draw = Timed(evaluate._draw_fn(config, sde, eps, model, variables, step, mesh))
+        sde, eps, model, variables, step, mesh = evaluate.restore(config, scratch, step)
+        draw = Timed(evaluate.draw_fn(config, sde, eps, model, variables, step, mesh))
         make_inception = metrics.get_inception_fn
         inception_calls = []
 
@@ -76,7 +76,8 @@ def eval_split(workdir: str, num_samples: int | None) -> None:
 
         metrics.get_inception_fn = timed_inception
         start = time.perf_counter()
-        result = evaluate.sample_quality(config, scratch, step, draw)
+        result = evaluate.sample_quality(config, step, draw, os.path.join(scratch, "features"),
+                                         os.path.join(scratch, "samples"))
         total = time.perf_counter() - start
         metrics.get_inception_fn = make_inception
     network = draw.seconds + sum(c.seconds for c in inception_calls)

@@ -40,7 +40,7 @@ def dequantized(split: str, seed: int) -> np.ndarray:
 def sample_quality(mu, var, workdir):
     """FID/KID rows against the test statistics."""
     config = digits_config.get_config()
-    reference = evaluate._reference_stats(config)
+    reference = evaluate.reference_stats(config)
     inception_fn = metrics.get_inception_fn(config.eval.get("inception_weights") or None)
     rng = np.random.RandomState(0)
     n = int(config.eval.num_samples)

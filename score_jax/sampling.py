@@ -397,6 +397,24 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
         eps=eps, continuous=continuous, sharding=sharding)
 
 
+def sampler_settings(config, *, step: int, weights: str, num_samples: int, **extra) -> dict:
+    """What decides the samples `--mode sample` and `eval` draw with `get_sampling_fn(config)`,
+    as {name: value}: every `sampling.*` value (whatever its type: an array or a file path is
+    keyed by its value, see `utils.settings_key`), the SDE (`training.sde`, its noise scales and
+    `model.num_scales`, `training.continuous`), `eval.batch_size` (batch i uses key
+    fold_in(fold_in(key(seed), step), i)), `num_samples`, `seed`, the checkpoint `step`, a
+    fingerprint of the `weights` (`utils.tree_fingerprint`), and `extra` (e.g. the classifier's
+    scale and weights for `sampling.class_label`). Outputs are keyed by it
+    (`utils.settings_dir`)."""
+    m = config.model
+    scales = {k: m.get(k) for k in ("num_scales", "sigma_min", "sigma_max", "beta_min",
+                                     "beta_max")}
+    return {"sampling": config.sampling.to_dict(), "sde": str(config.training.sde).lower(),
+            "continuous": bool(config.training.continuous), **scales,
+            "batch_size": int(config.eval.batch_size), "num_samples": int(num_samples),
+            "seed": int(config.seed), "step": int(step), "weights": weights, **extra}
+
+
 def check_finite(samples) -> None:
     """Raises FloatingPointError naming how many samples (of the batch) contain NaN or inf."""
     flat = np.asarray(jax.device_get(samples)).reshape(len(samples), -1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -79,15 +80,15 @@ def image_grid(images: np.ndarray, pad: int = 1, cols: int | None = None) -> np.
     return (grid * 255).round().astype(np.uint8)
 
 
-def save_samples(samples: np.ndarray, path_stem: str) -> None:
-    """`samples` (B, H, W, C) in [0, 1] -> `<stem>.npz` (float32 `samples`, clipped to [0, 1]) and
-    `<stem>.png`, a grid scaled up (nearest neighbour) to about 512 px on its longer side. Each file
-    is written atomically."""
+def save_samples(samples: np.ndarray, path_stem: str, **arrays) -> None:
+    """`samples` (B, H, W, C) in [0, 1] -> `<stem>.npz` (float32 `samples`, clipped to [0, 1], and
+    `arrays`, e.g. the batch's nfe) and `<stem>.png`, a grid scaled up (nearest neighbour) to about
+    512 px on its longer side. Each file is written atomically."""
     from PIL import Image
 
     samples = np.clip(np.asarray(samples, np.float32), 0.0, 1.0)
     with atomic_path(path_stem + ".npz") as tmp:
-        np.savez_compressed(tmp, samples=samples)
+        np.savez_compressed(tmp, samples=samples, **arrays)
     grid = image_grid(samples)
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     scale = max(1, 512 // max(img.size))
@@ -175,3 +176,54 @@ def workdir_lock(workdir: str):
     finally:
         if _holder(path) == me:
             os.remove(path)
+
+
+def _jsonable(value):
+    """A JSON-able form of a settings value: arrays as nested lists, a path to an existing file
+    as {'path', 'sha1'} of its contents (so a grid file edited in place changes the key)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.ndarray, jax.Array)) or np.isscalar(value) and isinstance(
+            value, np.generic):
+        return np.asarray(value).tolist()
+    if (isinstance(value, str) and ("/" in value or "." in value)  # a path, not a name
+            and os.path.isfile(os.path.expanduser(value))):
+        with open(os.path.expanduser(value), "rb") as f:
+            return {"path": value, "sha1": hashlib.sha1(f.read()).hexdigest()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def settings_key(settings: dict) -> str:
+    """10 hex digits of the SHA-1 of `settings` (JSON, sorted keys; see `_jsonable`)."""
+    text = json.dumps(_jsonable(settings), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def settings_dir(parent: str, prefix: str, settings: dict, write: bool = True) -> str:
+    """`parent/<prefix>_<settings_key(settings)>`: the folder of the outputs made with `settings`;
+    with `write`, `settings.json` (the values, as `_jsonable` stores them) is written there
+    atomically if missing. Two settings never share a folder, so a resume only ever finds work
+    made by the same settings."""
+    path = os.path.join(parent, f"{prefix}_{settings_key(settings)}")
+    record = os.path.join(path, "settings.json")
+    if write and not os.path.exists(record):
+        with atomic_path(record) as tmp, open(tmp, "w") as f:
+            json.dump(_jsonable(settings), f, indent=1, sort_keys=True)
+    return path
+
+
+def tree_fingerprint(tree) -> str:
+    """SHA-1 (16 hex digits) of a pytree of arrays: key paths, dtypes, shapes and bytes. Reads
+    one local copy of each (replicated) array, so every process gets the same value."""
+    digest = hashlib.sha1()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)
+        arr = np.asarray(jax.device_get(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}|".encode())
+        digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()[:16]

@@ -238,6 +238,14 @@ def test_sample_mode_with_class_label(trained):
     other = np.load(os.path.join(plain["dir"], "samples_0.npz"))["samples"]
     assert 0.1 < np.mean((samples > 0) & (samples < 1))  # not all clipped
     assert np.abs(other - samples).max() > 1e-3
+    # Digit 7 after digit 3 goes to its own folder; the 3s stay as they were.
+    config.sampling.class_label = 7
+    sevens = evaluate.sample(config, workdir)
+    assert len({result["dir"], plain["dir"], sevens["dir"]}) == 3
+    np.testing.assert_array_equal(
+        np.load(os.path.join(result["dir"], "samples_0.npz"))["samples"], samples)
+    with open(os.path.join(sevens["dir"], "settings.json")) as f:
+        assert json.load(f)["sampling"]["class_label"] == 7
 
 
 def test_bad_class_conditional_input_names_the_key_or_path(trained, tmp_path):

@@ -20,6 +20,7 @@ from score_jax import checkpoints as ckpt_lib
 from score_jax import config_lib
 from score_jax import datasets
 from score_jax import digits
+from score_jax import evaluate
 from score_jax import metrics
 from score_jax import sampling
 from score_jax import sde as sde_lib
@@ -84,11 +85,16 @@ def test_sample_writes_what_the_sampler_draws(tmp_path):
     params = write_checkpoint(config, workdir, lambda p: p)  # the random init: a real network
 
     result = main.run("sample", config, workdir)
-    out = os.path.join(workdir, "samples", "ckpt_7")
+    out = result["dir"]
+    assert os.path.dirname(out) == os.path.join(workdir, "samples", "ckpt_7")
+    assert os.path.basename(out).startswith("pc_")
     # nfe is the official PC count N (n_steps + 1), which counts the 'none' corrector too.
     assert result == {"step": 7, "num_samples": 8, "nfe": 20, "dir": out}
     assert sorted(os.listdir(out)) == ["samples_0.npz", "samples_0.png",
-                                       "samples_1.npz", "samples_1.png"]
+                                       "samples_1.npz", "samples_1.png", "settings.json"]
+    settings = json.load(open(os.path.join(out, "settings.json")))
+    assert settings["sampling"]["predictor"] == "euler_maruyama"
+    assert settings["num_samples"] == 8 and settings["step"] == 7 and settings["seed"] == 0
     # The same draw through the Python API, on one device (the mode shards over two).
     sde, eps = sde_lib.get_sde(config)
     sampler = sampling.get_sampling_fn(config, sde, mutils.create_model(config), (4, 8, 8, 1),
@@ -204,15 +210,22 @@ def test_eval_resumes_after_a_kill(tmp_path, monkeypatch):
     with pytest.raises(Killed):
         main.run("eval", config, str(tmp_path / "b"))
     eval_dir = tmp_path / "b" / "eval"
-    assert sorted(os.listdir(eval_dir / "ckpt_7")) == ["features_0.npz"]
+    (run_dir,) = (eval_dir / "ckpt_7").iterdir()
+    assert sorted(os.listdir(run_dir)) == ["features_0.npz", "settings.json"]
     assert not (eval_dir / "ckpt_7.json").exists()
     calls.clear()
     resumed = main.run("eval", config, str(tmp_path / "b"))
     assert calls == [4, 4]  # rounds 1 and 2 only
-    assert json.load(open(eval_dir / "ckpt_7.json")) == resumed == whole
+    assert resumed["dir"] == str(run_dir)
+    assert json.load(open(eval_dir / "ckpt_7.json")) == resumed
+    assert json.load(open(run_dir / "eval.json")) == resumed
+    drop_dir = lambda r: {k: v for k, v in r.items() if k != "dir"}
+    assert drop_dir(resumed) == drop_dir(whole)
+    assert os.path.basename(whole["dir"]) == run_dir.name  # same settings, same key
     # The same numbers from the written samples, computed directly.
-    samples = np.concatenate([np.load(tmp_path / "b" / "samples" / "ckpt_7" / f"samples_{i}.npz")
-                              ["samples"] for i in range(3)])
+    (sample_dir,) = (tmp_path / "b" / "samples" / "ckpt_7").iterdir()
+    samples = np.concatenate([np.load(sample_dir / f"samples_{i}.npz")["samples"]
+                              for i in range(3)])
     pool = pixel_features()(metrics.samples_to_uint8(samples))["pool_3"]
     stats = metrics.load_stats(config.eval.fid_stats_file)
     np.testing.assert_allclose(whole["fid"], metrics.frechet_distance(
@@ -232,8 +245,8 @@ def test_eval_with_the_inception_network(tmp_path, inception_weights):
     workdir = str(tmp_path / "w")
     write_checkpoint(config, workdir, lambda p: p)
     result = main.run("eval", config, workdir)
-    samples = np.concatenate([np.load(os.path.join(workdir, "samples", "ckpt_7",
-                                                   f"samples_{i}.npz"))["samples"]
+    (sample_dir,) = glob.glob(os.path.join(workdir, "samples", "ckpt_7", "pc_*"))
+    samples = np.concatenate([np.load(os.path.join(sample_dir, f"samples_{i}.npz"))["samples"]
                               for i in range(2)])
     pool = inception_fn(metrics.samples_to_uint8(samples))["pool_3"]
     np.testing.assert_allclose(result["fid"], metrics.frechet_distance(
@@ -262,3 +275,56 @@ def test_eval_needs_a_checkpoint_in_the_range(tmp_path):
                                                 r"training.snapshot_freq \(2000\) <= "
                                                 r"eval.end_ckpt=3; steps there: \[7\]"):
         main.run("eval", config, workdir)
+
+
+def test_eval_with_another_sampler_does_not_reuse_the_first_ones_rounds(tmp_path, monkeypatch):
+    """The defect of issue 21: after a finished PC evaluation, an evaluation with DDIM must
+    draw its own rounds (NFE 5, not PC's 20) into its own folder, leave the first one intact, and
+    a rerun of the PC settings reuses the PC rounds without sampling."""
+    monkeypatch.setattr(metrics, "get_inception_fn", pixel_features)
+    config = quality_config(tmp_path)
+    metrics.save_stats(config.eval.fid_stats_file,
+                       np.random.RandomState(0).randint(0, 256, (10, 2048)).astype(np.float32))
+    workdir = str(tmp_path / "w")
+    write_checkpoint(config, workdir, lambda p: p)
+    pc = main.run("eval", config, workdir)
+    pc_files = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(pc["dir"], "*"))}
+
+    ddim_config = config.copy_and_resolve_references()
+    ddim_config.sampling.method, ddim_config.sampling.nfe = "ddim", 5
+    ddim = main.run("eval", ddim_config, workdir)
+    assert pc["mean_nfe"] == 20 and ddim["mean_nfe"] == 5
+    assert ddim["dir"] != pc["dir"] and os.path.basename(ddim["dir"]).startswith("ddim_")
+    assert abs(ddim["fid"] - pc["fid"]) > 1e-6
+    assert {p: os.path.getmtime(p) for p in glob.glob(os.path.join(pc["dir"], "*"))} == pc_files
+    assert json.load(open(os.path.join(ddim["dir"], "settings.json")))["sampling"]["nfe"] == 5
+    assert len(os.listdir(os.path.join(workdir, "samples", "ckpt_7"))) == 2
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the PC rounds exist: nothing may be drawn")
+
+    monkeypatch.setattr(evaluate, "draw_fn", lambda *a, **k: no_sampling)
+    again = main.run("eval", config, workdir)
+    assert again == pc
+
+
+def test_two_samplers_do_not_overwrite_each_other(tmp_path):
+    """`sample` with PC, then with DDIM, then PC again: two folders, the first untouched."""
+    config = digits_config(tmp_path, batch_size=4, num_samples=4)
+    workdir = str(tmp_path / "w")
+    write_checkpoint(config, workdir, lambda p: p)
+    pc = main.run("sample", config, workdir)
+    first = np.load(os.path.join(pc["dir"], "samples_0.npz"))["samples"]
+    ddim_config = config.copy_and_resolve_references()
+    ddim_config.sampling.method, ddim_config.sampling.nfe = "ddim", 5
+    ddim = main.run("sample", ddim_config, workdir)
+    assert ddim["dir"] != pc["dir"] and ddim["nfe"] == 5 and pc["nfe"] == 20
+    second = np.load(os.path.join(ddim["dir"], "samples_0.npz"))["samples"]
+    np.testing.assert_array_equal(np.load(os.path.join(pc["dir"], "samples_0.npz"))["samples"],
+                                  first)
+    assert np.abs(second - first).max() > 1e-3
+    # A new seed is another setting too; the same settings find their batches.
+    seeded = config.copy_and_resolve_references()
+    seeded.seed = 1
+    assert main.run("sample", seeded, workdir)["dir"] not in (pc["dir"], ddim["dir"])
+    assert main.run("sample", config, workdir) == pc

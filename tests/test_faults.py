@@ -307,7 +307,7 @@ def test_read_only_workdir_is_refused_before_any_work(tmp_path, monkeypatch):
         (w / f".write_test_{os.getpid()}").mkdir()
         before.append(str(w / f".write_test_{os.getpid()}"))
     computed = []
-    monkeypatch.setattr("score_jax.evaluate._restore", lambda *a: computed.append(a))
+    monkeypatch.setattr("score_jax.evaluate.restore", lambda *a: computed.append(a))
     try:
         for mode in ("likelihood", "sample", "eval", "train"):
             with pytest.raises(PermissionError, match=re.escape(f"--workdir='{w}' is not writable")):

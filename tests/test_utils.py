@@ -81,3 +81,25 @@ def test_importing_score_jax_takes_cpu_convolutions_off_ynnpack():
     assert kept["ynn"] and not ours["ynn"]
     user = "--xla_cpu_experimental_ynn_fusion_type="
     assert _probe(XLA_FLAGS=user)["flags"] == user
+
+
+def test_settings_key_hashes_arrays_and_files_by_value(tmp_path):
+    """Outputs are keyed by `settings_key`: an array and the list of its values give the same
+    key, a grid file edited in place another one, and `settings_dir` records the values."""
+    import numpy as np
+
+    from score_jax import utils
+
+    grid = str(tmp_path / "grid.npy")
+    np.save(grid, np.arange(3.0))
+    first = utils.settings_key({"time_grid": grid, "nfe": 5})
+    assert utils.settings_key({"nfe": 5, "time_grid": grid}) == first  # key order is irrelevant
+    np.save(grid, np.arange(4.0))
+    assert utils.settings_key({"time_grid": grid, "nfe": 5}) != first
+    assert (utils.settings_key({"time_grid": np.arange(3.0)})
+            == utils.settings_key({"time_grid": [0.0, 1.0, 2.0]}))
+    assert utils.settings_key({"method": "pc"}) != utils.settings_key({"method": "ode"})
+    path = utils.settings_dir(str(tmp_path / "out"), "pc", {"seed": 1, "grid": np.arange(2)})
+    assert os.path.basename(path) == "pc_" + utils.settings_key({"seed": 1, "grid": [0, 1]})
+    with open(os.path.join(path, "settings.json")) as f:
+        assert json.load(f) == {"grid": [0, 1], "seed": 1}
