@@ -30,6 +30,7 @@ def get_default_configs():
     training.snapshot_freq_for_preemption = 5000  # extra checkpoints against pre-emption
     training.snapshot_sampling = True  # draw samples at every snapshot
     training.likelihood_weighting = False
+    training.importance_weighting = False  # t ~ g^2/std^2 (needs likelihood_weighting)
     training.continuous = True
     training.n_jitted_steps = 5
     training.reduce_mean = False

@@ -100,6 +100,7 @@ _RULES = {
     "training.continuous": _bool(),
     "training.reduce_mean": _bool(),
     "training.likelihood_weighting": _bool(),
+    "training.importance_weighting": _bool(),
     "training.final_eval": _bool(),
     "training.skip_nonfinite": _bool(),
     "sampling.snr": _real(0),
@@ -160,6 +161,13 @@ def validate(config) -> None:
     if _MISSING not in (sigma_min, sigma_max) and not sigma_min < sigma_max:
         raise ValueError(f"model.sigma_min={sigma_min!r} must be below "
                          f"model.sigma_max={sigma_max!r}")
+    if _get(config, "training.importance_weighting") is True:
+        if _get(config, "training.likelihood_weighting") is not True:
+            raise ValueError("training.importance_weighting=True samples t for the likelihood-"
+                             "weighted loss: it needs training.likelihood_weighting=True")
+        if _get(config, "training.continuous") is False:
+            raise ValueError("training.importance_weighting=True needs continuous-time training "
+                             "(training.continuous=True)")
     dataset = _get(config, "data.dataset")
     if dataset is not _MISSING:
         from score_jax import datasets
