@@ -54,7 +54,8 @@ def likelihood_importance_normalizer(sde, eps: float = 1e-5) -> float:
     the likelihood weighting's importance density is uniform in lambda (for VE, uniform in t).
     """
     check_importance_sampling(sde)
-    lam = np.asarray(sde.log_snr(np.asarray([eps, sde.T], np.float64)), np.float64)
+    with jax.ensure_compile_time_eval():  # a constant, also when called under jit
+        lam = np.asarray(sde.log_snr(np.asarray([eps, sde.T], np.float64)), np.float64)
     return float(2.0 * (lam[0] - lam[1]))
 
 
