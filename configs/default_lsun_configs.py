@@ -52,6 +52,8 @@ def get_default_configs():
     evaluate.enable_loss = True
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = 'test'
+    evaluate.dequantizer = 'uniform'  # or 'variational' (--mode train_dequantizer first)
+    evaluate.bound_num_t = 16  # t per example of the variational bound (0: not computed)
     evaluate.bpd_num_repeats = 5  # passes over the test set (official run_lib; 1 for train)
 
     # data

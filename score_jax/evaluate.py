@@ -120,20 +120,34 @@ def sample(config, workdir: str) -> dict:
     return result
 
 
-def _bpd(config, sde, model, variables, mesh) -> dict:
-    """Bits/dim over `eval.bpd_dataset` (uniformly dequantized, as official): the test split is
-    read `eval.bpd_num_repeats` times (official: 5) with fresh dequantization noise, the train
-    split once."""
+def _bpd(config, sde, model, variables, mesh, workdir: str, step: int) -> dict:
+    """Bits/dim over `eval.bpd_dataset`: the test split is read `eval.bpd_num_repeats` times
+    (official: 5) with fresh dequantization noise, the train split once. Dequantization
+    (`eval.dequantizer`): 'uniform' (as official) or 'variational' (u ~ q(u|x) of
+    `W/dequantizer/`, its log q(u|x) added). With `eval.bound_num_t` > 0 the variational bound
+    (`likelihood.get_elbo_fn`, that many t per example) is reported beside the exact ODE value
+    as `bpd_bound`, on the same dequantized data."""
+    from score_jax import dequantizer as deq_lib
+
     split = _BPD_SPLITS.get(str(config.eval.bpd_dataset))
     if split is None:
         raise ValueError(f"eval.bpd_dataset={config.eval.bpd_dataset!r}; valid: "
                          f"{sorted(_BPD_SPLITS)}")
+    variational = deq_lib.check_dequantizer_name(config) == "variational"
+    num_t = int(config.eval.get("bound_num_t", 0))
     scaler = datasets.get_data_scaler(config)
-    likelihood_fn = likelihood_lib.get_likelihood_fn(
-        sde, model, datasets.get_data_inverse_scaler(config), eps=1e-5)
+    inverse_scaler = datasets.get_data_inverse_scaler(config)
+    likelihood_fn = likelihood_lib.get_likelihood_fn(sde, model, inverse_scaler, eps=1e-5)
+    elbo_fn = (likelihood_lib.get_elbo_fn(sde, model, inverse_scaler, eps=1e-5, num_t=num_t)
+               if num_t > 0 else None)
+    deq_fn = None
+    if variational:
+        deq_params = deq_lib.restore_dequantizer(config, workdir, step)
+        deq_fn = jax.jit(lambda rng, bins: deq_lib.dequantize(config, deq_params, rng, bins))
+    dims = config.data.image_size ** 2 * config.data.num_channels
     data_sharding = NamedSharding(mesh, P("data"))
     rng = jax.random.PRNGKey(config.seed)
-    bpds, nfes = [], []
+    bpds, bounds, nfes = [], [], []
     repeats = int(config.eval.get("bpd_num_repeats", 5)) if split == "eval" else 1
     for repeat in range(repeats):
         # A new seed per repeat draws new dequantization noise (and a new order; one pass each).
@@ -142,14 +156,23 @@ def _bpd(config, sde, model, variables, mesh) -> dict:
             cfg.seed = int(config.seed) + repeat
         batches = datasets.get_dataset(cfg, split=split, evaluation=True,
                                        batch_size=_eval_batch_size(config) // jax.process_count(),
-                                       uniform_dequantization=True)
+                                       uniform_dequantization=not variational)
         for i, batch in enumerate(tqdm.tqdm(batches, desc=f"bpd (repeat {repeat})",
                                             unit="batch")):
-            x = jax.make_array_from_process_local_data(data_sharding, scaler(batch["image"]))
-            bpd, _, nfe = likelihood_fn(jax.random.fold_in(rng, repeat * 1_000_003 + i),
-                                        variables, x)
-            bpds.append(parallel.to_host(bpd))
+            key = jax.random.fold_in(rng, repeat * 1_000_003 + i)
+            image, log_q_bpd = batch["image"], 0.0
+            if variational:
+                image, log_q = deq_fn(jax.random.fold_in(key, 1),
+                                      deq_lib.discrete_centers(image))
+                image = np.asarray(image)
+                log_q_bpd = np.asarray(log_q) / np.log(2.0) / dims
+            x = jax.make_array_from_process_local_data(data_sharding, scaler(image))
+            bpd, _, nfe = likelihood_fn(key, variables, x)
+            bpds.append(parallel.to_host(bpd) + log_q_bpd)
             nfes.append(int(nfe))
+            if elbo_fn is not None:
+                bound, _ = elbo_fn(jax.random.fold_in(key, 2), variables, x)
+                bounds.append(parallel.to_host(bound) + log_q_bpd)
     if not bpds:
         raise ValueError(f"eval.bpd_dataset={config.eval.bpd_dataset!r} gave no full batch of "
                          f"eval.batch_size={config.eval.batch_size}")
@@ -157,8 +180,15 @@ def _bpd(config, sde, model, variables, mesh) -> dict:
     if not np.isfinite(bpds).all():
         raise FloatingPointError(f"{int((~np.isfinite(bpds)).sum())} of {len(bpds)} bits/dim "
                                  "values are NaN or inf")
-    return {"bpd": float(bpds.mean()), "bpd_stderr": float(bpds.std() / np.sqrt(len(bpds))),
-            "bpd_examples": int(len(bpds)), "bpd_mean_nfe": float(np.mean(nfes))}
+    result = {"bpd": float(bpds.mean()), "bpd_stderr": float(bpds.std() / np.sqrt(len(bpds))),
+              "bpd_examples": int(len(bpds)), "bpd_mean_nfe": float(np.mean(nfes)),
+              "bpd_dequantizer": "variational" if variational else "uniform"}
+    if bounds:
+        bounds = np.concatenate(bounds)
+        result.update(bpd_bound=float(bounds.mean()),
+                      bpd_bound_stderr=float(bounds.std() / np.sqrt(len(bounds))),
+                      bpd_bound_num_t=num_t)
+    return result
 
 
 def _eval_loss(config, sde, model, variables, mesh) -> dict:
@@ -188,8 +218,11 @@ def _eval_loss(config, sde, model, variables, mesh) -> dict:
 def likelihood(config, workdir: str) -> dict:
     """Bits/dim of the newest checkpoint on `eval.bpd_dataset`; writes
     `W/eval/bpd_ckpt_<step>.json` and returns `{'step', 'bpd', 'bpd_stderr', ...}`."""
+    from score_jax import dequantizer as deq_lib
+
+    deq_lib.check_dequantizer_name(config)  # before the checkpoint is read
     sde, _, model, variables, step, mesh = _restore(config, workdir)
-    result = {"step": step, **_bpd(config, sde, model, variables, mesh)}
+    result = {"step": step, **_bpd(config, sde, model, variables, mesh, workdir, step)}
     _write_json(os.path.join(workdir, "eval", f"bpd_ckpt_{step}.json"), result)
     print(json.dumps(result))
     return result
@@ -331,7 +364,7 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
         if config.eval.enable_loss:
             result.update(_eval_loss(config, sde, model, variables, mesh))
         if config.eval.enable_bpd:
-            result.update(_bpd(config, sde, model, variables, mesh))
+            result.update(_bpd(config, sde, model, variables, mesh, workdir, s))
         if config.eval.enable_sampling:
             draw = _draw_fn(config, sde, eps, model, variables, s, mesh)
             result.update(sample_quality(config, workdir, s, draw))

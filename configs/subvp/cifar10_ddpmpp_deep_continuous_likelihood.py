@@ -18,6 +18,8 @@ Run:
 Differs from `configs/subvp/cifar10_ddpmpp_deep_continuous.py` only in the objective and, as
 score_flow's best models, in training without horizontal flips.
 """
+import ml_collections
+
 from configs.subvp import cifar10_ddpmpp_deep_continuous
 
 
@@ -27,4 +29,7 @@ def get_config():
     config.training.importance_weighting = True
     config.data.random_flip = False
     config.eval.enable_bpd = True
+    config.deq = ml_collections.ConfigDict(
+        {"nf": 64, "num_layers": 4, "n_iters": 100_000, "batch_size": 128, "lr": 1e-3,
+         "ema_rate": 0.999, "log_freq": 100})
     return config
