@@ -167,6 +167,9 @@ def train_dequantizer(config, workdir: str) -> dict:
     from score_jax.models import utils as mutils
 
     d = _settings(config)
+    if jax.process_count() > 1:
+        raise ValueError("--mode train_dequantizer runs in one process (a small flow on one "
+                         f"host); got {jax.process_count()} processes")
     sde, _ = sde_lib.get_sde(config)
     model = mutils.create_model(config)
     ema_params, score_step = ckpt_lib.restore_for_sampling(workdir)
