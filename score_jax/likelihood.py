@@ -66,7 +66,7 @@ def bits_per_dim(sde, z, delta_logp, inverse_scaler):
 
 def get_likelihood_fn(sde, model, inverse_scaler, hutchinson_type="Rademacher", rtol=1e-5,
                       atol=1e-5, method="dopri5", eps=1e-5, exact_trace=False, continuous=True,
-                      fixed_nfe: int | None = None):
+                      fixed_nfe: int | None = None, pcoeff: float = 0.0, icoeff: float = 1.0):
     """A jitted `(rng, variables, data, eps_noise=None) -> (bpd, z, nfe)`.
 
     Args:
@@ -75,7 +75,8 @@ def get_likelihood_fn(sde, model, inverse_scaler, hutchinson_type="Rademacher", 
       inverse_scaler: the data's inverse scaler; only `inverse_scaler(-1.)` is used (bin offset).
       hutchinson_type: 'Rademacher' or 'Gaussian', drawn once per call from `rng` (one probe for
         the whole solve, as official); ignored with `exact_trace`.
-      method, rtol, atol, fixed_nfe: the ODE solver (`ode.solve_ode`), from eps to T.
+      method, rtol, atol, fixed_nfe, pcoeff, icoeff: the ODE solver (`ode.solve_ode`), from eps
+        to T.
       exact_trace: the exact divergence (dimension-many jvps per evaluation) instead of Hutchinson.
 
     The returned function takes `data` (batch, H, W, C), already dequantized and scaled, and
@@ -109,7 +110,8 @@ def get_likelihood_fn(sde, model, inverse_scaler, hutchinson_type="Rademacher", 
 
         init = (data, jnp.zeros((data.shape[0],), jnp.float32))
         (z, delta_logp), nfe = ode.solve_ode(ode_fn, init, eps, sde.T, method=method,
-                                                  rtol=rtol, atol=atol, fixed_nfe=fixed_nfe)
+                                                  rtol=rtol, atol=atol, fixed_nfe=fixed_nfe,
+                                                  pcoeff=pcoeff, icoeff=icoeff)
         return bits_per_dim(sde, z, delta_logp, inverse_scaler), z, nfe
 
     return jax.jit(likelihood_fn)

@@ -256,3 +256,24 @@ def test_likelihood_mode_bound_and_variational_dequantizer(tmp_path):
     config.eval.dequantizer = "flowpp"
     with pytest.raises(ValueError, match="eval.dequantizer"):
         main.run("likelihood", config, workdir)
+
+
+@pytest.mark.parametrize("method,pcoeff,icoeff", [("tsit5", 0.0, 1.0), ("dopri5", 0.4, 0.3),
+                                                  ("tsit5", 0.4, 0.3)])
+def test_ode_options_match_the_closed_form(method, pcoeff, icoeff):
+    """Tsit5 and the PI controller (the options of benchmarks/ode_options.py): bits/dim of the
+    analytic model within 1e-4 of its closed form (Rademacher probe: exact for its diagonal
+    Jacobian), and nfe = 2 + 6 per step, like dopri5."""
+    from analytic import model_bpd
+    from score_jax import likelihood
+
+    sde = sde_lib.subVPSDE()
+    rng = np.random.default_rng(2)
+    mu = rng.normal(size=(4, 4, 1)) * 0.3
+    sd = rng.uniform(0.2, 0.6, size=(4, 4, 1))
+    x = (mu + sd * rng.normal(size=(3, 4, 4, 1))).astype(np.float32)
+    fn = likelihood.get_likelihood_fn(sde, AnalyticScore(sde), lambda v: v, method=method,
+                                      pcoeff=pcoeff, icoeff=icoeff)
+    bpd, _, nfe = fn(jax.random.PRNGKey(0), analytic_variables(mu, sd), x)
+    np.testing.assert_allclose(bpd, model_bpd(sde, x, mu, sd, 1e-5), atol=1e-4)
+    assert (int(nfe) - 2) % 6 == 0 and int(nfe) > 20
