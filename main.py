@@ -22,6 +22,7 @@ MODES = {
     "fid_stats": "score_jax.evaluate:fid_stats",
     "train": "score_jax.train:train",
     "train_classifier": "score_jax.train_classifier:train_classifier",
+    "train_dequantizer": "score_jax.dequantizer:train_dequantizer",
     "nfe_sweep": "score_jax.sweep:nfe_sweep",
     "table": "score_jax.tables:table",
 }
@@ -59,7 +60,7 @@ def run(mode: str, config, workdir: str, **mode_flags):
 
     config_lib.validate(config)
     utils.check_workdir(workdir)
-    if mode in ("train", "sample", "likelihood", "eval", "table"):
+    if mode in ("train", "sample", "likelihood", "eval", "table", "train_dequantizer"):
         config_lib.check_workdir_config(config, workdir, record=mode == "train")
     module, fn = MODES[mode].split(":")
     result = getattr(importlib.import_module(module), fn)(config, workdir, **mode_flags)

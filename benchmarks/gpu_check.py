@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import time
 
 import jax
 import jax.numpy as jnp

@@ -30,6 +30,7 @@ def get_default_configs():
     training.snapshot_freq_for_preemption = 5000  # extra checkpoints against pre-emption
     training.snapshot_sampling = True  # draw samples at every snapshot
     training.likelihood_weighting = False
+    training.importance_weighting = False  # t ~ g^2/std^2 (needs likelihood_weighting)
     training.continuous = True
     training.n_jitted_steps = 5
     training.reduce_mean = False
@@ -51,6 +52,8 @@ def get_default_configs():
     evaluate.enable_loss = True
     evaluate.enable_bpd = False
     evaluate.bpd_dataset = 'test'
+    evaluate.dequantizer = 'uniform'  # or 'variational' (--mode train_dequantizer first)
+    evaluate.bound_num_t = 16  # t per example of the variational bound (0: not computed)
     evaluate.bpd_num_repeats = 5  # passes over the test set (official run_lib; 1 for train)
 
     # data

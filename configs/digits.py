@@ -123,5 +123,15 @@ def get_config():
     classifier.snapshot_freq = 600
     classifier.snapshot_freq_for_preemption = 200
 
+    # The variational dequantizer q(u|x) (`--mode train_dequantizer`, `eval.dequantizer`).
+    config.deq = deq = ml_collections.ConfigDict()
+    deq.nf = 32
+    deq.num_layers = 2  # affine couplings after the conditional Gaussian
+    deq.n_iters = 500
+    deq.batch_size = 128
+    deq.lr = 1e-3
+    deq.ema_rate = 0.99
+    deq.log_freq = 50
+
     config.seed = 0
     return config

@@ -100,6 +100,7 @@ _RULES = {
     "training.continuous": _bool(),
     "training.reduce_mean": _bool(),
     "training.likelihood_weighting": _bool(),
+    "training.importance_weighting": _bool(),
     "training.final_eval": _bool(),
     "training.skip_nonfinite": _bool(),
     "sampling.snr": _real(0),
@@ -113,6 +114,15 @@ _RULES = {
     "eval.enable_bpd": _bool(),
     "eval.enable_sampling": _bool(),
     "eval.bpd_dataset": _one_of("test", "eval", "train"),
+    "eval.dequantizer": _one_of("uniform", "variational"),
+    "eval.bound_num_t": _int(0),
+    "deq.nf": _int(1),
+    "deq.num_layers": _int(0),
+    "deq.n_iters": _int(1),
+    "deq.batch_size": _int(1),
+    "deq.log_freq": _int(1),
+    "deq.lr": _real(0, lo_open=True),
+    "deq.ema_rate": _real(0, 1, hi_open=True),
     "data.image_size": _int(1),
     "data.num_channels": _int(1),
     "data.centered": _bool(),
@@ -160,6 +170,13 @@ def validate(config) -> None:
     if _MISSING not in (sigma_min, sigma_max) and not sigma_min < sigma_max:
         raise ValueError(f"model.sigma_min={sigma_min!r} must be below "
                          f"model.sigma_max={sigma_max!r}")
+    if _get(config, "training.importance_weighting") is True:
+        if _get(config, "training.likelihood_weighting") is not True:
+            raise ValueError("training.importance_weighting=True samples t for the likelihood-"
+                             "weighted loss: it needs training.likelihood_weighting=True")
+        if _get(config, "training.continuous") is False:
+            raise ValueError("training.importance_weighting=True needs continuous-time training "
+                             "(training.continuous=True)")
     dataset = _get(config, "data.dataset")
     if dataset is not _MISSING:
         from score_jax import datasets

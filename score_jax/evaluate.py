@@ -154,16 +154,38 @@ def bpd_repeats(config) -> int:
     return int(config.eval.get("bpd_num_repeats", 5)) if split == "eval" else 1
 
 
-def bpd_pass(config, sde, model, variables, mesh, repeat: int,
-             likelihood_fn=None) -> tuple[np.ndarray, list[int]]:
-    """Pass `repeat` of `bits_per_dim`: (bits/dim of every example of `eval.bpd_dataset`, the
-    NFE of each batch). Each pass draws its own dequantization noise (seed + repeat) and
-    Hutchinson probes (fold_in(key(seed), repeat * 1000003 + batch))."""
+def bpd_fns(config, sde, model, workdir: str | None = None, step: int | None = None) -> dict:
+    """What a bits/dim pass calls: 'likelihood' (`likelihood.get_likelihood_fn`), 'elbo' (the
+    variational bound with `eval.bound_num_t` t per example, None when that is 0) and
+    'dequantize' (`(rng, bins) -> (u, log q(u|x))` of `W/dequantizer/` for
+    `eval.dequantizer='variational'`, else None: uniform dequantization)."""
+    from score_jax import dequantizer as deq_lib
+
+    inverse_scaler = datasets.get_data_inverse_scaler(config)
+    num_t = int(config.eval.get("bound_num_t", 0))
+    fns = {"likelihood": likelihood_lib.get_likelihood_fn(sde, model, inverse_scaler, eps=1e-5),
+           "elbo": (likelihood_lib.get_elbo_fn(sde, model, inverse_scaler, eps=1e-5, num_t=num_t)
+                    if num_t > 0 else None),
+           "dequantize": None}
+    if deq_lib.check_dequantizer_name(config) == "variational":
+        deq_params = deq_lib.restore_dequantizer(config, workdir, step)
+        fns["dequantize"] = jax.jit(
+            lambda rng, bins: deq_lib.dequantize(config, deq_params, rng, bins))
+    return fns
+
+
+def bpd_pass(config, sde, model, variables, mesh, repeat: int, fns: dict
+             ) -> tuple[np.ndarray, list[int], np.ndarray | None]:
+    """Pass `repeat` of `bits_per_dim` with `bpd_fns`' functions: (bits/dim of every example of
+    `eval.bpd_dataset`, the NFE of each batch, the bound of every example or None). Each pass
+    draws its own dequantization noise (seed + repeat) and Hutchinson probes
+    (fold_in(key(seed), repeat * 1000003 + batch)); a variational dequantizer's log q(u|x) is
+    added to both values."""
+    from score_jax import dequantizer as deq_lib
+
     split = _BPD_SPLITS[str(config.eval.bpd_dataset)]
     scaler = datasets.get_data_scaler(config)
-    if likelihood_fn is None:
-        likelihood_fn = likelihood_lib.get_likelihood_fn(
-            sde, model, datasets.get_data_inverse_scaler(config), eps=1e-5)
+    dims = config.data.image_size ** 2 * config.data.num_channels
     data_sharding = NamedSharding(mesh, P("data"))
     rng = jax.random.PRNGKey(config.seed)
     # A new seed per repeat draws new dequantization noise (and a new order; one pass each).
@@ -172,13 +194,23 @@ def bpd_pass(config, sde, model, variables, mesh, repeat: int,
         cfg.seed = int(config.seed) + repeat
     batches = datasets.get_dataset(cfg, split=split, evaluation=True,
                                    batch_size=_eval_batch_size(config) // jax.process_count(),
-                                   uniform_dequantization=True)
-    bpds, nfes = [], []
+                                   uniform_dequantization=fns["dequantize"] is None)
+    bpds, bounds, nfes = [], [], []
     for i, batch in enumerate(tqdm.tqdm(batches, desc=f"bpd (repeat {repeat})", unit="batch")):
-        x = jax.make_array_from_process_local_data(data_sharding, scaler(batch["image"]))
-        bpd, _, nfe = likelihood_fn(jax.random.fold_in(rng, repeat * 1_000_003 + i), variables, x)
-        bpds.append(parallel.to_host(bpd))
+        key = jax.random.fold_in(rng, repeat * 1_000_003 + i)
+        image, log_q_bpd = batch["image"], 0.0
+        if fns["dequantize"] is not None:
+            image, log_q = fns["dequantize"](jax.random.fold_in(key, 1),
+                                             deq_lib.discrete_centers(image))
+            image = np.asarray(image)
+            log_q_bpd = np.asarray(log_q) / np.log(2.0) / dims
+        x = jax.make_array_from_process_local_data(data_sharding, scaler(image))
+        bpd, _, nfe = fns["likelihood"](key, variables, x)
+        bpds.append(parallel.to_host(bpd) + log_q_bpd)
         nfes.append(int(nfe))
+        if fns["elbo"] is not None:
+            bound, _ = fns["elbo"](jax.random.fold_in(key, 2), variables, x)
+            bounds.append(parallel.to_host(bound) + log_q_bpd)
     if not bpds:
         raise ValueError(f"eval.bpd_dataset={config.eval.bpd_dataset!r} gave no full batch of "
                          f"eval.batch_size={config.eval.batch_size}")
@@ -186,27 +218,38 @@ def bpd_pass(config, sde, model, variables, mesh, repeat: int,
     if not np.isfinite(bpds).all():
         raise FloatingPointError(f"{int((~np.isfinite(bpds)).sum())} of {len(bpds)} bits/dim "
                                  "values are NaN or inf")
-    return bpds, nfes
+    return bpds, nfes, (np.concatenate(bounds) if bounds else None)
 
 
-def bits_per_dim(config, sde, model, variables, mesh) -> dict:
-    """Bits/dim over `eval.bpd_dataset` (uniformly dequantized, as official): `bpd_repeats(config)`
-    passes of `bpd_pass`. Returns {'bpd', 'bpd_stderr', 'bpd_examples', 'bpd_mean_nfe'}."""
-    likelihood_fn = likelihood_lib.get_likelihood_fn(
-        sde, model, datasets.get_data_inverse_scaler(config), eps=1e-5)
-    passes = [bpd_pass(config, sde, model, variables, mesh, r, likelihood_fn)
+def bits_per_dim(config, sde, model, variables, mesh, workdir: str | None = None,
+                 step: int | None = None) -> dict:
+    """Bits/dim over `eval.bpd_dataset`: `bpd_repeats(config)` passes of `bpd_pass`, dequantized
+    by `eval.dequantizer` ('uniform', as official, or 'variational': `W/dequantizer/` of
+    `workdir`, trained for checkpoint `step`). Returns {'bpd', 'bpd_stderr', 'bpd_examples',
+    'bpd_mean_nfe', 'bpd_dequantizer'} and, with `eval.bound_num_t` > 0, the variational bound
+    beside the exact ODE value ('bpd_bound', 'bpd_bound_stderr', 'bpd_bound_num_t')."""
+    fns = bpd_fns(config, sde, model, workdir, step)
+    passes = [bpd_pass(config, sde, model, variables, mesh, r, fns)
               for r in range(bpd_repeats(config))]
-    bpds = np.concatenate([b for b, _ in passes])
-    nfes = [n for _, ns in passes for n in ns]
-    return {"bpd": float(bpds.mean()), "bpd_stderr": float(bpds.std() / np.sqrt(len(bpds))),
-            "bpd_examples": int(len(bpds)), "bpd_mean_nfe": float(np.mean(nfes))}
+    bpds = np.concatenate([b for b, _, _ in passes])
+    nfes = [n for _, ns, _ in passes for n in ns]
+    result = {"bpd": float(bpds.mean()), "bpd_stderr": float(bpds.std() / np.sqrt(len(bpds))),
+              "bpd_examples": int(len(bpds)), "bpd_mean_nfe": float(np.mean(nfes)),
+              "bpd_dequantizer": "uniform" if fns["dequantize"] is None else "variational"}
+    if fns["elbo"] is not None:
+        bounds = np.concatenate([c for _, _, c in passes])
+        result.update(bpd_bound=float(bounds.mean()),
+                      bpd_bound_stderr=float(bounds.std() / np.sqrt(len(bounds))),
+                      bpd_bound_num_t=int(config.eval.bound_num_t))
+    return result
 
 
 def _eval_loss(config, sde, model, variables, mesh) -> dict:
     """Mean EMA-model loss over the eval split (official `eval_step`)."""
     t = config.training
     eval_fn = losses.get_step_fn(sde, model, train=False, reduce_mean=t.reduce_mean,
-                                 continuous=t.continuous, likelihood_weighting=t.likelihood_weighting)
+                                 continuous=t.continuous, likelihood_weighting=t.likelihood_weighting,
+                                 importance_weighting=bool(t.get("importance_weighting", False)))
     state = train_state.TrainState(step=0, params=None, ema_params=variables["params"], opt_state=None,
                               rng=None)
     eval_step = jax.jit(lambda x, rng: eval_fn(state, x, rng))
@@ -228,8 +271,11 @@ def _eval_loss(config, sde, model, variables, mesh) -> dict:
 def likelihood(config, workdir: str) -> dict:
     """Bits/dim of the newest checkpoint on `eval.bpd_dataset`; writes
     `W/eval/bpd_ckpt_<step>.json` and returns `{'step', 'bpd', 'bpd_stderr', ...}`."""
+    from score_jax import dequantizer as deq_lib
+
+    deq_lib.check_dequantizer_name(config)  # before the checkpoint is read
     sde, _, model, variables, step, mesh = restore(config, workdir)
-    result = {"step": step, **bits_per_dim(config, sde, model, variables, mesh)}
+    result = {"step": step, **bits_per_dim(config, sde, model, variables, mesh, workdir, step)}
     _write_json(os.path.join(workdir, "eval", f"bpd_ckpt_{step}.json"), result)
     print(json.dumps(result))
     return result
@@ -356,7 +402,7 @@ def sample_quality(config, step: int, draw, feature_dir: str, sample_dir: str | 
 # The eval.* keys that change an evaluation's numbers (with the sampler's settings).
 _EVAL_KEYS = ("enable_loss", "enable_bpd", "enable_sampling", "bpd_dataset", "bpd_num_repeats",
               "fid_stats_file", "fid_stats_split", "inception_weights", "kid_subsets",
-              "kid_subset_size", "is_splits")
+              "kid_subset_size", "is_splits", "dequantizer", "bound_num_t")
 
 
 def eval_settings(config, variables, step: int) -> dict:
@@ -403,7 +449,7 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
         if config.eval.enable_loss:
             result.update(_eval_loss(config, sde, model, variables, mesh))
         if config.eval.enable_bpd:
-            result.update(bits_per_dim(config, sde, model, variables, mesh))
+            result.update(bits_per_dim(config, sde, model, variables, mesh, workdir, s))
         if config.eval.enable_sampling:
             draw = draw_fn(config, sde, eps, model, variables, s, mesh)
             sample_dir = utils.settings_dir(

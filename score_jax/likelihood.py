@@ -18,8 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_jax import losses
 from score_jax import ode
 from score_jax import sampling
+from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
 
 HUTCHINSON_TYPES = ("Rademacher", "Gaussian")
@@ -64,7 +66,7 @@ def bits_per_dim(sde, z, delta_logp, inverse_scaler):
 
 def get_likelihood_fn(sde, model, inverse_scaler, hutchinson_type="Rademacher", rtol=1e-5,
                       atol=1e-5, method="dopri5", eps=1e-5, exact_trace=False, continuous=True,
-                      fixed_nfe: int | None = None):
+                      fixed_nfe: int | None = None, pcoeff: float = 0.0, icoeff: float = 1.0):
     """A jitted `(rng, variables, data, eps_noise=None) -> (bpd, z, nfe)`.
 
     Args:
@@ -73,7 +75,8 @@ def get_likelihood_fn(sde, model, inverse_scaler, hutchinson_type="Rademacher", 
       inverse_scaler: the data's inverse scaler; only `inverse_scaler(-1.)` is used (bin offset).
       hutchinson_type: 'Rademacher' or 'Gaussian', drawn once per call from `rng` (one probe for
         the whole solve, as official); ignored with `exact_trace`.
-      method, rtol, atol, fixed_nfe: the ODE solver (`ode.solve_ode`), from eps to T.
+      method, rtol, atol, fixed_nfe, pcoeff, icoeff: the ODE solver (`ode.solve_ode`), from eps
+        to T.
       exact_trace: the exact divergence (dimension-many jvps per evaluation) instead of Hutchinson.
 
     The returned function takes `data` (batch, H, W, C), already dequantized and scaled, and
@@ -107,7 +110,79 @@ def get_likelihood_fn(sde, model, inverse_scaler, hutchinson_type="Rademacher", 
 
         init = (data, jnp.zeros((data.shape[0],), jnp.float32))
         (z, delta_logp), nfe = ode.solve_ode(ode_fn, init, eps, sde.T, method=method,
-                                                  rtol=rtol, atol=atol, fixed_nfe=fixed_nfe)
+                                                  rtol=rtol, atol=atol, fixed_nfe=fixed_nfe,
+                                                  pcoeff=pcoeff, icoeff=icoeff)
         return bits_per_dim(sde, z, delta_logp, inverse_scaler), z, nfe
 
     return jax.jit(likelihood_fn)
+
+
+def _prior_inverse_variance(sde, shape) -> jax.Array:
+    """1/c^2 of the Gaussian prior N(0, c^2 I) of every SDE here, read off `prior_logp`:
+    log p(0) - log p(e_1) = 1/(2 c^2)."""
+    zero = jnp.zeros((1,) + tuple(shape), jnp.float32)
+    e1 = zero.reshape(1, -1).at[0, 0].set(1.0).reshape(zero.shape)
+    return 2.0 * (sde.prior_logp(zero)[0] - sde.prior_logp(e1)[0])
+
+
+def get_elbo_fn(sde, model, inverse_scaler, eps=1e-5, num_t: int = 16, continuous=True):
+    """A jitted `(rng, variables, data) -> (bpd_bound, nfe)`: the variational upper bound on bits/dim
+    of Song, Durkan, Murray, Ermon (2021), Theorem 1, from denoising score matching.
+
+    For x_0 = data (dequantized and scaled as for `get_likelihood_fn`), D dimensions:
+
+        -log p(x_0) <= E[-log pi(x_T)] + Z/2 E_{t ~ q, z}[|std_t s(x_t, t) + z|^2 - D]
+                       - D log alpha_T,
+
+    with x_t = alpha_t x_0 + std_t z, q(t) = g^2/std^2 / Z on [eps, T] (`losses`' importance
+    sampler, the likelihood weighting's own density) and Z its normaliser; D is estimated by |z|^2
+    of the same draw (a control variate). The last term is
+    -int_eps^T div f dt plus the decoder p(x_0 | x_eps) = N(x_eps/alpha_eps, std_eps^2/alpha_eps^2):
+    the model whose density this bounds is the SDE's p_eps followed by that decoder, which differs
+    from the ODE's p_eps at x_0 by O(std_eps). The prior term is exact (pi is Gaussian); the t
+    integral takes `num_t` stratified draws of u per example (one z each), so each call costs
+    `num_t` network passes on the batch. Returns bits/dim (batch,) with the offset of
+    `bits_per_dim`, and nfe = num_t.
+    """
+    losses.check_importance_sampling(sde)
+    if int(num_t) < 1:
+        raise ValueError(f"num_t must be >= 1 (eval.bound_num_t), got {num_t}")
+
+    def elbo_fn(rng, variables, data):
+        data = jnp.asarray(data, jnp.float32)
+        score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
+        sampling.check_model_shape(score_fn, data.shape)
+        nll = elbo_nats(sde, score_fn, rng, data, num_t, eps)
+        dims = int(np.prod(data.shape[1:]))
+        return nll / np.log(2.0) / dims + (7.0 - inverse_scaler(-1.0)), jnp.int32(num_t)
+
+    return jax.jit(elbo_fn)
+
+
+def elbo_nats(sde, score_fn, rng, data, num_t: int = 1, eps: float = 1e-5) -> jax.Array:
+    """The bound of `get_elbo_fn` in nats (batch,) for `score_fn(x, t)`; differentiable in `data`
+    and in the score's parameters (the variational dequantizer trains on it)."""
+    normalizer = losses.likelihood_importance_normalizer(sde, eps)
+    batch, dims = data.shape[0], int(np.prod(data.shape[1:]))
+    u_rng, z_rng = jax.random.split(rng)
+    offsets = jax.random.uniform(u_rng, (batch,))
+
+    def dsm(k):
+        u = (k + offsets) / num_t
+        t = losses.importance_sampled_time(sde, u, eps)
+        z = jax.random.normal(jax.random.fold_in(z_rng, k), data.shape)
+        mean, std = sde.marginal_prob(data, t)
+        score = score_fn(mean + sde_lib.batch_mul(std, z), t)
+        # |z|^2 stands for its mean D: the same expectation, and it cancels the draw's noise
+        # where the score is good (|std s + z|^2 - |z|^2 -> 0 as t -> 0).
+        return _per_example_sum(jnp.square(sde_lib.batch_mul(std, score) + z) - jnp.square(z))
+
+    if num_t == 1:
+        excess = dsm(0)
+    else:
+        excess = jnp.mean(jax.lax.map(dsm, jnp.arange(num_t)), axis=0)
+    t_end = jnp.full((batch,), sde.T, jnp.float32)
+    mean_T, std_T = sde.marginal_prob(data, t_end)
+    prior = -sde.prior_logp(mean_T) + 0.5 * dims * std_T**2 * _prior_inverse_variance(
+        sde, data.shape[1:])
+    return prior + 0.5 * normalizer * excess - dims * jnp.log(sde.alpha(t_end))

@@ -4,7 +4,10 @@ Semantics follow the official `losses.py` (score_sde_pytorch):
 
 * continuous SDE loss (denoising score matching over t ~ U(eps, T), eps = 1e-5): with
   x_t = mean(t) x_0 + std(t) z, the loss is |score(x_t, t) std + z|^2 (the paper's weighting
-  lambda(t) = std^2), or |score + z/std|^2 g(t)^2 with `likelihood_weighting`;
+  lambda(t) = std^2), or |score + z/std|^2 g(t)^2 with `likelihood_weighting`; with
+  `importance_weighting` as well, t is drawn with density g(t)^2/std(t)^2 / Z on [eps, T] and the
+  loss is |std score + z|^2 Z/(T - eps), the same expectation with far less variance (Song, Durkan,
+  Murray, Ermon 2021, "Maximum Likelihood Training of Score-Based Diffusion Models");
 * SMLD (discrete VE): noise levels drawn uniformly from the N sigmas, loss
   |score + noise/sigma^2|^2 sigma^2 on the integer level label;
 * DDPM (discrete VP): integer timesteps, loss |eps_theta(x_i, i) - z|^2;
@@ -23,6 +26,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from score_jax import sde as sde_lib
@@ -43,15 +47,52 @@ def _variables(params):
     return {"params": params}
 
 
+def likelihood_importance_normalizer(sde, eps: float = 1e-5) -> float:
+    """Z = int_eps^T g(t)^2 / std(t)^2 dt = 2 (lambda(eps) - lambda(T)), lambda the half log-SNR.
+
+    g^2 = d std^2/dt - 2 std^2 d log(alpha)/dt for all three SDEs, so g^2/std^2 = -2 dlambda/dt:
+    the likelihood weighting's importance density is uniform in lambda (for VE, uniform in t).
+    """
+    check_importance_sampling(sde)
+    with jax.ensure_compile_time_eval():  # a constant, also when called under jit
+        lam = np.asarray(sde.log_snr(np.asarray([eps, sde.T], np.float64)), np.float64)
+    return float(2.0 * (lam[0] - lam[1]))
+
+
+def check_importance_sampling(sde) -> None:
+    """Raises ValueError unless `sde` has the closed-form log-SNR and inverse the sampler needs."""
+    if (type(sde).log_snr is sde_lib.SDE.log_snr
+            or type(sde).t_from_log_snr is sde_lib.SDE.t_from_log_snr):
+        raise ValueError(
+            f"training.importance_weighting needs an SDE with a closed-form log-SNR and its "
+            f"inverse (log_snr, t_from_log_snr); {type(sde).__name__} has none")
+
+
+def importance_sampled_time(sde, u, eps: float = 1e-5):
+    """t on [eps, T] with density g(t)^2/std(t)^2 / Z from uniforms `u` in [0, 1) (shape kept):
+    the inverse CDF, lambda = lambda(eps) - u (lambda(eps) - lambda(T)), t = t(lambda)."""
+    lam_eps, lam_T = sde.log_snr(jnp.float32(eps)), sde.log_snr(jnp.float32(sde.T))
+    t = sde.t_from_log_snr(lam_eps - u * (lam_eps - lam_T))
+    return jnp.clip(t, eps, sde.T)
+
+
 def get_sde_loss_fn(sde, model, train: bool, reduce_mean: bool = True, continuous: bool = True,
-                    likelihood_weighting: bool = True, eps: float = 1e-5):
-    """Denoising score matching with t ~ U(eps, T) for any SDE.
+                    likelihood_weighting: bool = True, eps: float = 1e-5,
+                    importance_weighting: bool = False):
+    """Denoising score matching with t ~ U(eps, T) for any SDE (with `importance_weighting`,
+    t importance-sampled for the likelihood weighting, which it requires).
 
     Returns `(draw_noise, loss_fn)`: `draw_noise(rng, x) -> {'u': (B,), 'z': x.shape}` and
     `loss_fn(params, x, rng, noise=None) -> scalar` (x: (B, H, W, C) scaled data; `rng` drives
     the draws when `noise` is None, and dropout when `train`).
     """
     reduce_op = _reduce_op(reduce_mean)
+    if importance_weighting:
+        if not likelihood_weighting:
+            raise ValueError("training.importance_weighting=True samples t for the likelihood-"
+                             "weighted loss: it needs training.likelihood_weighting=True")
+        # Same expectation as the uniform-t likelihood-weighted loss.
+        is_weight = likelihood_importance_normalizer(sde, eps) / (sde.T - eps)
 
     def draw_noise(rng, x):
         u_rng, z_rng = jax.random.split(rng)
@@ -61,13 +102,19 @@ def get_sde_loss_fn(sde, model, train: bool, reduce_mean: bool = True, continuou
     def loss_fn(params, x, rng, noise=None):
         noise_rng, dropout_rng = jax.random.split(rng)
         noise = draw_noise(noise_rng, x) if noise is None else noise
-        t = noise["u"] * (sde.T - eps) + eps
+        if importance_weighting:
+            t = importance_sampled_time(sde, noise["u"], eps)
+        else:
+            t = noise["u"] * (sde.T - eps) + eps
         z = noise["z"]
         score_fn = mutils.get_score_fn(sde, model, _variables(params), train=train,
                                        continuous=continuous, rng=dropout_rng)
         mean, std = sde.marginal_prob(x, t)
         score = score_fn(mean + sde_lib.batch_mul(std, z), t)
-        if likelihood_weighting:
+        if importance_weighting:
+            # g^2 / q(t) = std^2 Z: |score + z/std|^2 g^2 / q(t) = |std score + z|^2 Z.
+            losses = reduce_op(jnp.square(sde_lib.batch_mul(std, score) + z)) * is_weight
+        elif likelihood_weighting:
             g2 = sde.sde(jnp.zeros_like(x), t)[1] ** 2
             losses = reduce_op(jnp.square(score + sde_lib.batch_mul(1.0 / std, z))) * g2
         else:
@@ -133,12 +180,16 @@ def get_ddpm_loss_fn(vpsde, model, train: bool, reduce_mean: bool = True):
 
 
 def get_loss_fn(sde, model, train: bool, reduce_mean: bool = False, continuous: bool = True,
-                likelihood_weighting: bool = False):
+                likelihood_weighting: bool = False, importance_weighting: bool = False):
     """The official choice of objective: the SDE loss when `continuous`, else SMLD for VE and DDPM
     for VP. Discrete sub-VP raises ValueError (as official). Returns `(draw_noise, loss_fn)`."""
     if continuous:
         return get_sde_loss_fn(sde, model, train, reduce_mean=reduce_mean, continuous=True,
-                               likelihood_weighting=likelihood_weighting)
+                               likelihood_weighting=likelihood_weighting,
+                               importance_weighting=importance_weighting)
+    if importance_weighting:
+        raise ValueError("training.importance_weighting=True needs continuous-time training "
+                         "(training.continuous=True)")
     if likelihood_weighting:
         raise ValueError("Likelihood weighting is not supported for original SMLD/DDPM training.")
     discrete = {"smld": get_smld_loss_fn, "ddpm": get_ddpm_loss_fn}.get(sde.discrete_loss)
@@ -157,7 +208,7 @@ class StepMetrics(NamedTuple):
 def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformation | None = None,
                 reduce_mean: bool = False, continuous: bool = True,
                 likelihood_weighting: bool = False, ema_rate: float = 0.999,
-                lr_fn: Callable | None = None):
+                lr_fn: Callable | None = None, importance_weighting: bool = False):
     """One training update (`train`) or one evaluation of the EMA model's loss.
 
     Train: `step_fn(state, x) -> (new_state, StepMetrics)`: the gradient of the loss with the
@@ -167,7 +218,8 @@ def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformati
     `x` is (B, H, W, C) scaled data. Pure and traceable: jit it, scan it, shard its batch.
     """
     _, loss_fn = get_loss_fn(sde, model, train, reduce_mean=reduce_mean, continuous=continuous,
-                             likelihood_weighting=likelihood_weighting)
+                             likelihood_weighting=likelihood_weighting,
+                             importance_weighting=importance_weighting)
 
     if not train:
         def eval_step(state, x, rng):

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 
 
 _FIXED_STEP = {"euler": (diffrax.Euler, 1), "heun": (diffrax.Heun, 2)}
-ODE_METHODS = ("dopri5",) + tuple(_FIXED_STEP)
+_ADAPTIVE = {"dopri5": diffrax.Dopri5, "tsit5": diffrax.Tsit5}
+ODE_METHODS = tuple(_ADAPTIVE) + tuple(_FIXED_STEP)
 
 
 def _rms(tree):
@@ -38,7 +39,7 @@ def _initial_step(fn, t0, y0, f0, direction, interval, rtol, atol, order=4):
 
 def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=1e-5,
               fixed_nfe: int | None = None, max_steps: int = 4096,
-              adjoint=None):
+              adjoint=None, pcoeff: float = 0.0, icoeff: float = 1.0):
     """Integrates dy/dt = fn(t, y) from t0 to t1 on device; returns `(y(t1), nfe)`.
 
     `y0` is any pytree of arrays; `fn(t, y)` gets a scalar time. Methods:
@@ -48,7 +49,11 @@ def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=
       initial step is Hairer's heuristic (as scipy). nfe is exact: 2 evaluations for the initial
       step (f(t0, y0) is then handed to the solver as its first-same-as-last stage), plus 6 per
       attempted step, rejected ones included (the official scipy count has the same structure).
+    * 'tsit5': Tsitouras 5(4), the same controller, initial step and count (7 stages, FSAL).
     * 'euler', 'heun': fixed steps spending `fixed_nfe` evaluations (1 resp. 2 per step).
+
+    `pcoeff`, `icoeff`: diffrax's PID coefficients of the step-size controller (default 0, 1: the
+    I-controller above); e.g. 0.4, 0.3 for a PI controller (`benchmarks/ode_options.py`).
 
     `adjoint` is diffrax's (default: its standard one); counting tests pass `DirectAdjoint()`.
     An adaptive solve that needs more than `max_steps` steps returns NaN rather than an unfinished
@@ -69,15 +74,16 @@ def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=
                                   stepsize_controller=grid, max_steps=n, adjoint=adjoint,
                                   throw=False)
         return _final_state(sol), jnp.int32(n * evals)
-    if method != "dopri5":
+    if method not in _ADAPTIVE:
         raise ValueError(f"unknown ODE method {method!r}; valid: {list(ODE_METHODS)}")
     direction = 1.0 if t1 > t0 else -1.0
     t0_arr = jnp.asarray(t0, jnp.float32)
     f0 = fn(t0_arr, y0)
     first_step = _initial_step(fn, t0_arr, y0, f0, direction, abs(t1 - t0), rtol, atol)
     sol = diffrax.diffeqsolve(
-        term, diffrax.Dopri5(), t0, t1, None, y0, saveat=saveat,
-        stepsize_controller=_FirstStepPID(rtol=rtol, atol=atol, first_step=first_step),
+        term, _ADAPTIVE[method](), t0, t1, None, y0, saveat=saveat,
+        stepsize_controller=_FirstStepPID(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff,
+                                          first_step=first_step),
         max_steps=max_steps,
         # diffrax's FSAL state (first_step, f0): the first step reuses our f(t0, y0).
         solver_state=(jnp.array(False), f0), adjoint=adjoint, throw=False)

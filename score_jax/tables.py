@@ -30,11 +30,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
@@ -361,6 +359,7 @@ class _Runner:
         if cell.config is None:  # bits/dim: the data, the weights and the likelihood solver
             c = self.config
             settings = {"bpd_dataset": c.eval.bpd_dataset, "repeats": evaluate.bpd_repeats(c),
+                        "dequantizer": str(c.eval.get("dequantizer", "uniform")),
                         "batch_size": int(c.eval.batch_size), "seed": int(c.seed),
                         "sde": str(c.training.sde), "step": self.step, "weights": self.weights,
                         **cell.info}
@@ -427,17 +426,15 @@ class _Runner:
         return _summary(runs)
 
     def _bpd(self, cell, d) -> dict:
-        passes, fn = [], None
-        from score_jax import likelihood as likelihood_lib
-
+        passes, fns = [], None
         for r in range(self.rounds(cell)):
             path = os.path.join(d, f"repeat_{r}.npz")
             if not os.path.exists(path):
-                fn = fn or likelihood_lib.get_likelihood_fn(
-                    self.sde, self.model, datasets.get_data_inverse_scaler(self.config), eps=1e-5)
+                fns = fns or evaluate.bpd_fns(self.config, self.sde, self.model, self.workdir,
+                                              self.step)
                 start = time.perf_counter()
-                bpds, nfes = evaluate.bpd_pass(self.config, self.sde, self.model, self.variables,
-                                               self.mesh, r, fn)
+                bpds, nfes, _ = evaluate.bpd_pass(self.config, self.sde, self.model,
+                                                  self.variables, self.mesh, r, fns)
                 if self.main:
                     with utils.atomic_path(path) as tmp:
                         np.savez(tmp, bpd=bpds, nfe=np.asarray(nfes),

@@ -64,7 +64,8 @@ def get_train_fns(config, model, mesh, use_scan: bool | None = None):
     sde, _ = sde_lib.get_sde(config)
     t = config.training
     kwargs = dict(reduce_mean=t.reduce_mean, continuous=t.continuous,
-                  likelihood_weighting=t.likelihood_weighting)
+                  likelihood_weighting=t.likelihood_weighting,
+                  importance_weighting=bool(t.get("importance_weighting", False)))
     step_fn = losses.get_step_fn(sde, model, train=True, optimize_fn=train_state.get_optimizer(config),
                                  ema_rate=config.model.ema_rate,
                                  lr_fn=train_state.learning_rate_fn(config), **kwargs)

@@ -1,4 +1,4 @@
-"""The ml_collections config tree under configs/: 3 defaults + 39 experiments, loaded by path.
+"""The ml_collections config tree under configs/: 3 defaults + 41 experiments, loaded by path.
 
 Checks that every file loads the way `main.py --config FILE` loads it (by file path), that the keys
 the library reads exist with consistent values, and that the official defects stay fixed.
@@ -33,6 +33,7 @@ EXPERIMENTS = [
     "subvp/cifar10_ddpm_continuous.py",
     "subvp/cifar10_ddpmpp_continuous.py",
     "subvp/cifar10_ddpmpp_deep_continuous.py",
+    "subvp/cifar10_ddpmpp_deep_continuous_likelihood.py",
     "subvp/cifar10_ncsnpp_continuous.py",
     "subvp/cifar10_ncsnpp_deep_continuous.py",
     "ve/bedroom_ncsnpp_continuous.py",
@@ -60,6 +61,7 @@ EXPERIMENTS = [
     "vp/cifar10_ddpmpp.py",
     "vp/cifar10_ddpmpp_continuous.py",
     "vp/cifar10_ddpmpp_deep_continuous.py",
+    "vp/cifar10_ddpmpp_deep_continuous_likelihood.py",
     "vp/cifar10_ncsnpp.py",
     "vp/cifar10_ncsnpp_continuous.py",
     "vp/cifar10_ncsnpp_deep_continuous.py",
