@@ -61,7 +61,7 @@ def eval_split(workdir: str, num_samples: int | None) -> None:
     if num_samples:
         config.eval.num_samples = num_samples
     step = evaluate.eval_steps(config, workdir)[-1]
-    evaluate.reference_stats(config)  # computed once, outside the timing
+    metrics.reference_stats(config)  # computed once, outside the timing
     with tempfile.TemporaryDirectory() as scratch:
         os.symlink(os.path.abspath(os.path.join(workdir, "checkpoints")),
                    os.path.join(scratch, "checkpoints"))

@@ -29,7 +29,6 @@ from score_jax import datasets  # noqa: E402
 from score_jax import digits  # noqa: E402
 from score_jax import sampling  # noqa: E402
 from score_jax import sde as sde_lib  # noqa: E402
-from score_jax import train_classifier  # noqa: E402
 from score_jax import utils  # noqa: E402
 from score_jax.models import utils as mutils  # noqa: E402
 
@@ -65,7 +64,7 @@ def main():
     sde, eps = sde_lib.get_sde(config)
     model, classifier = mutils.create_model(config), mutils.create_classifier(config)
     params, step = ckpt_lib.restore_for_sampling(args.workdir)
-    cvars, cstep = train_classifier.restore_classifier(config, args.workdir)
+    cvars, cstep = ckpt_lib.restore_classifier(config, args.workdir)
     n = 10 * args.per_class
     shape = (n, 8, 8, 1)
     s = config.sampling

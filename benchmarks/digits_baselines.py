@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from configs import digits as digits_config
-from score_jax import datasets, digits, evaluate, metrics
+from score_jax import datasets, digits, metrics
 
 REPEATS = 5
 
@@ -40,8 +40,8 @@ def dequantized(split: str, seed: int) -> np.ndarray:
 def sample_quality(mu, var, workdir):
     """FID/KID rows against the test statistics."""
     config = digits_config.get_config()
-    reference = evaluate.reference_stats(config)
-    inception_fn = metrics.get_inception_fn(config.eval.get("inception_weights") or None)
+    reference = metrics.reference_stats(config)
+    inception_fn = metrics.inception_fn(config)
     rng = np.random.RandomState(0)
     n = int(config.eval.num_samples)
     train = digits.to_uint8(load_digits().images)[digits.split_indices()["train"]]

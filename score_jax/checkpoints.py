@@ -5,6 +5,7 @@ converted weights lack `opt_state` and `rng`. Saves are atomic (temp folder, the
 skips unreadable or non-finite checkpoints with a warning and uses the newest intact one."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
@@ -265,3 +266,46 @@ def save_converted(workdir, state: dict) -> pathlib.Path:
             shutil.rmtree(created)
         raise
     return ckpt_dir / str(item["step"])
+
+
+# The noise-conditional classifier of `--mode train_classifier`, restored for sampling.
+CLASSIFIER_DIR = "classifier"
+CLASSIFIER_META = "classifier.json"
+
+
+def classifier_dir(workdir: str) -> str:
+    return os.path.join(workdir, CLASSIFIER_DIR)
+
+
+def classifier_meta(config) -> dict:
+    """What a classifier checkpoint depends on besides its parameter shapes."""
+    # The WRN pools over the whole image: its parameters load at any image size.
+    c = config.classifier
+    return {"classifier.name": c.name, "classifier.blocks_per_group": int(c.blocks_per_group),
+            "classifier.channel_multiplier": int(c.channel_multiplier),
+            "classifier.num_classes": int(c.num_classes),
+            "data.image_size": int(config.data.image_size),
+            "data.num_channels": int(config.data.num_channels)}
+
+
+def check_classifier_meta(config, directory: str) -> None:
+    meta_path = os.path.join(directory, CLASSIFIER_META)
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(f"no classifier checkpoint in {directory} (no {CLASSIFIER_META}); "
+                                "train one with --mode train_classifier in the same --workdir")
+    with open(meta_path) as f:
+        saved = json.load(f)
+    for key, want in classifier_meta(config).items():
+        if saved.get(key) != want:
+            raise ValueError(f"the classifier in {meta_path} was trained with {key}="
+                             f"{saved.get(key)!r}, the config has {key}={want!r}")
+
+
+def restore_classifier(config, workdir: str, sharding=None):
+    """`(variables, step)`: EMA weights of the newest checkpoint in `W/classifier/`. Raises
+    FileNotFoundError naming the folder, or ValueError naming the key of `classifier.json` when it
+    was trained for another architecture, image size, channel count or class count."""
+    directory = classifier_dir(workdir)
+    check_classifier_meta(config, directory)
+    params, step = restore_for_sampling(directory, sharding=sharding)
+    return {"params": params}, int(step)

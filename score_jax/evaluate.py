@@ -22,7 +22,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
 from score_jax import datasets
-from score_jax import inception
 from score_jax import likelihood as likelihood_lib
 from score_jax import losses
 from score_jax import metrics
@@ -36,7 +35,6 @@ from score_jax.models import utils as mutils
 log = logging.getLogger(__name__)
 
 # eval.bpd_dataset -> our split name.
-_BPD_SPLITS = {"test": "eval", "eval": "eval", "train": "train"}
 
 
 def restore(config, workdir, step=None):
@@ -109,10 +107,10 @@ def sample(config, workdir: str) -> dict:
     n_batches = math.ceil(int(config.eval.num_samples) / batch)
     sampling_fn, extra = None, {}
     if config.sampling.get("class_label") is not None:
-        from score_jax import controllable_generation, train_classifier
+        from score_jax import controllable_generation
 
         shape = (batch, config.data.image_size, config.data.image_size, config.data.num_channels)
-        classifier_variables, _ = train_classifier.restore_classifier(
+        classifier_variables, _ = ckpt_lib.restore_classifier(
             config, workdir, sharding=NamedSharding(mesh, P()))
         sampling_fn = controllable_generation.get_conditional_sampling_fn(
             config, sde, model, classifier_variables, shape,
@@ -147,10 +145,10 @@ def bpd_repeats(config) -> int:
     """How many passes `bits_per_dim` makes over `eval.bpd_dataset`: `eval.bpd_num_repeats`
     (official: 5) for the test split, 1 for the train split. Raises ValueError for an unknown
     split."""
-    split = _BPD_SPLITS.get(str(config.eval.bpd_dataset))
+    split = metrics.SPLITS.get(str(config.eval.bpd_dataset))
     if split is None:
         raise ValueError(f"eval.bpd_dataset={config.eval.bpd_dataset!r}; valid: "
-                         f"{sorted(_BPD_SPLITS)}")
+                         f"{sorted(metrics.SPLITS)}")
     return int(config.eval.get("bpd_num_repeats", 5)) if split == "eval" else 1
 
 
@@ -183,7 +181,7 @@ def bpd_pass(config, sde, model, variables, mesh, repeat: int, fns: dict
     added to both values."""
     from score_jax import dequantizer as deq_lib
 
-    split = _BPD_SPLITS[str(config.eval.bpd_dataset)]
+    split = metrics.SPLITS[str(config.eval.bpd_dataset)]
     scaler = datasets.get_data_scaler(config)
     dims = config.data.image_size ** 2 * config.data.num_channels
     data_sharding = NamedSharding(mesh, P("data"))
@@ -281,61 +279,15 @@ def likelihood(config, workdir: str) -> dict:
     return result
 
 
-def stats_path(config) -> str:
-    """`eval.fid_stats_file`, or by default `<cache>/stats/<dataset>[_<category>]_<size>_<split>.npz`
-    (`score_jax.inception.cache_dir`; split `eval.fid_stats_split`)."""
-    if config.eval.get("fid_stats_file"):
-        return os.path.expanduser(config.eval.fid_stats_file)
-    parts = [config.data.dataset.lower(), config.data.get("category"), config.data.image_size,
-             config.eval.get("fid_stats_split", "train")]
-    name = "_".join(str(p) for p in parts if p)
-    return os.path.join(inception.cache_dir(), "stats", f"{name}.npz")
-
-
-def _inception_fn(config):
-    return metrics.get_inception_fn(config.eval.get("inception_weights") or None)
-
-
 def fid_stats(config, workdir: str | None = None) -> dict:
-    """Inception features of every image of `eval.fid_stats_split` ('train' or 'test') of the
-    config's dataset; writes `{mu, sigma, pool_3}` atomically to `stats_path(config)` (on the first
-    process) and returns `{'path', 'num_images'}`. `workdir` is not used."""
+    """`--mode fid_stats`: `metrics.dataset_stats` (Inception statistics of
+    `eval.fid_stats_split`, written to `metrics.stats_path(config)`). `workdir` is not used."""
     del workdir
-    name = str(config.eval.get("fid_stats_split", "train"))
-    split = _BPD_SPLITS.get(name)
-    if split is None:
-        raise ValueError(f"eval.fid_stats_split={name!r}; valid: {sorted(_BPD_SPLITS)}")
-    inception_fn = _inception_fn(config)
-    # Every image on every process, in batches of one per device (the last device_count - 1 at
-    # most are dropped).
-    batches = datasets.get_dataset(config, split=split, evaluation=True,
-                                   batch_size=jax.device_count(), shard_index=0, shard_count=1,
-                                   uniform_dequantization=False)
-    pending, features = [], []
-    for batch in tqdm.tqdm(batches, desc=f"fid_stats ({name})", unit="batch"):
-        pending.append(np.round(batch["image"] * 255).astype(np.uint8))
-        if sum(map(len, pending)) >= 500:
-            features.append(inception_fn(np.concatenate(pending))["pool_3"])
-            pending = []
-    if pending:
-        features.append(inception_fn(np.concatenate(pending))["pool_3"])
-    path = stats_path(config)
-    pool = np.concatenate(features)
-    if jax.process_index() == 0:
-        metrics.save_stats(path, pool)
-    result = {"path": path, "num_images": int(len(pool))}
-    log.info("wrote the Inception statistics of %d images to %s", len(pool), path)
+    result = metrics.dataset_stats(config)
+    log.info("wrote the Inception statistics of %d images to %s", result["num_images"],
+             result["path"])
     print(json.dumps(result))
     return result
-
-
-def reference_stats(config) -> dict:
-    """The statistics file the eval mode compares with; the default file is computed on first
-    use (`fid_stats`), an explicit `eval.fid_stats_file` must exist."""
-    path = stats_path(config)
-    if not os.path.exists(path) and not config.eval.get("fid_stats_file"):
-        fid_stats(config)
-    return metrics.load_stats(path)
 
 
 def check_num_samples(config) -> int:
@@ -361,7 +313,7 @@ def sample_quality(config, step: int, draw, feature_dir: str, sample_dir: str | 
     'num_samples', 'mean_nfe', 'fid_stats_file'}`; IS is None without logits.
     """
     batch, num = _eval_batch_size(config), check_num_samples(config)
-    stats = reference_stats(config)
+    stats = metrics.reference_stats(config)
     inception_fn = None
     paths = [os.path.join(feature_dir, f"features_{i}.npz") for i in range(num // batch)]
     missing = [i for i, p in enumerate(paths) if not os.path.exists(p)]
@@ -372,7 +324,7 @@ def sample_quality(config, step: int, draw, feature_dir: str, sample_dir: str | 
         samples, nfe = draw(i)
         if sample_dir is not None and parallel.is_main_process():
             utils.save_samples(samples, os.path.join(sample_dir, f"samples_{i}"), nfe=nfe)
-        inception_fn = inception_fn or _inception_fn(config)
+        inception_fn = inception_fn or metrics.inception_fn(config)
         features = inception_fn(metrics.samples_to_uint8(samples))
         if parallel.is_main_process():
             with utils.atomic_path(paths[i]) as tmp:
@@ -382,9 +334,6 @@ def sample_quality(config, step: int, draw, feature_dir: str, sample_dir: str | 
         bar.close()
     rounds = [dict(np.load(p)) for p in paths]
     pool = np.concatenate([r["pool_3"] for r in rounds])
-    kid, kid_std = metrics.kernel_inception_distance(
-        pool, stats["pool_3"], int(config.eval.get("kid_subsets", 100)),
-        int(config.eval.get("kid_subset_size", 1000)), seed=int(config.seed))
     is_mean = is_std = None
     if all("logits" in r for r in rounds):
         is_mean, is_std = metrics.inception_score(np.concatenate([r["logits"] for r in rounds]),
@@ -392,11 +341,9 @@ def sample_quality(config, step: int, draw, feature_dir: str, sample_dir: str | 
     else:
         log.info("IS unavailable: the Inception weights have no classifier (pass pytorch-fid's "
                  ".pth as eval.inception_weights)")
-    return {"fid": metrics.frechet_distance(*metrics.feature_stats(pool), stats["mu"],
-                                            stats["sigma"]),
-            "kid": kid, "kid_std": kid_std, "is": is_mean, "is_std": is_std,
+    return {**metrics.fid_kid(pool, stats, config), "is": is_mean, "is_std": is_std,
             "num_samples": len(pool), "mean_nfe": float(np.mean([r["nfe"] for r in rounds])),
-            "fid_stats_file": stats_path(config)}
+            "fid_stats_file": metrics.stats_path(config)}
 
 
 # The eval.* keys that change an evaluation's numbers (with the sampler's settings).

@@ -196,3 +196,76 @@ def inception_score(logits, splits: int = 10) -> tuple[float, float]:
         log_q = np.log(np.exp(part).mean(axis=0))
         scores.append(np.exp((np.exp(part) * (part - log_q)).sum(axis=1).mean()))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+# eval.fid_stats_split / eval.bpd_dataset names -> the dataset's split.
+SPLITS = {"test": "eval", "eval": "eval", "train": "train"}
+
+
+def stats_path(config) -> str:
+    """`eval.fid_stats_file`, or by default `<cache>/stats/<dataset>[_<category>]_<size>_<split>.npz`
+    (`score_jax.inception.cache_dir`; split `eval.fid_stats_split`)."""
+    if config.eval.get("fid_stats_file"):
+        return os.path.expanduser(config.eval.fid_stats_file)
+    parts = [config.data.dataset.lower(), config.data.get("category"), config.data.image_size,
+             config.eval.get("fid_stats_split", "train")]
+    name = "_".join(str(p) for p in parts if p)
+    return os.path.join(inception.cache_dir(), "stats", f"{name}.npz")
+
+
+def inception_fn(config, batch_size: int | None = None):
+    """`get_inception_fn` with the config's `eval.inception_weights`."""
+    weights = config.eval.get("inception_weights") or None
+    if batch_size is None:
+        return get_inception_fn(weights)
+    return get_inception_fn(weights, batch_size=batch_size)
+
+
+def dataset_stats(config) -> dict:
+    """Inception features of every image of `eval.fid_stats_split` of the config's dataset, saved
+    (first process) to `stats_path(config)`. Returns `{'path', 'num_images'}`."""
+    from score_jax import datasets
+    from tqdm import tqdm
+
+    name = str(config.eval.get("fid_stats_split", "train"))
+    split = SPLITS.get(name)
+    if split is None:
+        raise ValueError(f"eval.fid_stats_split={name!r}; valid: {sorted(SPLITS)}")
+    fn = inception_fn(config)
+    # Every image on every process, in batches of one per device (the last device_count - 1 at
+    # most are dropped).
+    batches = datasets.get_dataset(config, split=split, evaluation=True,
+                                   batch_size=jax.device_count(), shard_index=0, shard_count=1,
+                                   uniform_dequantization=False)
+    pending, features = [], []
+    for batch in tqdm(batches, desc=f"fid_stats ({name})", unit="batch"):
+        pending.append(np.round(batch["image"] * 255).astype(np.uint8))
+        if sum(map(len, pending)) >= 500:
+            features.append(fn(np.concatenate(pending))["pool_3"])
+            pending = []
+    if pending:
+        features.append(fn(np.concatenate(pending))["pool_3"])
+    path = stats_path(config)
+    pool = np.concatenate(features)
+    if jax.process_index() == 0:
+        save_stats(path, pool)
+    return {"path": path, "num_images": int(len(pool))}
+
+
+def reference_stats(config) -> dict:
+    """The statistics file sample quality is measured against; the default file is computed on
+    first use (`dataset_stats`), an explicit `eval.fid_stats_file` must exist."""
+    path = stats_path(config)
+    if not os.path.exists(path) and not config.eval.get("fid_stats_file"):
+        dataset_stats(config)
+    return load_stats(path)
+
+
+def fid_kid(pool: np.ndarray, reference: dict, config) -> dict:
+    """{'fid', 'kid', 'kid_std'} of sample features `pool` (N, 2048) against `reference`
+    (`load_stats`); KID over `eval.kid_subsets` subsets of `eval.kid_subset_size`."""
+    kid, kid_std = kernel_inception_distance(
+        pool, reference["pool_3"], int(config.eval.get("kid_subsets", 100)),
+        int(config.eval.get("kid_subset_size", 1000)), seed=int(config.seed))
+    fid = frechet_distance(*feature_stats(pool), reference["mu"], reference["sigma"])
+    return {"fid": float(fid), "kid": float(kid), "kid_std": float(kid_std)}

@@ -6,7 +6,7 @@ fold_in(PRNGKey(seed), i)) with `sampling.get_solver_sampler`. Per point it reco
 the wall time of sampling (compilation excluded), the RMS and max error to a reference solution of
 the first `sweep.reference_batches` batches (the probability-flow ODE by dopri5 at
 rtol = atol = `sweep.reference_tol`, computed once and cached), and FID/KID against
-the eval mode's reference statistics (`evaluate.stats_path`) when `sweep.fid` is set.
+the eval mode's reference statistics (`metrics.stats_path`) when `sweep.fid` is set.
 
 A method is a name of `solvers.METHODS`, optionally with `sampling.*` overrides:
 'dpm_solver++:order=2,time_grid=logsnr'. Outputs in `W/sweep/ckpt_<step>/`: `points/<point>.json`
@@ -73,28 +73,19 @@ def _points(config):
 
 def quality_fn(config):
     """`fn(samples in [0, 1]) -> {'fid', 'kid', 'kid_std'}` against the eval mode's reference
-    statistics (`evaluate.stats_path`: `eval.fid_stats_file`, or the dataset's default file,
+    statistics (`metrics.stats_path`: `eval.fid_stats_file`, or the dataset's default file,
     written on first use), or None when `sweep.fid` is off. Inception weights:
     `eval.inception_weights`; KID over `eval.kid_subsets` subsets of `eval.kid_subset_size`."""
     if not config.sweep.fid:
         return None
-    from score_jax import evaluate, metrics
+    from score_jax import metrics
 
-    path = evaluate.stats_path(config)
-    if not os.path.exists(path) and not config.eval.get("fid_stats_file"):
-        evaluate.fid_stats(config)
-    reference = metrics.load_stats(path)
-    inception = metrics.get_inception_fn(config.eval.get("inception_weights") or None,
-                                         batch_size=int(config.eval.batch_size))
+    reference = metrics.reference_stats(config)
+    inception = metrics.inception_fn(config, batch_size=int(config.eval.batch_size))
 
     def fn(samples):
-        pool = inception(metrics.samples_to_uint8(samples))["pool_3"]
-        kid, kid_std = metrics.kernel_inception_distance(
-            pool, reference["pool_3"], int(config.eval.get("kid_subsets", 100)),
-            int(config.eval.get("kid_subset_size", 1000)), seed=int(config.seed))
-        fid = metrics.frechet_distance(*metrics.feature_stats(pool), reference["mu"],
-                                       reference["sigma"])
-        return {"fid": float(fid), "kid": float(kid), "kid_std": float(kid_std)}
+        return metrics.fid_kid(inception(metrics.samples_to_uint8(samples))["pool_3"], reference,
+                               config)
 
     return fn
 

@@ -22,47 +22,7 @@ from score_jax import train_state
 from score_jax import utils
 from score_jax.models import utils as mutils
 
-CLASSIFIER_DIR = "classifier"
-_META = "classifier.json"
 _EPS = 1e-5
-
-
-def classifier_dir(workdir: str) -> str:
-    return os.path.join(workdir, CLASSIFIER_DIR)
-
-
-def _meta(config) -> dict:
-    """What a classifier checkpoint depends on besides its parameter shapes."""
-    # The WRN pools over the whole image: its parameters load at any image size.
-    c = config.classifier
-    return {"classifier.name": c.name, "classifier.blocks_per_group": int(c.blocks_per_group),
-            "classifier.channel_multiplier": int(c.channel_multiplier),
-            "classifier.num_classes": int(c.num_classes),
-            "data.image_size": int(config.data.image_size),
-            "data.num_channels": int(config.data.num_channels)}
-
-
-def _check_meta(config, directory: str) -> None:
-    meta_path = os.path.join(directory, _META)
-    if not os.path.exists(meta_path):
-        raise FileNotFoundError(f"no classifier checkpoint in {directory} (no {_META}); train one "
-                                "with --mode train_classifier in the same --workdir")
-    with open(meta_path) as f:
-        saved = json.load(f)
-    for key, want in _meta(config).items():
-        if saved.get(key) != want:
-            raise ValueError(f"the classifier in {meta_path} was trained with {key}="
-                             f"{saved.get(key)!r}, the config has {key}={want!r}")
-
-
-def restore_classifier(config, workdir: str, sharding=None):
-    """`(variables, step)`: EMA weights of the newest checkpoint in `W/classifier/`. Raises
-    FileNotFoundError naming the folder, or ValueError naming the key of `classifier.json` when it
-    was trained for another architecture, image size, channel count or class count."""
-    directory = classifier_dir(workdir)
-    _check_meta(config, directory)
-    params, step = ckpt_lib.restore_for_sampling(directory, sharding=sharding)
-    return {"params": params}, int(step)
 
 
 def _optimizer_config(config) -> ml_collections.ConfigDict:
@@ -134,7 +94,7 @@ def train_classifier(config, workdir: str) -> dict:
 
     if "classifier" not in config:
         raise ValueError("the config has no `classifier` settings (see configs/digits.py)")
-    directory = classifier_dir(workdir)
+    directory = ckpt_lib.classifier_dir(workdir)
     utils.check_workdir(directory)
     c = config.classifier
     local_batch = parallel.check_batch_size(int(c.batch_size), what="classifier.batch_size")
@@ -158,10 +118,11 @@ def train_classifier(config, workdir: str) -> dict:
 
     def start(step: int, restored: bool) -> loop.Task:
         if restored:
-            _check_meta(config, directory)
+            ckpt_lib.check_classifier_meta(config, directory)
         elif jax.process_index() == 0:
-            with utils.atomic_path(os.path.join(directory, _META)) as tmp, open(tmp, "w") as f:
-                json.dump(_meta(config), f, indent=1)
+            with utils.atomic_path(os.path.join(directory, ckpt_lib.CLASSIFIER_META)) as tmp, \
+                    open(tmp, "w") as f:
+                json.dump(ckpt_lib.classifier_meta(config), f, indent=1)
         train_it = datasets.get_dataset(config, split="train", batch_size=local_batch,
                                         start_step=step)
         eval_it = datasets.get_dataset(config, split="eval", batch_size=local_batch,

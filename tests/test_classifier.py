@@ -214,8 +214,8 @@ def test_train_classifier_logs_checkpoints_and_resumes_exactly(trained):
     # Warm-up lr * min(s / 2, 1); a cross-entropy near log(10) at the start.
     np.testing.assert_allclose([r["lr"] for r in train_rows], [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
     assert 1.0 < train_rows[0]["loss"] < 5.0
-    a, _ = train_classifier.restore_classifier(config, workdir)
-    b, _ = train_classifier.restore_classifier(config, resumed_dir)
+    a, _ = ckpt_lib.restore_classifier(config, workdir)
+    b, _ = ckpt_lib.restore_classifier(config, resumed_dir)
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(u, v)
     with open(os.path.join(resumed_dir, "classifier", "metrics.jsonl")) as f:
