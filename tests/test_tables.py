@@ -217,7 +217,8 @@ def test_paper_rows_and_values():
 ])
 def test_bad_input_is_refused_before_sampling(tmp_path, stats, monkeypatch, overrides, error,
                                               match):
-    config = table_config(tmp_path, "pc_solvers", **overrides)
+    config = table_config(tmp_path, "pc_solvers")
+    config.table.update(overrides)
     workdir = str(tmp_path / "w")
     write_checkpoint(config, workdir, lambda p: p)
     monkeypatch.setattr(sampling, "get_sampling_fn", lambda *a, **k: pytest.fail("sampled"))
