@@ -23,6 +23,7 @@ MODES = {
     "train": "score_jax.train:train",
     "train_classifier": "score_jax.train_classifier:train_classifier",
     "nfe_sweep": "score_jax.sweep:nfe_sweep",
+    "fit_grid": "score_jax.fit_grid:fit_grid",
 }
 
 FLAGS = flags.FLAGS
@@ -58,7 +59,7 @@ def run(mode: str, config, workdir: str, **mode_flags):
 
     config_lib.validate(config)
     utils.check_workdir(workdir)
-    if mode in ("train", "sample", "likelihood", "eval"):
+    if mode in ("train", "sample", "likelihood", "eval", "fit_grid"):
         config_lib.check_workdir_config(config, workdir, record=mode == "train")
     module, fn = MODES[mode].split(":")
     result = getattr(importlib.import_module(module), fn)(config, workdir, **mode_flags)

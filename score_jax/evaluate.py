@@ -61,7 +61,7 @@ def _eval_batch_size(config) -> int:
     return batch
 
 
-def _draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn=None):
+def _draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn=None, workdir=None):
     """`draw(i) -> (samples (eval.batch_size, H, W, C) in [0, 1] on the host, nfe)`: batch `i` of
     `sampling_fn(rng, variables)` (default: the config's sampler) at checkpoint `step`, key
     fold_in(fold_in(key(seed), step), i). Raises FloatingPointError for NaN or inf samples."""
@@ -71,7 +71,8 @@ def _draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn=None):
                  config.data.num_channels)
         sampling_fn = sampling.get_sampling_fn(config, sde, model, shape,
                                                datasets.get_data_inverse_scaler(config), eps,
-                                               sharding=NamedSharding(mesh, P("data")))
+                                               sharding=NamedSharding(mesh, P("data")),
+                                               workdir=workdir)
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
 
     def draw(i):
@@ -105,7 +106,7 @@ def sample(config, workdir: str) -> dict:
         sampling_fn = controllable_generation.get_conditional_sampling_fn(
             config, sde, model, classifier_variables, shape,
             datasets.get_data_inverse_scaler(config), eps, NamedSharding(mesh, P("data")))
-    draw = _draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn)
+    draw = _draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn, workdir)
     batch = _eval_batch_size(config)
     out_dir = os.path.join(workdir, "samples", f"ckpt_{step}")
     n_batches = math.ceil(int(config.eval.num_samples) / batch)
@@ -332,7 +333,7 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
         if config.eval.enable_bpd:
             result.update(_bpd(config, sde, model, variables, mesh))
         if config.eval.enable_sampling:
-            draw = _draw_fn(config, sde, eps, model, variables, s, mesh)
+            draw = _draw_fn(config, sde, eps, model, variables, s, mesh, workdir=workdir)
             result.update(sample_quality(config, workdir, s, draw))
         _write_json(os.path.join(workdir, "eval", f"ckpt_{s}.json"), result)
         print(json.dumps(result))
