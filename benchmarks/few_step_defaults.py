@@ -10,8 +10,9 @@ Per setting (method, order, variant, time grid, `lower` = when the multistep sol
 order at the final steps: 'short' below 10 steps (the DPM-Solver/UniPC code), 'never', 'always')
 it prints the relative RMS error to the exact flow and the component switch rate (share of
 samples that end in another mixture component than the exact flow's), and, per solver, the
-setting whose worst ratio err(2M) / err(setting) over all cases is the largest: the default that
-is never (or least) worse than plain 2M. `solvers.DEFAULTS` is checked against that choice.
+fixed setting whose worst ratio err(2M) / err(setting) over all cases is the largest, beside the
+worst ratio of the solver's defaults (`solvers.table` without a grid: `default_solver`,
+`default_time_grid`; rows 'default').
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ MULTISTEP = ("dpm_solver++", "unipc")
 
 @contextlib.contextmanager
 def lower_final(kind: str):
+    """Raw settings (a grid given): the final-step rule `kind`."""
     old = solvers.LOWER_ORDER_FINAL_BELOW
     solvers.LOWER_ORDER_FINAL_BELOW = LOWER[kind]
     try:
@@ -83,17 +85,23 @@ def measure(seeds, n, nfes):
         for sde_name, data, seed in itertools.product(SDES, DATA, seeds):
             prob = problem(sde_name, data, seed=seed, n=n)
             for nfe in nfes:
-                for (method, kw), grid in itertools.product(SOLVER_SETTINGS, solvers.TIME_GRIDS):
-                    for lower in (LOWER if method in MULTISTEP else ["short"]):
+                settings = [(method, kw, grid, lower) for (method, kw), grid in itertools.product(
+                    SOLVER_SETTINGS, solvers.TIME_GRIDS)
+                    for lower in (LOWER if method in MULTISTEP else ["short"])]
+                settings += [(method, kw, "default", "default") for method, kw in SOLVER_SETTINGS]
+                for method, kw, grid, lower in settings:
+                    if lower == "default":  # what solvers.table does unless told otherwise
+                        tab = solvers.table(prob.sde, method, nfe, prob.eps, **kw)
+                    else:
                         with lower_final(lower):
                             tab = solvers.table(prob.sde, method, nfe, prob.eps,
                                                 time_grid_kind=grid, **kw)
-                        y = np.asarray(solve(prob, tab))
-                        ok = np.all(np.isfinite(y))
-                        rows.append({"sde": sde_name, "data": data, "seed": seed, "nfe": nfe,
-                                     "setting": setting_id(method, kw, grid, lower),
-                                     "error": prob.error(y) if ok else float("inf"),
-                                     "switch": prob.switch_rate(y) if ok else 1.0})
+                    y = np.asarray(solve(prob, tab))
+                    ok = np.all(np.isfinite(y))
+                    rows.append({"sde": sde_name, "data": data, "seed": seed, "nfe": nfe,
+                                 "setting": setting_id(method, kw, grid, lower),
+                                 "error": prob.error(y) if ok else float("inf"),
+                                 "switch": prob.switch_rate(y) if ok else 1.0})
             print(f"{sde_name} {data} seed {seed}: done", file=sys.stderr, flush=True)
     return rows
 
@@ -116,7 +124,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1024, help="latents per problem")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="mixture draws")
-    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 7, 10, 12, 15, 20])
     parser.add_argument("--out", default="", help="write every row as JSON here")
     parser.add_argument("--rows", default="", help="read the rows of an earlier --out instead")
     args = parser.parse_args()
@@ -133,22 +141,21 @@ def main():
         by_solver.setdefault(setting.split("|")[0], []).append(setting)
     print("\nPer solver: the setting with the best worst-case ratio err(2M logsnr) / err, over "
           f"{len(next(iter(rat.values())))} cases (SDE x data x mixture draw x NFE)")
-    print("| solver | current default | worst ratio | best setting (grid, lower) | worst ratio |"
+    print("| solver | default | worst ratio | best fixed setting (grid, lower) | worst ratio |"
           " geo. mean ratio |")
     print("|---|---|---:|---|---:|---:|")
     for solver, settings in by_solver.items():
-        method = solver.split("-")[0]
-        current = setting_id(method, {}, "karras" if method == "edm_heun" else "logsnr", "short")
-        current = solver + current[len(method):]
+        current = f"{solver}|default|default"
+        settings = [x for x in settings if x != current]
         best = max(settings, key=lambda s: (min(rat[s].values()),
                                             np.mean(np.log(list(rat[s].values())))))
         geo = float(np.exp(np.mean(np.log(list(rat[best].values())))))
         print(f"| {solver} | {current.split('|', 1)[1]} | {min(rat[current].values()):.2f} | "
               f"{best.split('|', 1)[1]} | {min(rat[best].values()):.2f} | {geo:.2f} |")
-    # The error table of the chosen defaults (solvers.default_settings) and of 2M.
-    print("\nRelative RMS error (switch rate) at 5 / 10 / 20 NFE, mixture draw "
-          f"{rows[0]['seed']}; defaults of solvers.default_settings")
-    chosen = [BASELINE] + [default_id(m, kw) for m, kw in SOLVER_SETTINGS]
+    # The error table of the defaults and of 2M.
+    print("\nRelative RMS error (switch rate) at " + " / ".join(map(str, sorted({
+        r["nfe"] for r in rows}))) + f" NFE, mixture draw {rows[0]['seed']}, defaults")
+    chosen = [BASELINE] + [setting_id(m, kw, "default", "default") for m, kw in SOLVER_SETTINGS]
     seed = rows[0]["seed"]
     index = {(r["setting"], r["sde"], r["data"], r["seed"], r["nfe"]): r for r in rows}
     nfes = sorted({r["nfe"] for r in rows})
@@ -163,14 +170,6 @@ def main():
                                                                if r["switch"] else "")
                                         for r in rs if r))
             print(f"| {setting} | " + " | ".join(cells) + " |")
-
-
-def default_id(method, kw):
-    """The setting id of what `solvers.table` does by default for `method` with `kw`."""
-    if not hasattr(solvers, "default_settings"):
-        return setting_id(method, kw, "karras" if method == "edm_heun" else "logsnr", "short")
-    d = solvers.default_settings(method, **kw)
-    return setting_id(method, kw, d["time_grid_kind"], d.get("lower", "short"))
 
 
 if __name__ == "__main__":

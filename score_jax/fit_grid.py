@@ -90,7 +90,8 @@ def fit_grid(config, workdir: str) -> dict:
               for name, z, ref in (("fit", z_fit, ref_fit), ("validation", z_val, ref_val))}
     record = {**sampling.grid_settings(sde, method, nfe, eps, **kw),
               "checkpoint_step": int(step), "time_grid": grid.tolist(),
-              "start_grid": start or ("karras" if method == "edm_heun" else "logsnr"),
+              "start_grid": start or solvers.default_time_grid(method, nfe, kw["order"],
+                                                               kw["denoise"]),
               "start_time_grid": np.asarray(info["start"]).tolist(),
               "errors": errors, "error_units": "RMS to the reference flow, pixels in [0, 1]",
               "num_fit": int(f.num_fit), "num_validation": int(f.num_validation),

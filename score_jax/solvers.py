@@ -40,6 +40,14 @@ HISTORY = 4
 # Multistep solvers lower their order at the final steps of runs shorter than this (as the
 # DPM-Solver and UniPC code: it steadies runs of a few steps; longer ones keep the full order).
 LOWER_ORDER_FINAL_BELOW = 10
+# Defaults measured against plain DPM-Solver++(2M) on the uniform log-SNR grid
+# (benchmarks/few_step_defaults.py; README, Few-step samplers), used when no grid is given: a
+# dpm_solver++ or unipc run of order >= 2 and fewer steps than SHORT_RUN_BELOW is DPM-Solver++(2M)
+# on 'logsnr' (third order and UniPC's corrector lose to it there, up to 20x at 7-8 NFE on narrow
+# mixtures); third-order runs of SHORT_RUN_BELOW to POWER_GRID_BELOW steps use 'logsnr_power'
+# (on 'logsnr' they lose to 2M at 10-12 NFE); longer ones 'logsnr'.
+SHORT_RUN_BELOW = 10
+POWER_GRID_BELOW = 15
 
 
 class Table(NamedTuple):
@@ -119,6 +127,28 @@ class _Rows:
             return out
 
         return Table(t, u, v, a, by_lag(c), by_lag(b), self.prediction)
+
+
+def default_time_grid(method: str, nfe: int, order: int = 3, denoise: bool = False) -> str:
+    """The grid `table` uses when none is given: 'karras' for edm_heun; 'logsnr_power' for
+    third-order multistep runs (dpm_solver++, unipc) of SHORT_RUN_BELOW to POWER_GRID_BELOW steps;
+    else 'logsnr' (measured: README, Few-step samplers)."""
+    if method == "edm_heun":
+        return "karras"
+    steps = int(nfe) - int(denoise)
+    if (method in ("dpm_solver++", "unipc") and order >= 3
+            and SHORT_RUN_BELOW <= steps < POWER_GRID_BELOW):
+        return "logsnr_power"
+    return "logsnr"
+
+
+def default_solver(method: str, nfe: int, order: int = 3, denoise: bool = False):
+    """(method, order) that `table` runs when no grid is given: a dpm_solver++ or unipc run of
+    order >= 2 and fewer than SHORT_RUN_BELOW steps is DPM-Solver++(2M); else unchanged."""
+    if (method in ("dpm_solver++", "unipc") and order >= 2
+            and int(nfe) - int(denoise) < SHORT_RUN_BELOW):
+        return "dpm_solver++", 2
+    return method, order
 
 
 def time_grid(sde, kind: str, n: int, eps: float) -> np.ndarray:
@@ -331,10 +361,10 @@ def table(sde, method: str, nfe: int, eps: float, *,
           time_grid_kind: str | np.ndarray | None = None, order: int = 3, variant: str = "bh2",
           denoise: bool = False) -> Table:
     """The coefficient table of an ODE `method` spending at most `nfe` evaluations (exactly
-    `len(table.t)`), from T to eps on `time_grid_kind`: a grid name (default: 'karras' for
-    edm_heun, else 'logsnr') or an array of `grid_steps(...) + 1` times from T to eps (e.g.
-    `fit_time_grid`'s); `denoise` spends the last evaluation on x = D(x, eps). Raises
-    ValueError naming the config key on bad input."""
+    `len(table.t)`), from T to eps on `time_grid_kind`: a grid name or an array of `grid_steps(...) + 1` times from T to eps (e.g.
+    `fit_time_grid`'s); `denoise` spends the last evaluation on x = D(x, eps). Without a grid,
+    the measured defaults: `default_solver` and `default_time_grid`. Raises ValueError naming the
+    config key on bad input."""
     check_args(method, nfe, time_grid_kind, order, variant, denoise)
     if eps <= 0 or eps >= sde.T:
         raise ValueError(f"the sampling end time eps={eps} must lie in (0, T={sde.T}) (sigma_eps "
@@ -344,8 +374,10 @@ def table(sde, method: str, nfe: int, eps: float, *,
         raise ValueError(f"sampling.method={method!r} needs alpha_t > 0 and sigma_t > 0 on "
                          f"[eps, T]; {type(sde).__name__} has lambda = {ends} at T and eps={eps}")
     budget = nfe - int(denoise)
+    if time_grid_kind is None:  # the measured defaults
+        method, order = default_solver(method, nfe, order, denoise)
     if isinstance(time_grid_kind, str) or time_grid_kind is None:
-        kind = time_grid_kind or ("karras" if method == "edm_heun" else "logsnr")
+        kind = time_grid_kind or default_time_grid(method, nfe, order, denoise)
         steps = (budget + 1) // 2 if method == "edm_heun" else budget
         ts = time_grid(sde, kind, steps, eps)
     else:  # the grid itself; for singlestep DPM-Solver, its outer (step) grid
@@ -482,7 +514,7 @@ def fit_time_grid(sde, score_fn, method: str, nfe: int, eps: float, z_fit, *,
     reference = jnp.asarray(reference, z_fit.dtype)
     run = grid_runner(sde, score_fn, method, nfe, eps, **kw)
     if isinstance(time_grid_kind, str) or time_grid_kind is None:
-        kind = time_grid_kind or ("karras" if method == "edm_heun" else "logsnr")
+        kind = time_grid_kind or default_time_grid(method, nfe, order, denoise)
         start = time_grid(sde, kind, steps, eps)
     else:
         start = _grid_array(sde, time_grid_kind, steps, eps)
