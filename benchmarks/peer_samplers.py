@@ -314,7 +314,8 @@ def digits(args, ks):
     z_fit = sde.prior_sampling(jax.random.fold_in(key, 1), shape)
     start = time.time()
     ref = np.asarray(solvers.reference_flow(sde, score, z, eps, tol=args.digits_tol))
-    ref_fit = solvers.reference_flow(sde, score, z_fit, eps, tol=args.digits_tol)
+    ref_fit = (solvers.reference_flow(sde, score, z_fit, eps, tol=args.digits_tol)
+               if args.digits_fit else None)
     print(f"digits step {step}: references in {time.time() - start:.0f} s", file=sys.stderr)
     scaler = datasets.get_data_inverse_scaler(config)
 
@@ -328,7 +329,8 @@ def digits(args, ks):
     rows = []
     print(HEADER)
     for nfe in args.nfe:
-        runs = our_runs(sde, score, z, eps, nfe, z_fit, ref_fit)
+        fit = (z_fit, ref_fit) if args.digits_fit else (None, None)
+        runs = our_runs(sde, score, z, eps, nfe, *fit)
         runs.update(k_diffusion_runs(ks, flow, nfe))
         runs.update(diffusers_runs(flow, nfe))
         rows.append(summarize(f"digits (step {step})", nfe, runs, error))
@@ -346,6 +348,8 @@ def main():
     parser.add_argument("--only_digits", action="store_true")
     parser.add_argument("--digits_n", type=int, default=64)
     parser.add_argument("--digits_tol", type=float, default=1e-5)
+    parser.add_argument("--digits_fit", action="store_true",
+                        help="also fit grids on the digits model (minutes per grid on a CPU)")
     parser.add_argument("--out", default="", help="rows as JSON")
     args = parser.parse_args()
     ks = import_k_diffusion_sampling()
