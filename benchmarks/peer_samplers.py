@@ -222,10 +222,23 @@ FITTED = [("dpm_solver++", {"order": 2}), ("dpm_solver++", {"order": 3}),
           ("unipc", {"order": 2, "variant": "bh1"}), ("unipc", {"order": 3, "variant": "bh2"})]
 
 
-def our_runs(sde, score_fn, z, eps, nfe, z_fit=None, ref_fit=None, denoise=False):
-    """{label: (y, nfe)}: every solver x named grid, and fitted grids when z_fit is given."""
+def our_runs(sde, score_fn, z, eps, nfe, z_fit=None, ref_fit=None, denoise=False, ours=None,
+             grid_files=()):
+    """{label: (y, nfe)}: every solver of `ours` (default OURS) x named grid, fitted grids when
+    z_fit is given, and the grids of `grid_files` ((method, kw, path), read as --mode sample
+    reads them)."""
+    from score_jax import sampling
+
     out = {}
-    for (method, kw), grid in itertools.product(OURS, solvers.TIME_GRIDS):
+    for (method, kw), path in grid_files:
+        try:
+            grid = sampling.read_grid_file(path, sde, method, nfe, eps, denoise=denoise, **kw)
+        except ValueError:
+            continue
+        run = solvers.grid_runner(sde, score_fn, method, nfe, eps, denoise=denoise, **kw)
+        label = method + "".join(f"-{v}" for v in kw.values())
+        out[f"{label}|fitted"] = (np.asarray(run(jnp.asarray(z), grid)), nfe)
+    for (method, kw), grid in itertools.product(ours or OURS, solvers.TIME_GRIDS):
         try:
             run = solvers.grid_runner(sde, score_fn, method, nfe, eps, denoise=denoise, **kw)
             tab = solvers.table(sde, method, nfe, eps, time_grid_kind=grid, denoise=denoise, **kw)
@@ -294,7 +307,10 @@ def closed_form(args, ks):
 
 def digits(args, ks):
     """The trained model of `args.digits` (its config.json): float32 score from the EMA weights,
-    latents of the first batch, reference dopri5 at args.digits_tol; no noise removal."""
+    `--digits_n` latents, reference dopri5 at args.digits_tol, then x0 = D(x, eps) as the
+    config's `noise_removal`: every sampler ends with that one evaluation (peers get NFE - 1 for
+    the flow). Ours: DDIM, 2M, 3M, UniPC-3 on the named grids and the workdir's fitted grids
+    (W/grids/*.json of --mode fit_grid)."""
     import ml_collections
 
     from score_jax import checkpoints as ckpt_lib
@@ -313,9 +329,10 @@ def digits(args, ks):
     z = sde.prior_sampling(jax.random.fold_in(key, 0), shape)
     z_fit = sde.prior_sampling(jax.random.fold_in(key, 1), shape)
     start = time.time()
-    ref = np.asarray(solvers.reference_flow(sde, score, z, eps, tol=args.digits_tol))
-    ref_fit = (solvers.reference_flow(sde, score, z_fit, eps, tol=args.digits_tol)
-               if args.digits_fit else None)
+    ref = np.asarray(solvers.reference_flow(sde, score, z, eps, tol=args.digits_tol,
+                                            denoise=True))
+    ref_fit = (solvers.reference_flow(sde, score, z_fit, eps, tol=args.digits_tol,
+                                      denoise=True) if args.digits_fit else None)
     print(f"digits step {step}: references in {time.time() - start:.0f} s", file=sys.stderr)
     scaler = datasets.get_data_inverse_scaler(config)
 
@@ -323,16 +340,26 @@ def digits(args, ks):
         return float(np.sqrt(np.mean((np.asarray(scaler(np.asarray(y))) - scaler(ref)) ** 2)))
 
     data_fn = jax.jit(lambda x, t: solvers.prediction_fn(sde, score, "data")(x, t))
-    flow = Flow(sde, eps, np.asarray(z, np.float64), ref,
-                lambda x, t: np.asarray(data_fn(jnp.asarray(x, jnp.float32), t), np.float64),
-                error)
+    host_data_fn = lambda x, t: np.asarray(data_fn(jnp.asarray(x, jnp.float32), t),  # noqa: E731
+                                           np.float64)
+    flow = Flow(sde, eps, np.asarray(z, np.float64), ref, host_data_fn, error)
+
+    def denoised(runs):  # the final x0 = D(x, eps), one evaluation more
+        return {k: (host_data_fn(y, eps), n + 1) for k, (y, n) in runs.items()}
+
+    ours = [("ddim", {}), ("dpm_solver++", {"order": 2}), ("dpm_solver++", {"order": 3}),
+            ("unipc", {"order": 3, "variant": "bh2"})]
+    files = [((m, kw), os.path.join(args.digits, "grids", f"{m}_{{}}.json"))
+             for m, kw in [("dpm_solver++", {"order": 2}), ("unipc", {"order": 3,
+                                                                      "variant": "bh2"})]]
     rows = []
     print(HEADER)
     for nfe in args.nfe:
         fit = (z_fit, ref_fit) if args.digits_fit else (None, None)
-        runs = our_runs(sde, score, z, eps, nfe, *fit)
-        runs.update(k_diffusion_runs(ks, flow, nfe))
-        runs.update(diffusers_runs(flow, nfe))
+        runs = our_runs(sde, score, z, eps, nfe, *fit, denoise=True, ours=ours,
+                        grid_files=[(mk, path.format(nfe)) for mk, path in files])
+        runs.update(denoised(k_diffusion_runs(ks, flow, nfe - 1)))
+        runs.update(denoised(diffusers_runs(flow, nfe - 1)))
         rows.append(summarize(f"digits (step {step})", nfe, runs, error))
     return rows
 
