@@ -321,7 +321,8 @@ def test_bad_input_names_the_key():
 
 
 def test_config_sampler_is_sharded_exact_and_counts_evaluations():
-    """`sampling.method='unipc'` through get_sampling_fn (float32, AnalyticScore): the batch split
+    """`sampling.method='unipc'` on `logsnr` through get_sampling_fn (float32, AnalyticScore): the
+    batch split
     over two devices gives the unsharded samples, the given latents map near the exact flow, and
     nfe is the budget (noise removal included)."""
     from analytic import AnalyticScore, analytic_variables, flow_map
@@ -330,7 +331,7 @@ def test_config_sampler_is_sharded_exact_and_counts_evaluations():
         sde = sde_lib.VPSDE()
         config = ml_collections.ConfigDict({
             "training": {"continuous": True},
-            "sampling": {"method": "unipc", "nfe": 12, "time_grid": None, "order": 3,
+            "sampling": {"method": "unipc", "nfe": 12, "time_grid": "logsnr", "order": 3,
                          "variant": "bh2", "rtol": 0.05, "atol": 0.0078,
                          "noise_removal": False}})
         shape = (4, 2, 2, 1)
