@@ -322,9 +322,8 @@ def test_bad_input_names_the_key():
 
 def test_config_sampler_is_sharded_exact_and_counts_evaluations():
     """`sampling.method='unipc'` on `logsnr` through get_sampling_fn (float32, AnalyticScore): the
-    batch split
-    over two devices gives the unsharded samples, the given latents map near the exact flow, and
-    nfe is the budget (noise removal included)."""
+    batch split over two devices gives the unsharded samples, the given latents map near the exact
+    flow, and nfe is the budget (noise removal included)."""
     from analytic import AnalyticScore, analytic_variables, flow_map
 
     with jax.enable_x64(False):
