@@ -345,7 +345,8 @@ def sde_description(sde) -> dict:
 
 
 def grid_file(workdir: str, method: str, nfe: int) -> str:
-    """Where `--mode fit_grid` writes the grid of `method` at budget `nfe`: W/grids/<m>_<nfe>.json."""
+    """Where `--mode fit_grid` writes the grid of `method` at budget `nfe`:
+    W/grids/<method>_<nfe>.json."""
     return os.path.join(workdir, "grids", f"{method}_{int(nfe)}.json")
 
 

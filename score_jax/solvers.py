@@ -361,10 +361,10 @@ def table(sde, method: str, nfe: int, eps: float, *,
           time_grid_kind: str | np.ndarray | None = None, order: int = 3, variant: str = "bh2",
           denoise: bool = False) -> Table:
     """The coefficient table of an ODE `method` spending at most `nfe` evaluations (exactly
-    `len(table.t)`), from T to eps on `time_grid_kind`: a grid name or an array of `grid_steps(...) + 1` times from T to eps (e.g.
-    `fit_time_grid`'s); `denoise` spends the last evaluation on x = D(x, eps). Without a grid,
-    the measured defaults: `default_solver` and `default_time_grid`. Raises ValueError naming the
-    config key on bad input."""
+    `len(table.t)`), from T to eps on `time_grid_kind`: a grid name or an array of
+    `grid_steps(...) + 1` times from T to eps (e.g. `fit_time_grid`'s); `denoise` spends the last
+    evaluation on x = D(x, eps). Without a grid, the measured defaults: `default_solver` and
+    `default_time_grid`. Raises ValueError naming the config key on bad input."""
     check_args(method, nfe, time_grid_kind, order, variant, denoise)
     if eps <= 0 or eps >= sde.T:
         raise ValueError(f"the sampling end time eps={eps} must lie in (0, T={sde.T}) (sigma_eps "
