@@ -25,6 +25,7 @@ MODES = {
     "train_dequantizer": "score_jax.dequantizer:train_dequantizer",
     "nfe_sweep": "score_jax.sweep:nfe_sweep",
     "table": "score_jax.tables:table",
+    "fit_grid": "score_jax.fit_grid:fit_grid",
 }
 
 FLAGS = flags.FLAGS
@@ -60,7 +61,8 @@ def run(mode: str, config, workdir: str, **mode_flags):
 
     config_lib.validate(config)
     utils.check_workdir(workdir)
-    if mode in ("train", "sample", "likelihood", "eval", "table", "train_dequantizer"):
+    if mode in ("train", "sample", "likelihood", "eval", "table", "train_dequantizer",
+                "fit_grid"):
         config_lib.check_workdir_config(config, workdir, record=mode == "train")
     module, fn = MODES[mode].split(":")
     result = getattr(importlib.import_module(module), fn)(config, workdir, **mode_flags)

@@ -24,15 +24,19 @@ setup(
         "importlib_resources>=6",  # tfds.data_source needs it without TensorFlow
         "pillow>=10",
         "numpy>=1.26",
+        "scipy>=1.11",         # Powell's method of solvers.fit_time_grid (--mode fit_grid)
     ],
     extras_require={
         "cuda12": ["jax[cuda12]>=0.10.2"],
         "convert": ["torch>=2.6"],
         # diffusers folders: safetensors weights; `--checkpoint hf://...` downloads.
         "hub": ["huggingface_hub>=0.23", "safetensors>=0.4"],
+        # benchmarks/peer_samplers.py; k-diffusion itself: pip install --no-deps k-diffusion
+        # torchsde trampoline torchdiffeq (its full requirements pull a CUDA torch and more).
+        "bench": ["torch>=2.6", "diffusers>=0.30"],
         # nbclient/ipykernel/nbformat execute notebooks/walkthrough.ipynb in the tests; diffusers
         # builds the reference UNet2DModels of tests/test_hub.py (pulls huggingface_hub, safetensors).
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch>=2.6", "nbclient>=0.10", "ipykernel>=6.29", "nbformat>=5.10",
-                 "diffusers>=0.42", "huggingface_hub>=0.23", "safetensors>=0.4"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch>=2.6", "nbclient>=0.10", "ipykernel>=6.29",
+                 "nbformat>=5.10", "diffusers>=0.42", "huggingface_hub>=0.23", "safetensors>=0.4"],
     },
 )

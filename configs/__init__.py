@@ -16,7 +16,9 @@ def add_score_jax_keys(config: ml_collections.ConfigDict) -> ml_collections.Conf
     # few-step samplers (sampling.method in score_jax.solvers.METHODS)
     sampling = config.sampling
     sampling.nfe = 20  # budget of network evaluations (noise_removal's included)
-    sampling.time_grid = config_dict.placeholder(str)  # None: 'karras' for edm_heun, else 'logsnr'
+    # None: 'karras' for edm_heun, else 'logsnr'; a grid name, 'fitted' (W/grids/<method>_<nfe>
+    # .json of --mode fit_grid), a grid file's path or a tuple of times from T to eps
+    sampling.time_grid = config_dict.placeholder(object)
     sampling.order = 3  # dpm_solver, dpm_solver++, unipc
     sampling.variant = 'bh2'  # unipc: 'bh1' or 'bh2'
     sampling.rtol = 0.05  # adaptive_sde tolerances (Jolicoeur-Martineau et al. 2021)
@@ -49,4 +51,12 @@ def add_score_jax_keys(config: ml_collections.ConfigDict) -> ml_collections.Conf
     table.snr = ''  # '' = the paper's Table 5; '0.16' for every cell; 'PC1000=0.2,C2000=0.3,...'
     table.predictors = ''  # '' = all three; 'reverse_diffusion,probability_flow', ...
     table.columns = ''  # '' = P1000,P2000,C2000,PC1000
+
+    # --mode fit_grid: the time grid of sampling.method at sampling.nfe fitted to a checkpoint
+    config.fit_grid = fit = ml_collections.ConfigDict()
+    fit.num_fit = 64  # latents the grid is fitted on (one batch)
+    fit.num_validation = 64  # other latents, for the reported error
+    fit.reference_tol = 1e-5  # dopri5 rtol = atol of the reference flow
+    fit.max_evals = 0  # objective evaluations (0: 60 per free grid point)
+    fit.start = config_dict.placeholder(str)  # grid name to start from (None: the method's)
     return config

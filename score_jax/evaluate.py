@@ -61,7 +61,7 @@ def _eval_batch_size(config) -> int:
     return batch
 
 
-def draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn=None):
+def draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn=None, workdir=None):
     """`draw(i) -> (samples (eval.batch_size, H, W, C) in [0, 1] on the host, nfe)`: batch `i` of
     `sampling_fn(rng, variables)` (default: the config's sampler) at checkpoint `step`, key
     fold_in(fold_in(key(seed), step), i). Raises FloatingPointError for NaN or inf samples."""
@@ -71,7 +71,8 @@ def draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn=None):
                  config.data.num_channels)
         sampling_fn = sampling.get_sampling_fn(config, sde, model, shape,
                                                datasets.get_data_inverse_scaler(config), eps,
-                                               sharding=NamedSharding(mesh, P("data")))
+                                               sharding=NamedSharding(mesh, P("data")),
+                                               workdir=workdir)
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
 
     def draw(i):
@@ -83,10 +84,11 @@ def draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn=None):
     return draw
 
 
-def sample_settings(config, variables, step: int, num_samples: int, **extra) -> dict:
+def sample_settings(config, variables, step: int, num_samples: int, workdir=None,
+                    **extra) -> dict:
     """`sampling.sampler_settings` of the config's sampler with these weights (fingerprinted)."""
     return sampling.sampler_settings(config, step=step, weights=utils.tree_fingerprint(variables),
-                                     num_samples=num_samples, **extra)
+                                     num_samples=num_samples, workdir=workdir, **extra)
 
 
 def sample(config, workdir: str) -> dict:
@@ -117,8 +119,8 @@ def sample(config, workdir: str) -> dict:
             datasets.get_data_inverse_scaler(config), eps, NamedSharding(mesh, P("data")))
         extra = {"classifier_scale": float(config.classifier.scale),
                  "classifier_weights": utils.tree_fingerprint(classifier_variables)}
-    draw = draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn)
-    settings = sample_settings(config, variables, step, n_batches * batch, **extra)
+    draw = draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn, workdir)
+    settings = sample_settings(config, variables, step, n_batches * batch, workdir, **extra)
     out_dir = utils.settings_dir(os.path.join(workdir, "samples", f"ckpt_{step}"),
                                  str(config.sampling.method).lower(), settings,
                                  write=parallel.is_main_process())
@@ -352,9 +354,9 @@ _EVAL_KEYS = ("enable_loss", "enable_bpd", "enable_sampling", "bpd_dataset", "bp
               "kid_subset_size", "is_splits", "dequantizer", "bound_num_t")
 
 
-def eval_settings(config, variables, step: int) -> dict:
+def eval_settings(config, variables, step: int, workdir=None) -> dict:
     """`sample_settings` of the eval's samples plus the `eval.*` values its numbers depend on."""
-    return {**sample_settings(config, variables, step, int(config.eval.num_samples)),
+    return {**sample_settings(config, variables, step, int(config.eval.num_samples), workdir),
             "eval": {k: config.eval.get(k) for k in _EVAL_KEYS}}
 
 
@@ -391,17 +393,18 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict:
         sde, eps, model, variables, s, mesh = restore(config, workdir, s)
         main = parallel.is_main_process()
         out_dir = utils.settings_dir(os.path.join(workdir, "eval", f"ckpt_{s}"), method,
-                                     eval_settings(config, variables, s), write=main)
+                                     eval_settings(config, variables, s, workdir), write=main)
         result = {"step": s}
         if config.eval.enable_loss:
             result.update(_eval_loss(config, sde, model, variables, mesh))
         if config.eval.enable_bpd:
             result.update(bits_per_dim(config, sde, model, variables, mesh, workdir, s))
         if config.eval.enable_sampling:
-            draw = draw_fn(config, sde, eps, model, variables, s, mesh)
+            draw = draw_fn(config, sde, eps, model, variables, s, mesh, workdir=workdir)
             sample_dir = utils.settings_dir(
                 os.path.join(workdir, "samples", f"ckpt_{s}"), method,
-                sample_settings(config, variables, s, int(config.eval.num_samples)), write=main)
+                sample_settings(config, variables, s, int(config.eval.num_samples), workdir),
+                write=main)
             result.update(sample_quality(config, s, draw, out_dir, sample_dir))
         result["dir"] = out_dir
         _write_json(os.path.join(out_dir, "eval.json"), result)

@@ -20,6 +20,8 @@ Langevin/ALD on sub-VP, float64 scores). Arrays are NHWC, `t` has shape (batch,)
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import NamedTuple
 
 import jax
@@ -336,18 +338,113 @@ def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5,
     return jax.jit(sampler)
 
 
+def sde_description(sde) -> dict:
+    """{'name', 'T', and the noise scales} of an SDE: what a fitted grid depends on."""
+    keys = ("sigma_min", "sigma_max") if isinstance(sde, sde_lib.VESDE) else ("beta_min",
+                                                                              "beta_max")
+    return {"name": type(sde).__name__, "T": float(sde.T),
+            **{k: float(getattr(sde, k)) for k in keys}}
+
+
+def grid_file(workdir: str, method: str, nfe: int) -> str:
+    """Where `--mode fit_grid` writes the grid of `method` at budget `nfe`:
+    W/grids/<method>_<nfe>.json."""
+    return os.path.join(workdir, "grids", f"{method}_{int(nfe)}.json")
+
+
+def grid_settings(sde, method, nfe, eps, order=3, variant="bh2", denoise=False) -> dict:
+    """The settings a fitted grid is valid for (stored in the grid file, compared on reading):
+    SDE, eps, nfe, method and the solver settings that change its table."""
+    settings = {"sde": sde_description(sde), "eps": float(eps), "nfe": int(nfe),
+                "method": method, "noise_removal": bool(denoise)}
+    if method in solvers.ORDERS:
+        settings["order"] = int(order)
+    if method == "unipc":
+        settings["variant"] = variant
+    return settings
+
+
+def _mismatch(stored: dict, wanted: dict) -> list[str]:
+    out = []
+    for key, value in wanted.items():
+        have = stored.get(key)
+        if isinstance(value, dict):
+            out += [f"sde.{k}" for k in _mismatch(have or {}, value)] if isinstance(have, dict) \
+                else [key]
+        elif isinstance(value, float):
+            if not isinstance(have, (int, float)) or not np.isclose(have, value, rtol=1e-9,
+                                                                    atol=0):
+                out.append(key)
+        elif have != value:
+            out.append(key)
+    return out
+
+
+def read_grid_file(path: str, sde, method, nfe, eps, order=3, variant="bh2",
+                   denoise=False) -> np.ndarray:
+    """The grid (float64, T to eps) of a `--mode fit_grid` file; ValueError naming the file and
+    every setting (SDE, eps, nfe, method, order, variant, noise_removal) it was not fitted for."""
+    if not os.path.isfile(path):
+        raise ValueError(f"sampling.time_grid: the grid file {path!r} does not exist (write it "
+                         "with --mode fit_grid)")
+    with open(path) as f:
+        record = json.load(f)
+    wanted = grid_settings(sde, method, nfe, eps, order, variant, denoise)
+    bad = _mismatch(record, wanted)
+    if bad:
+        def get(d, k):
+            for part in k.split("."):
+                d = d.get(part) if isinstance(d, dict) else None
+            return d
+
+        details = "; ".join(f"{k}: file {get(record, k)!r}, sampler {get(wanted, k)!r}"
+                            for k in bad)
+        raise ValueError(f"sampling.time_grid: the grid file {path!r} was fitted for other "
+                         f"settings ({details})")
+    return np.asarray(record["time_grid"], np.float64)
+
+
+def resolve_time_grid(time_grid, sde, method, nfe, eps, *, order=3, variant="bh2",
+                      denoise=False, workdir: str | None = None):
+    """`sampling.time_grid` as `solvers.table` takes it (the one place sample, eval, nfe_sweep and
+    the snapshots resolve it): None or a grid name unchanged; an array (list, tuple) of times as
+    float64; 'fitted' the grid of `grid_file(workdir, method, nfe)`; another string the path of a
+    grid file. A file is read by `read_grid_file` (refused unless fitted for these settings)."""
+    if time_grid is None or (isinstance(time_grid, str) and time_grid in solvers.TIME_GRIDS):
+        return time_grid
+    if not isinstance(time_grid, str):
+        return np.asarray(time_grid, np.float64)
+    if time_grid == "fitted":
+        if workdir is None:
+            raise ValueError("sampling.time_grid='fitted' needs the workdir of the fitted grid "
+                             "(W/grids/<method>_<nfe>.json); pass a grid file's path instead")
+        path = grid_file(workdir, method, nfe)
+    elif time_grid.endswith(".json") or os.sep in time_grid:
+        path = time_grid
+    else:
+        raise ValueError(f"sampling.time_grid={time_grid!r} is unknown; valid: "
+                         f"{list(solvers.TIME_GRIDS)}, 'fitted', a grid file (.json) or an "
+                         "array of times")
+    return read_grid_file(path, sde, method, nfe, eps, order, variant, denoise)
+
+
 def get_solver_sampler(sde, model, shape, inverse_scaler, method, nfe=20, time_grid=None,
                        order=3, variant="bh2", rtol=0.05, atol=0.0078, denoise=False, eps=1e-3,
-                       continuous=True, sharding: NamedSharding | None = None):
+                       continuous=True, sharding: NamedSharding | None = None,
+                       workdir: str | None = None):
     """A jitted few-step sampler `(rng, variables, z=None) -> (samples, nfe)` (score_jax.solvers).
 
     ODE methods ('ddim', 'dpm_solver', 'dpm_solver++', 'unipc', 'edm_heun') map x_T = `z` (or a
     prior draw from `rng`) deterministically to eps in at most `nfe` evaluations on `time_grid`
-    (`solvers.table`); 'adaptive_sde' solves the reverse SDE with noise from `rng` to tolerances
-    `rtol`, `atol`. `denoise` ends with x = D(x, eps) (one evaluation, counted). The returned nfe
-    (int32) is exact. `continuous` as `get_ode_sampler`.
+    (a name, an array, 'fitted' (the grid of `workdir`) or a grid file: `resolve_time_grid`);
+    'adaptive_sde' solves the reverse SDE with noise from `rng` to tolerances `rtol`, `atol`.
+    `denoise` ends with x = D(x, eps) (one evaluation, counted). The returned nfe (int32) is
+    exact. `continuous` as `get_ode_sampler`.
     """
     shape = tuple(int(s) for s in shape)
+    if method != "adaptive_sde":
+        time_grid = resolve_time_grid(time_grid, sde, method, nfe, eps, order=order,
+                                      variant=variant, denoise=denoise, workdir=workdir)
     solvers.check_args(method, nfe, time_grid, order, variant, denoise)
     tab = None if method == "adaptive_sde" else solvers.table(
         sde, method, nfe, eps, time_grid_kind=time_grid, order=order, variant=variant,
@@ -369,15 +466,16 @@ def get_solver_sampler(sde, model, shape, inverse_scaler, method, nfe=20, time_g
 
 
 def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
-                    sharding: NamedSharding | None = None):
+                    sharding: NamedSharding | None = None, workdir: str | None = None):
     """The sampler of `config.sampling.method`: `(rng, variables) -> (samples, nfe)`; 'ode' and the
     few-step methods also take a latent `z`.
 
     'pc' reads `sampling.{predictor, corrector, snr, n_steps_each, probability_flow,
     noise_removal}` and `training.continuous`; 'ode' reads `sampling.noise_removal`; the few-step
     methods of `solvers.METHODS` read `sampling.{nfe, time_grid, order, variant, rtol, atol,
-    noise_removal}`. 'ode' and the few-step methods use continuous-time labels as the official
-    ODE sampler, except for discrete VE networks (which index a noise table) that get their own.
+    noise_removal}` (`sampling.time_grid='fitted'` reads the grid of `workdir`). 'ode' and the
+    few-step methods use continuous-time labels as the official ODE sampler, except for discrete
+    VE networks (which index a noise table) that get their own.
     """
     s = config.sampling
     method = str(s.method).lower()
@@ -396,10 +494,11 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
     return get_solver_sampler(
         sde, model, shape, inverse_scaler, method, nfe=s.nfe, time_grid=s.time_grid,
         order=s.order, variant=s.variant, rtol=s.rtol, atol=s.atol, denoise=s.noise_removal,
-        eps=eps, continuous=continuous, sharding=sharding)
+        eps=eps, continuous=continuous, sharding=sharding, workdir=workdir)
 
 
-def sampler_settings(config, *, step: int, weights: str, num_samples: int, **extra) -> dict:
+def sampler_settings(config, *, step: int, weights: str, num_samples: int,
+                     workdir: str | None = None, **extra) -> dict:
     """What decides the samples `--mode sample` and `eval` draw with `get_sampling_fn(config)`,
     as {name: value}: every `sampling.*` value (whatever its type: an array or a file path is
     keyed by its value, see `utils.settings_key`), the SDE (`training.sde`, its noise scales and
@@ -407,11 +506,16 @@ def sampler_settings(config, *, step: int, weights: str, num_samples: int, **ext
     fold_in(fold_in(key(seed), step), i)), `num_samples`, `seed`, the checkpoint `step`, a
     fingerprint of the `weights` (`utils.tree_fingerprint`), and `extra` (e.g. the classifier's
     scale and weights for `sampling.class_label`). Outputs are keyed by it
-    (`utils.settings_dir`)."""
+    (`utils.settings_dir`). `sampling.time_grid='fitted'` is keyed by the contents of the grid file
+    of `workdir` (a refit grid is another setting)."""
+    values = config.sampling.to_dict()
+    if values.get("time_grid") == "fitted" and workdir is not None:
+        values["time_grid"] = grid_file(workdir, str(config.sampling.method).lower(),
+                                        int(config.sampling.nfe))
     m = config.model
     scales = {k: m.get(k) for k in ("num_scales", "sigma_min", "sigma_max", "beta_min",
                                      "beta_max")}
-    return {"sampling": config.sampling.to_dict(), "sde": str(config.training.sde).lower(),
+    return {"sampling": values, "sde": str(config.training.sde).lower(),
             "continuous": bool(config.training.continuous), **scales,
             "batch_size": int(config.eval.batch_size), "num_samples": int(num_samples),
             "seed": int(config.seed), "step": int(step), "weights": weights, **extra}

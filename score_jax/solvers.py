@@ -40,6 +40,14 @@ HISTORY = 4
 # Multistep solvers lower their order at the final steps of runs shorter than this (as the
 # DPM-Solver and UniPC code: it steadies runs of a few steps; longer ones keep the full order).
 LOWER_ORDER_FINAL_BELOW = 10
+# Defaults measured against plain DPM-Solver++(2M) on the uniform log-SNR grid
+# (benchmarks/few_step_defaults.py; README, Few-step samplers), used when no grid is given: a
+# dpm_solver++ or unipc run of order >= 2 and fewer steps than SHORT_RUN_BELOW is DPM-Solver++(2M)
+# on 'logsnr' (third order and UniPC's corrector lose to it there, up to 20x at 7-8 NFE on narrow
+# mixtures); third-order runs of SHORT_RUN_BELOW to POWER_GRID_BELOW steps use 'logsnr_power'
+# (on 'logsnr' they lose to 2M at 10-12 NFE); longer ones 'logsnr'.
+SHORT_RUN_BELOW = 10
+POWER_GRID_BELOW = 15
 
 
 class Table(NamedTuple):
@@ -119,6 +127,28 @@ class _Rows:
             return out
 
         return Table(t, u, v, a, by_lag(c), by_lag(b), self.prediction)
+
+
+def default_time_grid(method: str, nfe: int, order: int = 3, denoise: bool = False) -> str:
+    """The grid `table` uses when none is given: 'karras' for edm_heun; 'logsnr_power' for
+    third-order multistep runs (dpm_solver++, unipc) of SHORT_RUN_BELOW to POWER_GRID_BELOW steps;
+    else 'logsnr' (measured: README, Few-step samplers)."""
+    if method == "edm_heun":
+        return "karras"
+    steps = int(nfe) - int(denoise)
+    if (method in ("dpm_solver++", "unipc") and order >= 3
+            and SHORT_RUN_BELOW <= steps < POWER_GRID_BELOW):
+        return "logsnr_power"
+    return "logsnr"
+
+
+def default_solver(method: str, nfe: int, order: int = 3, denoise: bool = False):
+    """(method, order) that `table` runs when no grid is given: a dpm_solver++ or unipc run of
+    order >= 2 and fewer than SHORT_RUN_BELOW steps is DPM-Solver++(2M); else unchanged."""
+    if (method in ("dpm_solver++", "unipc") and order >= 2
+            and int(nfe) - int(denoise) < SHORT_RUN_BELOW):
+        return "dpm_solver++", 2
+    return method, order
 
 
 def time_grid(sde, kind: str, n: int, eps: float) -> np.ndarray:
@@ -224,21 +254,28 @@ def unipc(sde, ts, rows: _Rows, order: int, variant: str) -> None:
         rows.add(ts[i], a=sigma[i + 1] / sigma[i], b=b, **base)
 
 
-def dpm_solver(sde, ts, rows: _Rows, order: int, kind: str) -> None:
-    """Singlestep DPM-Solver (Lu et al. 2022, noise prediction, 'fast' variant): the budget of
-    len(ts) - 1 evaluations split into steps of order `order` with a lower-order tail (their
-    `get_orders_and_timesteps_for_singlestep_solver`: the steps start at the grid points the
-    orders reach, or are uniform in lambda on the 'logsnr' grid), intermediate points at lambda
-    fractions 1/2 (order 2) and 1/3, 2/3 (order 3)."""
-    sch, nfe = _Schedule(sde), len(ts) - 1
+def _singlestep_orders(order: int, nfe: int) -> list[int]:
+    """The step orders of singlestep DPM-Solver spending `nfe` evaluations (the 'fast' mix)."""
     if order == 3:
         steps = nfe // 3 + 1
-        orders = [3] * (steps - 2) + [2, 1] if nfe % 3 == 0 else [3] * (steps - 1) + [nfe % 3]
-    elif order == 2:
-        orders = [2] * (nfe // 2) + [1] * (nfe % 2)
-    else:
-        orders = [1] * nfe
-    if kind == "logsnr":
+        return [3] * (steps - 2) + [2, 1] if nfe % 3 == 0 else [3] * (steps - 1) + [nfe % 3]
+    if order == 2:
+        return [2] * (nfe // 2) + [1] * (nfe % 2)
+    return [1] * nfe
+
+
+def dpm_solver(sde, ts, rows: _Rows, order: int, kind: str, budget: int) -> None:
+    """Singlestep DPM-Solver (Lu et al. 2022, noise prediction, 'fast' variant): `budget`
+    evaluations split into steps of order `order` with a lower-order tail (their
+    `get_orders_and_timesteps_for_singlestep_solver`: the steps start at the points of `ts` (a
+    budget-interval grid) that the orders reach, or are uniform in lambda on the 'logsnr' grid, or
+    are `ts` itself when `kind` is 'given'), intermediate points at lambda fractions 1/2
+    (order 2) and 1/3, 2/3 (order 3)."""
+    sch = _Schedule(sde)
+    orders = _singlestep_orders(order, budget)
+    if kind == "given":  # ts is the outer (step) grid itself
+        outer = ts
+    elif kind == "logsnr":
         outer = time_grid(sde, kind, len(orders), ts[-1])
     else:
         outer = ts[np.cumsum([0] + orders)]
@@ -292,12 +329,42 @@ def edm_heun(sde, ts, rows: _Rows) -> None:
                      v=alpha_t / alpha_s * (1 + d / (2 * sig_s)), c=c)
 
 
-def table(sde, method: str, nfe: int, eps: float, *, time_grid_kind: str | None = None,
-          order: int = 3, variant: str = "bh2", denoise: bool = False) -> Table:
+def grid_steps(method: str, nfe: int, order: int = 3, denoise: bool = False) -> int:
+    """Number of intervals of the time grid that `table` steps on: `nfe` (less the denoising
+    evaluation) for the multistep solvers, the steps of EDM's Heun ((budget + 1) // 2) and of
+    singlestep DPM-Solver (its order mix), whose intermediate points lie inside the intervals."""
+    budget = int(nfe) - int(denoise)
+    if method == "edm_heun":
+        return (budget + 1) // 2
+    if method == "dpm_solver":
+        return len(_singlestep_orders(order, budget))
+    return budget
+
+
+def _grid_array(sde, grid, steps: int, eps: float) -> np.ndarray:
+    """A given grid as float64, checked: 1-D, steps + 1 times, strictly decreasing from T to eps."""
+    ts = np.array(grid, np.float64)
+    T = float(sde.T)
+    if ts.ndim != 1 or len(ts) != steps + 1:
+        raise ValueError(f"sampling.time_grid: an array grid needs {steps + 1} times (T to eps) "
+                         f"for this method and budget, got shape {ts.shape}")
+    if not (np.isclose(ts[0], T, rtol=1e-9, atol=0) and np.isclose(ts[-1], eps, rtol=1e-6, atol=0)
+            and np.all(np.diff(ts) < 0)):
+        raise ValueError(f"sampling.time_grid: an array grid must fall strictly from T={T} to "
+                         f"eps={eps}; got {ts[0]!r} ... {ts[-1]!r} (decreasing: "
+                         f"{bool(np.all(np.diff(ts) < 0))})")
+    ts[0], ts[-1] = T, eps
+    return ts
+
+
+def table(sde, method: str, nfe: int, eps: float, *,
+          time_grid_kind: str | np.ndarray | None = None, order: int = 3, variant: str = "bh2",
+          denoise: bool = False) -> Table:
     """The coefficient table of an ODE `method` spending at most `nfe` evaluations (exactly
-    `len(table.t)`), from T to eps on `time_grid_kind` (default: 'karras' for edm_heun, else
-    'logsnr'); `denoise` spends the last evaluation on x = D(x, eps). Raises ValueError naming
-    the config key on bad input."""
+    `len(table.t)`), from T to eps on `time_grid_kind`: a grid name or an array of
+    `grid_steps(...) + 1` times from T to eps (e.g. `fit_time_grid`'s); `denoise` spends the last
+    evaluation on x = D(x, eps). Without a grid, the measured defaults: `default_solver` and
+    `default_time_grid`. Raises ValueError naming the config key on bad input."""
     check_args(method, nfe, time_grid_kind, order, variant, denoise)
     if eps <= 0 or eps >= sde.T:
         raise ValueError(f"the sampling end time eps={eps} must lie in (0, T={sde.T}) (sigma_eps "
@@ -306,10 +373,16 @@ def table(sde, method: str, nfe: int, eps: float, *, time_grid_kind: str | None 
     if not np.all(np.isfinite(ends)):
         raise ValueError(f"sampling.method={method!r} needs alpha_t > 0 and sigma_t > 0 on "
                          f"[eps, T]; {type(sde).__name__} has lambda = {ends} at T and eps={eps}")
-    kind = time_grid_kind or ("karras" if method == "edm_heun" else "logsnr")
     budget = nfe - int(denoise)
-    steps = (budget + 1) // 2 if method == "edm_heun" else budget
-    ts = time_grid(sde, kind, steps, eps)
+    if time_grid_kind is None:  # the measured defaults
+        method, order = default_solver(method, nfe, order, denoise)
+    if isinstance(time_grid_kind, str) or time_grid_kind is None:
+        kind = time_grid_kind or default_time_grid(method, nfe, order, denoise)
+        steps = (budget + 1) // 2 if method == "edm_heun" else budget
+        ts = time_grid(sde, kind, steps, eps)
+    else:  # the grid itself; for singlestep DPM-Solver, its outer (step) grid
+        kind = "given"
+        ts = _grid_array(sde, time_grid_kind, grid_steps(method, nfe, order, denoise), eps)
     rows = _Rows(budget + 1, "noise" if method == "dpm_solver" else "data")
     if method == "ddim":
         ddim(sde, ts, rows)
@@ -318,7 +391,7 @@ def table(sde, method: str, nfe: int, eps: float, *, time_grid_kind: str | None 
     elif method == "unipc":
         unipc(sde, ts, rows, order, variant)
     elif method == "dpm_solver":
-        dpm_solver(sde, ts, rows, order, kind)
+        dpm_solver(sde, ts, rows, order, kind, budget)
     else:
         edm_heun(sde, ts, rows)
     if denoise:
@@ -336,7 +409,7 @@ def check_args(method, nfe, time_grid_kind=None, order=3, variant="bh2", denoise
     if method not in METHODS:
         raise ValueError(f"sampling.method={method!r} is unknown; valid: "
                          f"{['pc', 'ode', *METHODS]}")
-    if time_grid_kind is not None and time_grid_kind not in TIME_GRIDS:
+    if isinstance(time_grid_kind, str) and time_grid_kind not in TIME_GRIDS:
         raise ValueError(f"sampling.time_grid={time_grid_kind!r} is unknown; valid: "
                          f"{list(TIME_GRIDS)}")
     if method in ORDERS and order not in ORDERS[method]:
@@ -379,6 +452,112 @@ def integrate(sde, score_fn, x: Array, tab: Table) -> Array:
     hist = jnp.zeros((HISTORY,) + x.shape, x.dtype)
     (_, y, _), _ = jax.lax.scan(body, (x, x, hist), coeffs)
     return y
+
+
+def grid_runner(sde, score_fn, method: str, nfe: int, eps: float, *, order: int = 3,
+                variant: str = "bh2", denoise: bool = False):
+    """`run(x, grid) -> x at eps`: `method` on any grid (a name or an array, as `table`), one
+    compilation for all grids (the table's coefficients are arguments of the jitted scan)."""
+    prediction = table(sde, method, nfe, eps, order=order, variant=variant,
+                       denoise=denoise).prediction
+    scan = jax.jit(lambda x, coeffs: integrate(sde, score_fn, x, Table(*coeffs, prediction)))
+
+    def run(x, grid):
+        tab = table(sde, method, nfe, eps, time_grid_kind=grid, order=order, variant=variant,
+                    denoise=denoise)
+        return scan(x, tuple(np.asarray(m, x.dtype) for m in tab[:6]))
+
+    return run
+
+
+def reference_flow(sde, score_fn, x, eps: float, *, tol: float = 1e-6, denoise: bool = False,
+                   max_steps: int = 16384):
+    """x (at T) mapped to eps by the probability-flow ODE (dopri5 at rtol = atol = `tol`, in x's
+    dtype), then D(x, eps) with `denoise`: what a few-step solver approximates."""
+    from score_jax import ode
+
+    def drift(t, y):
+        tv = jnp.full((y.shape[0],), t, y.dtype)
+        f, g = sde.sde(y, tv)
+        return f - 0.5 * batch_mul(g**2, score_fn(y, tv).astype(y.dtype))
+
+    y, _ = jax.jit(lambda x: ode.solve_ode(drift, x, sde.T, eps, rtol=tol, atol=tol,
+                                           max_steps=max_steps))(x)
+    if denoise:
+        y = jax.jit(lambda y: prediction_fn(sde, score_fn, "data")(y, eps))(y)
+    return y
+
+
+def fit_time_grid(sde, score_fn, method: str, nfe: int, eps: float, z_fit, *,
+                  time_grid_kind: str | np.ndarray | None = None, order: int = 3,
+                  variant: str = "bh2", denoise: bool = False, reference=None,
+                  reference_tol: float = 1e-6, max_evals: int | None = None,
+                  info: dict | None = None) -> np.ndarray:
+    """The time grid (float64, `grid_steps(method, nfe, order, denoise) + 1` times from T to eps)
+    on which `method` with `nfe` evaluations maps the latents `z_fit` (B, ...) at T closest (mean
+    squared error) to `reference` (default: `reference_flow` of z_fit at `reference_tol`).
+
+    Derivative-free: Powell's method over the grid's log-SNR increments h_i = softmax(theta)_i
+    (lambda_eps - lambda_T), so every candidate is a valid, monotone grid with the ends fixed,
+    starting from `time_grid_kind` (a name or an array; default as `table`). Objective
+    log(MSE). `max_evals` bounds the objective evaluations (default 60 per free parameter).
+    `info`, if given, receives {'start': grid, 'start_mse', 'mse', 'evals'}. Any score_fn
+    `(x, t (B,)) -> score` works (a network or a closed form)."""
+    import scipy.optimize
+
+    check_args(method, nfe, time_grid_kind, order, variant, denoise)
+    kw = dict(order=order, variant=variant, denoise=denoise)
+    steps = grid_steps(method, nfe, order, denoise)
+    z_fit = jnp.asarray(z_fit)
+    if reference is None:
+        reference = reference_flow(sde, score_fn, z_fit, eps, tol=reference_tol, denoise=denoise)
+    reference = jnp.asarray(reference, z_fit.dtype)
+    run = grid_runner(sde, score_fn, method, nfe, eps, **kw)
+    if isinstance(time_grid_kind, str) or time_grid_kind is None:
+        kind = time_grid_kind or default_time_grid(method, nfe, order, denoise)
+        start = time_grid(sde, kind, steps, eps)
+    else:
+        start = _grid_array(sde, time_grid_kind, steps, eps)
+    sch = _Schedule(sde)
+    lam_start = sch.lam(start)
+    lam_T, lam_eps = lam_start[0], lam_start[-1]
+    theta0 = np.log(np.diff(lam_start) / (lam_eps - lam_T))
+
+    def grid(free):
+        theta = np.concatenate([[0.0], free])
+        w = np.exp(theta - theta.max())
+        lam = lam_T + (lam_eps - lam_T) * np.concatenate([[0.0], np.cumsum(w / w.sum())])
+        ts = sch.t(lam)
+        ts[0], ts[-1] = sde.T, eps
+        return ts
+
+    def mse(ts):
+        return float(jnp.mean((run(z_fit, ts) - reference) ** 2))
+
+    evals = [0]
+
+    def objective(free):
+        evals[0] += 1
+        try:
+            ts = grid(free)
+            value = mse(ts) if np.all(np.diff(ts) < 0) else np.inf
+        except ValueError:  # two times too close to tell apart in float64
+            value = np.inf
+        return np.log(value) if np.isfinite(value) and value > 0 else 1e6
+
+    free0 = theta0[1:] - theta0[0]
+    start_mse = mse(start)
+    best = start
+    if steps > 1:
+        res = scipy.optimize.minimize(
+            objective, free0, method="Powell",
+            options={"maxfev": max_evals or 60 * len(free0), "xtol": 1e-3, "ftol": 1e-4})
+        # Powell returns its best point; keep the start if that is no better (or not finite).
+        if objective(res.x) < (np.log(start_mse) if np.isfinite(start_mse) else 1e6):
+            best = grid(res.x)
+    if info is not None:
+        info.update(start=start, start_mse=start_mse, mse=mse(best), evals=evals[0])
+    return np.asarray(best, np.float64)
 
 
 def adaptive_sde(sde, score_fn, x: Array, rng: Array, eps: float, *, rtol=0.05, atol=0.0078,

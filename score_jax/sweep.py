@@ -56,18 +56,25 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, overrides
 
 
-def _points(config):
-    """[(label, method, kwargs of get_solver_sampler, nfe)], every one checked up front."""
+def _points(config, workdir=None):
+    """[(label, method, kwargs of get_solver_sampler, nfe)], every one checked up front (grid
+    files included: `time_grid=fitted` is W/grids/<method>_<nfe>.json of `workdir`)."""
+    sde, eps = sde_lib.get_sde(config)
     s, points = config.sampling, []
     for spec in config.sweep.methods:
         method, over = parse_method(spec)
         kw = {"time_grid": s.time_grid, "order": s.order, "variant": s.variant, "rtol": s.rtol,
               "atol": s.atol, **over}
         for nfe in config.sweep.nfe:
-            solvers.check_args(method, nfe, kw["time_grid"], kw["order"], kw["variant"],
+            # 'fitted' or a grid file: read and checked now, for this method and budget.
+            grid = kw["time_grid"] if method == "adaptive_sde" else sampling.resolve_time_grid(
+                kw["time_grid"], sde, method, nfe, eps, order=kw["order"], variant=kw["variant"],
+                denoise=bool(s.noise_removal), workdir=workdir)
+            solvers.check_args(method, nfe, grid, kw["order"], kw["variant"],
                                bool(s.noise_removal))
             label = f"{spec.replace(':', '_').replace(',', '_').replace('=', '')}_nfe{nfe}"
-            points.append((label, spec, method, kw, int(nfe)))
+            label = label.replace(os.sep, "_")
+            points.append((label, spec, method, {**kw, "time_grid": grid}, int(nfe)))
     return points
 
 
@@ -149,7 +156,7 @@ def _point(config, sde, model, variables, shape, inverse_scaler, eps, sharding, 
 
 def nfe_sweep(config, workdir: str) -> dict:
     """Runs the sweep described in the module docstring; returns {'step', 'dir', 'rows'}."""
-    points = _points(config)
+    points = _points(config, workdir)
     sde, eps = sde_lib.get_sde(config)
     model = mutils.create_model(config)
     mesh = parallel.make_mesh()
