@@ -108,8 +108,8 @@ def test_sample_and_likelihood_across_layouts(runs):
     a = _launch("sample", base / "single", data, cache, 2)
     b = _launch("sample", base / "multi", data, cache, 1)
     outs = _wait(a + b)
-    x2 = np.load(base / "single" / "samples" / "ckpt_24" / "samples_0.npz")["samples"]
-    x1 = np.load(base / "multi" / "samples" / "ckpt_24" / "samples_0.npz")["samples"]
+    [x2], [x1] = ([np.load(p)["samples"] for p in (base / w / "samples" / "ckpt_24").glob(
+        "*/samples_0.npz")] for w in ("single", "multi"))  # one sampler's folder in each
     assert x1.shape == (150, 8, 8, 1) and _last_json(outs[0])["num_samples"] == 150
     np.testing.assert_allclose(x2, x1, atol=1e-4)
     a = _launch("likelihood", base / "single", data, cache, 2)
