@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from score_jax import config_lib, losses, parallel, sde as sde_lib, train
+from score_jax import config_lib, losses, parallel, train
+from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
 
 import timing  # benchmarks/ is on sys.path when a script here runs

@@ -46,7 +46,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from score_jax import sde as sde_lib, solvers  # noqa: E402
+from score_jax import sde as sde_lib  # noqa: E402
+from score_jax import solvers
 
 NFES = (5, 10, 20)
 

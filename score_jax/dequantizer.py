@@ -161,8 +161,7 @@ def train_dequantizer(config, workdir: str) -> dict:
     the bound on bits/dim; writes `W/dequantizer/` atomically at the end and returns
     `{'updates', 'bound_bpd' (mean of the last `deq.log_freq` steps), 'seconds'}`."""
     from score_jax import checkpoints as ckpt_lib
-    from score_jax import datasets
-    from score_jax import likelihood
+    from score_jax import datasets, likelihood
     from score_jax import sde as sde_lib
     from score_jax.models import utils as mutils
 

@@ -18,18 +18,13 @@ import os
 import jax
 import numpy as np
 import tqdm
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
-from score_jax import datasets
+from score_jax import datasets, losses, metrics, parallel, sampling, train_state, utils
 from score_jax import likelihood as likelihood_lib
-from score_jax import losses
-from score_jax import metrics
-from score_jax import parallel
-from score_jax import train_state
-from score_jax import sampling
 from score_jax import sde as sde_lib
-from score_jax import utils
 from score_jax.models import utils as mutils
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import losses
-from score_jax import ode
-from score_jax import sampling
+from score_jax import losses, ode, sampling
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
 

@@ -29,10 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
-from score_jax import ode
-from score_jax import parallel
+from score_jax import ode, parallel, solvers
 from score_jax import sde as sde_lib
-from score_jax import solvers
 from score_jax.models import utils as mutils
 from score_jax.sde import batch_mul
 

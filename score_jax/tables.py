@@ -36,14 +36,11 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from score_jax import datasets
-from score_jax import evaluate
-from score_jax import parallel
-from score_jax import sampling
+from score_jax import datasets, evaluate, parallel, sampling, utils
 from score_jax import sde as sde_lib
-from score_jax import utils
 
 log = logging.getLogger(__name__)
 

@@ -32,12 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import loop
-from score_jax import losses
-from score_jax import parallel
+from score_jax import loop, losses, parallel, train_state, utils
 from score_jax import sde as sde_lib
-from score_jax import train_state
-from score_jax import utils
 from score_jax.models import utils as mutils
 
 

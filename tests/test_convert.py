@@ -12,11 +12,13 @@ import orbax.checkpoint as ocp
 import pytest
 import torch
 from flax import serialization, traverse_util
+from test_models import compile_fast
+
+from score_jax import checkpoints, convert
+from score_jax import sde as sde_lib
+from score_jax.models import utils as mutils
 
 import reference as refcases
-from test_models import compile_fast
-from score_jax import checkpoints, convert, sde as sde_lib
-from score_jax.models import utils as mutils
 
 CASES = ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small", "ddpmpp_subvp_cont_small",
          "ddpm_vp_small"]

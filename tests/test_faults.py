@@ -19,17 +19,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from test_train import _committed_steps, _digits_tiny_config, tiny_config
 
 import main
 from score_jax import checkpoints as ckpt_lib
-from score_jax import config_lib
-from score_jax import datasets
-from score_jax import digits
-from score_jax import parallel
-from score_jax import train
-from score_jax import utils
+from score_jax import config_lib, datasets, digits, parallel, train, utils
 from score_jax.models import register_model
-from test_train import _committed_steps, _digits_tiny_config, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")

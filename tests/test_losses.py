@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-import reference as refcases
-from score_jax import losses
-from score_jax import train_state
+from score_jax import losses, train_state
 from score_jax import sde as sde_lib
+
+import reference as refcases
 
 CASES = [c for c in ("ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small", "ddpmpp_subvp_cont_small",
                      "ncsnv2_ve_small", "ddpm_vp_small")

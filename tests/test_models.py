@@ -8,14 +8,16 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections
+import numpy as np
 import pytest
 from jax import lax
 
-import reference as refcases
-from score_jax.models import get_model, up_or_down_sampling as updown
+from score_jax.models import get_model
+from score_jax.models import up_or_down_sampling as updown
 from score_jax.models import utils as mutils
+
+import reference as refcases
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -6,10 +6,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import DATA
 
 from score_jax import sde as sde_lib
-
-from conftest import DATA
 
 REFS = np.load(DATA / "sde_refs.npz")
 SPECS = json.loads((DATA / "sde_refs.json").read_text())["sdes"]
