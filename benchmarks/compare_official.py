@@ -530,8 +530,9 @@ def main():
                 print(f"#   ours at {our_tol:.1e}: NFE {nfe['ours']}, error "
                       f"{error(out['ours']):.2e}", flush=True)
                 if error(out["ours"]) <= target:
-                    res = interleaved_quiet({"official": torch_call(run_official), "ours": run_ours},
-                                      args.repeats)
+                    res = interleaved_quiet({"official": torch_call(run_official),
+                                             "ours": run_ours},
+                                            args.repeats)
                     row(f"bits/dim at the official's {tol:g} error: ours at {our_tol:.1e}", res,
                         (nfe["official"], nfe["ours"]), errors())
                     break

@@ -203,7 +203,8 @@ def train_dequantizer(config, workdir: str) -> dict:
     losses, start = [], time.perf_counter()
     for i in range(int(d.n_iters)):
         bins = jnp.asarray(discrete_centers(next(train_it)["image"]))
-        params, opt_state, ema, loss = step(params, opt_state, ema, bins, jax.random.fold_in(rng, i + 1))
+        params, opt_state, ema, loss = step(params, opt_state, ema, bins,
+                                            jax.random.fold_in(rng, i + 1))
         losses.append(float(loss))
         if not np.isfinite(losses[-1]):
             raise FloatingPointError(f"dequantizer loss is {losses[-1]} at step {i}; nothing "

@@ -201,8 +201,9 @@ SPLITS = {"test": "eval", "eval": "eval", "train": "train"}
 
 
 def stats_path(config) -> str:
-    """`eval.fid_stats_file`, or by default `<cache>/stats/<dataset>[_<category>]_<size>_<split>.npz`
-    (`score_jax.inception.cache_dir`; split `eval.fid_stats_split`)."""
+    """`eval.fid_stats_file`, or by default
+    `<cache>/stats/<dataset>[_<category>]_<size>_<split>.npz` (`score_jax.inception.cache_dir`;
+    split `eval.fid_stats_split`)."""
     if config.eval.get("fid_stats_file"):
         return os.path.expanduser(config.eval.fid_stats_file)
     parts = [config.data.dataset.lower(), config.data.get("category"), config.data.image_size,

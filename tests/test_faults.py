@@ -278,7 +278,8 @@ def test_changed_model_or_sde_is_refused_naming_each_key(tmp_path):
     changed.optim.lr = 1e-4  # not a model or SDE key: may change
     for mode in ("train", "sample", "likelihood", "eval"):
         with pytest.raises(ValueError, match=r"differs from the one .* was trained with: "
-                                             r"model\.beta_max: 20\.0 in .*config\.json, 10\.0 now; "
+                                             r"model\.beta_max: 20\.0 in .*config\.json, "
+                                             r"10\.0 now; "
                                              r"training\.sde: 'vpsde' in .*, 'subvpsde' now\. "
                                              r".*--config\.allow_config_change=True"):
             main.run(mode, changed, w)
@@ -305,7 +306,8 @@ def test_read_only_workdir_is_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr("score_jax.evaluate.restore", lambda *a: computed.append(a))
     try:
         for mode in ("likelihood", "sample", "eval", "train"):
-            with pytest.raises(PermissionError, match=re.escape(f"--workdir='{w}' is not writable")):
+            with pytest.raises(PermissionError,
+                               match=re.escape(f"--workdir='{w}' is not writable")):
                 main.run(mode, _config(n_iters=2), str(w))
     finally:
         w.chmod(0o755)

@@ -342,7 +342,8 @@ PC_STEP_KEYS = ("pc_corrector_x", "pc_corrector_x_mean", "pc_predictor_x", "pc_p
 
 def model_case_pc_step(case, params=None):
     """Our corrector-then-predictor update of reference `case` (its official config, EMA weights
-    and stored noises): the outputs in `PC_STEP_KEYS` order (also used by tests/parity_report.py)."""
+    and stored noises): the outputs in `PC_STEP_KEYS` order (also used by
+    tests/parity_report.py)."""
     config, arrays = refcases.case_config(case), refcases.case_arrays(case)
     step = refcases.case_meta(case)["pc_step"]
     if params is None:

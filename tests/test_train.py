@@ -166,7 +166,8 @@ def test_bad_batch_size_and_workdir(tmp_path):
 # ---------------------------------------------------------------- end to end through main.py
 
 # The digits default shrunk: 8x8x1 DIGITS, a tiny DDPM++.
-SMALL = ["--config.model.nf=16", "--config.model.num_res_blocks=1", "--config.training.batch_size=8",
+SMALL = ["--config.model.nf=16", "--config.model.num_res_blocks=1",
+         "--config.training.batch_size=8",
          "--config.training.log_freq=1", "--config.training.snapshot_sampling=False",
          "--config.training.final_eval=False"]
 
