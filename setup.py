@@ -35,8 +35,10 @@ setup(
         # torchsde trampoline torchdiffeq (its full requirements pull a CUDA torch and more).
         "bench": ["torch>=2.6", "diffusers>=0.30"],
         # nbclient/ipykernel/nbformat execute notebooks/walkthrough.ipynb in the tests; diffusers
-        # builds the reference UNet2DModels of tests/test_hub.py (pulls huggingface_hub, safetensors).
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch>=2.6", "nbclient>=0.10", "ipykernel>=6.29",
-                 "nbformat>=5.10", "diffusers>=0.42", "huggingface_hub>=0.23", "safetensors>=0.4"],
+        # builds the reference UNet2DModels of tests/test_hub.py (pulls huggingface_hub,
+        # safetensors).
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch>=2.6", "nbclient>=0.10",
+                 "ipykernel>=6.29", "nbformat>=5.10", "diffusers>=0.42", "huggingface_hub>=0.23",
+                 "safetensors>=0.4"],
     },
 )

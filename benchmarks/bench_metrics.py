@@ -40,7 +40,8 @@ def throughput(batch: int, repeats: int) -> None:
             start = time.perf_counter()
             fn(images)
             times.append(time.perf_counter() - start)
-        print(f"{'x'.join(map(str, shape)):>10s} {batch:6d} {batch / statistics.median(times):9.2f}")
+        print(f"{'x'.join(map(str, shape)):>10s} {batch:6d} "
+              f"{batch / statistics.median(times):9.2f}")
 
 
 class Timed:

@@ -38,7 +38,8 @@ def check_reference_counts() -> None:
     import reference as refcases  # a test fixture
 
     for case in REFERENCE_CASES:
-        ours, official = count_params(refcases.case_config(case)), refcases.case_meta(case)["n_params"]
+        ours, official = (count_params(refcases.case_config(case)),
+                          refcases.case_meta(case)["n_params"])
         assert ours == official, f"{case}: {ours} parameters, official {official}"
         print(f"# {case}: {ours} parameters = official n_params")
 

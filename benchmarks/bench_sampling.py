@@ -35,7 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from score_jax import likelihood, ode, sampling, sde as sde_lib, solvers
+from score_jax import likelihood, ode, sampling, solvers
+from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
 
 import timing  # benchmarks/ is on sys.path when a script here runs

@@ -1,6 +1,6 @@
 """Training throughput: jitted train steps/s, and the step's overhead over one forward+backward.
 
-    python benchmarks/bench_train.py                 # the five small reference cases + CIFAR-10 NCSN++
+    python benchmarks/bench_train.py   # the five small reference cases + CIFAR-10 NCSN++
     python benchmarks/bench_train.py --cases ddpm_vp_small --batch_sizes 8 --repeats 5
 
 For each network and batch size it times (after compilation, median of `--repeats` calls):
@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from score_jax import config_lib, losses, parallel, sde as sde_lib, train
+from score_jax import config_lib, losses, parallel, train
+from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
 
 import timing  # benchmarks/ is on sys.path when a script here runs
@@ -103,7 +104,8 @@ def main():
     print("-" * len(header))
     for name, batch in runs:
         r = bench(name, batch, args.repeats)
-        print(f"{r['model']:<42} {r['batch']:>5} {r['steps_per_s']:>8.2f} {r['images_per_s']:>8.1f} "
+        print(f"{r['model']:<42} {r['batch']:>5} {r['steps_per_s']:>8.2f} "
+              f"{r['images_per_s']:>8.1f} "
               f"{r['step_ms']:>9.1f} {r['fwd_bwd_ms']:>10.1f} {r['ratio']:>6.2f}", flush=True)
 
 

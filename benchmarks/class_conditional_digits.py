@@ -25,11 +25,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import digits as digits_config  # noqa: E402
 from score_jax import checkpoints as ckpt_lib  # noqa: E402
 from score_jax import controllable_generation as cg  # noqa: E402
-from score_jax import datasets  # noqa: E402
-from score_jax import digits  # noqa: E402
-from score_jax import sampling  # noqa: E402
+from score_jax import (
+    datasets,  # noqa: E402
+    digits,  # noqa: E402
+    sampling,  # noqa: E402
+    utils,  # noqa: E402
+)
 from score_jax import sde as sde_lib  # noqa: E402
-from score_jax import utils  # noqa: E402
 from score_jax.models import utils as mutils  # noqa: E402
 
 

@@ -60,12 +60,19 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(REPO / "tests"))  # the reference cases are a test fixture
-import reference as refcases  # noqa: E402
-from score_jax import convert, datasets, likelihood, parallel, sampling, train  # noqa: E402
-from score_jax import train_state  # noqa: E402
+from score_jax import (  # noqa: E402
+    convert,
+    datasets,
+    likelihood,
+    parallel,
+    sampling,
+    train,
+    train_state,  # noqa: E402
+)
 from score_jax import sde as sde_lib  # noqa: E402
 from score_jax.models import utils as mutils  # noqa: E402
 
+import reference as refcases  # noqa: E402
 import timing  # noqa: E402  (benchmarks/ is on sys.path when a script here runs)
 
 
@@ -523,8 +530,9 @@ def main():
                 print(f"#   ours at {our_tol:.1e}: NFE {nfe['ours']}, error "
                       f"{error(out['ours']):.2e}", flush=True)
                 if error(out["ours"]) <= target:
-                    res = interleaved_quiet({"official": torch_call(run_official), "ours": run_ours},
-                                      args.repeats)
+                    res = interleaved_quiet({"official": torch_call(run_official),
+                                             "ours": run_ours},
+                                            args.repeats)
                     row(f"bits/dim at the official's {tol:g} error: ours at {our_tol:.1e}", res,
                         (nfe["official"], nfe["ours"]), errors())
                     break

@@ -1,4 +1,5 @@
-"""Baselines for the embedded default's test bits/dim and sample quality (README, configs/digits.py).
+"""Baselines for the embedded default's test bits/dim and sample quality
+(README, configs/digits.py).
 
     python benchmarks/digits_baselines.py                            # bits/dim, ~30 s
     python benchmarks/digits_baselines.py --fid --workdir workdir/digits  # + FID/KID table
@@ -46,7 +47,8 @@ def sample_quality(mu, var, workdir):
     n = int(config.eval.num_samples)
     train = digits.to_uint8(load_digits().images)[digits.split_indices()["train"]]
     gaussian = (rng.normal(mu, np.sqrt(var), (n,) + mu.shape) + 1) / 2
-    rows = [("300 train digits (floor)", train[rng.choice(len(train), n, replace=False), ..., None]),
+    rows = [("300 train digits (floor)",
+             train[rng.choice(len(train), n, replace=False), ..., None]),
             ("per-pixel Gaussian", metrics.samples_to_uint8(gaussian))]
     print(f"\n{'vs the 300 test digits':26s} {'FID':>8s} {'KID':>18s}")
     for name, images in rows:

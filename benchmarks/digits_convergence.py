@@ -25,7 +25,9 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from score_jax import checkpoints as ckpt_lib, sde as sde_lib, solvers  # noqa: E402
+from score_jax import checkpoints as ckpt_lib  # noqa: E402
+from score_jax import sde as sde_lib
+from score_jax import solvers
 from score_jax.models import utils as mutils  # noqa: E402
 
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from score_jax import solvers  # noqa: E402
+
 from mixtures import DATA, SDES, problem  # noqa: E402
 
 KMAX = 24

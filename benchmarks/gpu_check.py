@@ -105,7 +105,8 @@ def table_check(name: str, args, batch: int, dtype: str) -> None:
 
     import numpy as np
 
-    from score_jax import checkpoints as ckpt_lib, metrics, tables
+    from score_jax import checkpoints as ckpt_lib
+    from score_jax import metrics, tables
 
     config = config_lib.load_config(ROOT / CONFIGS[name])
     config.model.dtype = dtype

@@ -26,7 +26,6 @@ import test_hub  # noqa: E402  (the layouts and the weight draw of the parity te
 from score_jax import convert  # noqa: E402
 from score_jax.models import get_model  # noqa: E402
 
-
 FULL = {
     "ncsnpp_celebahq_256": dict(
         test_hub.NCSNPP, sample_size=256, block_out_channels=(128, 128, 256, 256, 256, 256, 256),

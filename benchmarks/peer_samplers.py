@@ -13,9 +13,10 @@ prediction at the t of that sigma^); diffusers on the variance-preserving proces
 log-SNR (alphas_cumprod = sigmoid(2 lambda) on a 1,000-point table of t in [eps, T], set in
 float64 after construction, `final_sigmas_type='sigma_min'`), its model being our noise
 prediction at the t of the scheduler's own sigma for that step (not its rounded integer
-timestep, which is off by up to half a table interval). Every sampler ends at eps (no final jump to sigma = 0), where the error
-is measured: relative RMS error to the reference (closed form) or RMS in pixel units ([0, 1],
-digits; there every sampler ends with x0 = D(x, eps), peers spending NFE - 1 on the flow).
+timestep, which is off by up to half a table interval). Every sampler ends at eps (no final
+jump to sigma = 0), where the error is measured: relative RMS error to the reference (closed
+form) or RMS in pixel units ([0, 1], digits; there every sampler ends with x0 = D(x, eps), peers
+spending NFE - 1 on the flow).
 Peers spend at most the NFE budget (2nd-order singlestep ones: NFE // 2 steps).
 
 Ours: every solver x named grid, and fitted grids (`solvers.fit_time_grid`, fitted on other
@@ -46,7 +47,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from score_jax import sde as sde_lib, solvers  # noqa: E402
+from score_jax import sde as sde_lib  # noqa: E402
+from score_jax import solvers
 
 NFES = (5, 10, 20)
 

@@ -31,7 +31,8 @@ from score_jax.models import utils as mutils
 
 # (category, pattern in the op_name), first match wins.
 CATEGORIES = [
-    ("FIR resampling", r"_resample/|Conv2d_0/(pad|slice|mul|add)|upfirdn|(Up|Down)sample_\d+/(pad|slice|mul|add)"),
+    ("FIR resampling", r"_resample/|Conv2d_0/(pad|slice|mul|add)|upfirdn|"
+                       r"(Up|Down)sample_\d+/(pad|slice|mul|add)"),
     ("convolution", r"conv_general_dilated"),
     ("attention", r"Attn"),
     ("GroupNorm", r"GroupNorm"),

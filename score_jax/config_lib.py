@@ -62,7 +62,8 @@ def check_key(config, key: str) -> None:
 
 def _int(lo, hi=None):
     def check(v):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
+        return (isinstance(v, int) and not isinstance(v, bool) and v >= lo
+                and (hi is None or v <= hi))
     return check, f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
 
 

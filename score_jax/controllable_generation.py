@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
-from score_jax import parallel
-from score_jax import sampling
+from score_jax import parallel, sampling
 from score_jax.models import utils as mutils
 from score_jax.sde import batch_mul
 

@@ -161,8 +161,7 @@ def train_dequantizer(config, workdir: str) -> dict:
     the bound on bits/dim; writes `W/dequantizer/` atomically at the end and returns
     `{'updates', 'bound_bpd' (mean of the last `deq.log_freq` steps), 'seconds'}`."""
     from score_jax import checkpoints as ckpt_lib
-    from score_jax import datasets
-    from score_jax import likelihood
+    from score_jax import datasets, likelihood
     from score_jax import sde as sde_lib
     from score_jax.models import utils as mutils
 
@@ -204,7 +203,8 @@ def train_dequantizer(config, workdir: str) -> dict:
     losses, start = [], time.perf_counter()
     for i in range(int(d.n_iters)):
         bins = jnp.asarray(discrete_centers(next(train_it)["image"]))
-        params, opt_state, ema, loss = step(params, opt_state, ema, bins, jax.random.fold_in(rng, i + 1))
+        params, opt_state, ema, loss = step(params, opt_state, ema, bins,
+                                            jax.random.fold_in(rng, i + 1))
         losses.append(float(loss))
         if not np.isfinite(losses[-1]):
             raise FloatingPointError(f"dequantizer loss is {losses[-1]} at step {i}; nothing "

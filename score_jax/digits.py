@@ -48,5 +48,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
         digits = load_digits()
         images = to_uint8(digits.images)
         for i in indices:
-            # tfds encodes numpy images with TensorFlow; a PIL image it encodes with PIL (lossless PNG).
-            yield int(i), {"image": Image.fromarray(images[i], mode="L"), "label": int(digits.target[i])}
+            # tfds encodes numpy images with TensorFlow; a PIL image it encodes with PIL
+            # (lossless PNG).
+            yield int(i), {"image": Image.fromarray(images[i], mode="L"),
+                           "label": int(digits.target[i])}

@@ -18,18 +18,13 @@ import os
 import jax
 import numpy as np
 import tqdm
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
-from score_jax import datasets
+from score_jax import datasets, losses, metrics, parallel, sampling, train_state, utils
 from score_jax import likelihood as likelihood_lib
-from score_jax import losses
-from score_jax import metrics
-from score_jax import parallel
-from score_jax import train_state
-from score_jax import sampling
 from score_jax import sde as sde_lib
-from score_jax import utils
 from score_jax.models import utils as mutils
 
 log = logging.getLogger(__name__)
@@ -248,10 +243,11 @@ def _eval_loss(config, sde, model, variables, mesh) -> dict:
     """Mean EMA-model loss over the eval split (official `eval_step`)."""
     t = config.training
     eval_fn = losses.get_step_fn(sde, model, train=False, reduce_mean=t.reduce_mean,
-                                 continuous=t.continuous, likelihood_weighting=t.likelihood_weighting,
+                                 continuous=t.continuous,
+                                 likelihood_weighting=t.likelihood_weighting,
                                  importance_weighting=bool(t.get("importance_weighting", False)))
-    state = train_state.TrainState(step=0, params=None, ema_params=variables["params"], opt_state=None,
-                              rng=None)
+    state = train_state.TrainState(step=0, params=None, ema_params=variables["params"],
+                                   opt_state=None, rng=None)
     eval_step = jax.jit(lambda x, rng: eval_fn(state, x, rng))
     scaler = datasets.get_data_scaler(config)
     data_sharding = NamedSharding(mesh, P("data"))

@@ -141,7 +141,8 @@ class InceptionV3(nn.Module):
         x = InceptionA(64, name="Mixed_5c")(x)
         x = InceptionA(64, name="Mixed_5d")(x)
         x = InceptionB(name="Mixed_6a")(x)
-        for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
+        for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160),
+                         ("Mixed_6e", 192)):
             x = InceptionC(c7, name=name)(x)
         x = InceptionD(name="Mixed_7a")(x)
         x = InceptionE(name="Mixed_7b")(x)
@@ -153,7 +154,8 @@ class InceptionV3(nn.Module):
 
 
 # TorchScript export (StyleGAN/ADA's conversion of the graph) -> pytorch-fid module names.
-_TS_BLOCKS = {"mixed": "Mixed_5b", "mixed_1": "Mixed_5c", "mixed_2": "Mixed_5d", "mixed_3": "Mixed_6a",
+_TS_BLOCKS = {"mixed": "Mixed_5b", "mixed_1": "Mixed_5c", "mixed_2": "Mixed_5d",
+              "mixed_3": "Mixed_6a",
               "mixed_4": "Mixed_6b", "mixed_5": "Mixed_6c", "mixed_6": "Mixed_6d",
               "mixed_7": "Mixed_6e", "mixed_8": "Mixed_7a", "mixed_9": "Mixed_7b",
               "mixed_10": "Mixed_7c"}
@@ -198,7 +200,8 @@ def torchscript_to_pytorch_fid(ts_state: dict) -> dict:
             out[f"{name}.conv.weight"] = value
             out[f"{name}.bn.weight"] = np.ones(value.shape[0], np.float32)
         else:
-            out[f"{name}.bn.{ {'beta': 'bias', 'mean': 'running_mean', 'var': 'running_var'}[leaf]}"] = value
+            out[f"{name}.bn."
+                f"{ {'beta': 'bias', 'mean': 'running_mean', 'var': 'running_var'}[leaf]}"] = value
     return out
 
 
@@ -215,7 +218,8 @@ def pytorch_fid_to_params(state: dict, eps: float = 1e-3) -> dict:
                   for leaf in ("weight", "bias", "running_mean", "running_var")}
             scale = bn["weight"] / np.sqrt(bn["running_var"] + eps)
             path = module.replace(".", "/")
-            params[f"{path}/kernel"] = (state[key] * scale[:, None, None, None]).transpose(2, 3, 1, 0)
+            params[f"{path}/kernel"] = (state[key]
+                                        * scale[:, None, None, None]).transpose(2, 3, 1, 0)
             params[f"{path}/bias"] = bn["bias"] - bn["running_mean"] * scale
     if "fc.weight" in state:
         params["fc/kernel"] = state["fc.weight"].T
@@ -242,7 +246,8 @@ def check_params(flat: dict, source: str) -> bool:
                          f"unexpected {unexpected[:5]}")
     for key, shape in expected.items():
         if tuple(flat[key].shape) != shape:
-            raise ValueError(f"{source}: {key} has shape {tuple(flat[key].shape)}, expected {shape}")
+            raise ValueError(f"{source}: {key} has shape {tuple(flat[key].shape)}, "
+                             f"expected {shape}")
     return logits
 
 

@@ -18,9 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import losses
-from score_jax import ode
-from score_jax import sampling
+from score_jax import losses, ode, sampling
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
 
@@ -126,8 +124,8 @@ def _prior_inverse_variance(sde, shape) -> jax.Array:
 
 
 def get_elbo_fn(sde, model, inverse_scaler, eps=1e-5, num_t: int = 16, continuous=True):
-    """A jitted `(rng, variables, data) -> (bpd_bound, nfe)`: the variational upper bound on bits/dim
-    of Song, Durkan, Murray, Ermon (2021), Theorem 1, from denoising score matching.
+    """A jitted `(rng, variables, data) -> (bpd_bound, nfe)`: the variational upper bound on
+    bits/dim of Song, Durkan, Murray, Ermon (2021), Theorem 1, from denoising score matching.
 
     For x_0 = data (dequantized and scaled as for `get_likelihood_fn`), D dimensions:
 

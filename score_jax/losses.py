@@ -213,7 +213,8 @@ def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformati
 
     Train: `step_fn(state, x) -> (new_state, StepMetrics)`: the gradient of the loss with the
     step's randomness `fold_in(state.rng, state.step)` (dropout on), then
-    `train_state.apply_update` (optimizer, EMA, non-finite guard: `StepMetrics.finite`). Eval: `step_fn(state, x, rng) -> loss` of
+    `train_state.apply_update` (optimizer, EMA, non-finite guard: `StepMetrics.finite`).
+    Eval: `step_fn(state, x, rng) -> loss` of
     the EMA parameters in eval mode (no dropout), its draws from `rng`.
     `x` is (B, H, W, C) scaled data. Pure and traceable: jit it, scan it, shard its batch.
     """

@@ -11,9 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import inception
-from score_jax import parallel
-from score_jax import utils
+from score_jax import inception, parallel, utils
 
 
 def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -203,8 +201,9 @@ SPLITS = {"test": "eval", "eval": "eval", "train": "train"}
 
 
 def stats_path(config) -> str:
-    """`eval.fid_stats_file`, or by default `<cache>/stats/<dataset>[_<category>]_<size>_<split>.npz`
-    (`score_jax.inception.cache_dir`; split `eval.fid_stats_split`)."""
+    """`eval.fid_stats_file`, or by default
+    `<cache>/stats/<dataset>[_<category>]_<size>_<split>.npz` (`score_jax.inception.cache_dir`;
+    split `eval.fid_stats_split`)."""
     if config.eval.get("fid_stats_file"):
         return os.path.expanduser(config.eval.fid_stats_file)
     parts = [config.data.dataset.lower(), config.data.get("category"), config.data.image_size,
@@ -224,8 +223,9 @@ def inception_fn(config, batch_size: int | None = None):
 def dataset_stats(config) -> dict:
     """Inception features of every image of `eval.fid_stats_split` of the config's dataset, saved
     (first process) to `stats_path(config)`. Returns `{'path', 'num_images'}`."""
-    from score_jax import datasets
     from tqdm import tqdm
+
+    from score_jax import datasets
 
     name = str(config.eval.get("fid_stats_split", "train"))
     split = SPLITS.get(name)

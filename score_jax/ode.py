@@ -11,7 +11,6 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-
 _FIXED_STEP = {"euler": (diffrax.Euler, 1), "heun": (diffrax.Heun, 2)}
 _ADAPTIVE = {"dopri5": diffrax.Dopri5, "tsit5": diffrax.Tsit5}
 ODE_METHODS = tuple(_ADAPTIVE) + tuple(_FIXED_STEP)

@@ -9,7 +9,8 @@ import time
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 # Environment variables of the launchers whose jobs `jax.distributed.initialize()` detects itself.
 _CLUSTER_SIGNALS = {

@@ -29,10 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
-from score_jax import ode
-from score_jax import parallel
+from score_jax import ode, parallel, solvers
 from score_jax import sde as sde_lib
-from score_jax import solvers
 from score_jax.models import utils as mutils
 from score_jax.sde import batch_mul
 
@@ -311,9 +309,10 @@ def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5,
                     icoeff: float = 1.0):
     """A jitted probability-flow ODE sampler `(rng, variables, z=None) -> (samples, nfe)`.
 
-    Solves the probability-flow ODE from T (x_T = `z`, or a prior draw) to `eps` with `ode.solve_ode`
-    (`method`, `rtol`, `atol`, `fixed_nfe`, `pcoeff`, `icoeff`); `z` given makes it the decoder of the latent code the
-    likelihood returns. `denoise` adds one noise-free reverse-diffusion step at eps (as official).
+    Solves the probability-flow ODE from T (x_T = `z`, or a prior draw) to `eps` with
+    `ode.solve_ode` (`method`, `rtol`, `atol`, `fixed_nfe`, `pcoeff`, `icoeff`); `z` given makes
+    it the decoder of the latent code the likelihood returns. `denoise` adds one noise-free
+    reverse-diffusion step at eps (as official).
     nfe (int32) is the exact number of score evaluations, the denoising one included (the official
     nfe leaves it out). `continuous=True` (official) feeds the network continuous-time labels;
     pass `config.training.continuous` for discrete-label networks (the official code crashes on
@@ -326,8 +325,8 @@ def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5,
 
     def sampler(rng, variables, z=None):
         score_fn, x = _score_and_latent(sde, model, variables, shape, continuous, sharding, rng, z)
-        x, nfe = ode.solve_ode(ode.probability_flow_drift(sde, score_fn), x, sde.T, eps, method=method,
-                           rtol=rtol, atol=atol, fixed_nfe=fixed_nfe, pcoeff=pcoeff,
+        x, nfe = ode.solve_ode(ode.probability_flow_drift(sde, score_fn), x, sde.T, eps,
+                           method=method, rtol=rtol, atol=atol, fixed_nfe=fixed_nfe, pcoeff=pcoeff,
                            icoeff=icoeff)
         if denoise:
             t = jnp.full((shape[0],), eps, jnp.float32)

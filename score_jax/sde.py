@@ -329,7 +329,8 @@ class VESDE(SDE):
         return -(np.log(self.sigma_min) + t * np.log(self.sigma_max / self.sigma_min))
 
     def t_from_log_snr(self, lam):
-        return (-jnp.asarray(lam) - np.log(self.sigma_min)) / np.log(self.sigma_max / self.sigma_min)
+        return ((-jnp.asarray(lam) - np.log(self.sigma_min))
+                / np.log(self.sigma_max / self.sigma_min))
 
     def network_label(self, t, continuous):
         # Continuous VE networks see sigma(t); discrete (NCSN) ones the index of their sigma table,

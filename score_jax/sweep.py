@@ -26,15 +26,12 @@ import time
 import jax
 import numpy as np
 import tqdm
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
-from score_jax import datasets
-from score_jax import parallel
-from score_jax import sampling
+from score_jax import datasets, parallel, sampling, solvers, utils
 from score_jax import sde as sde_lib
-from score_jax import solvers
-from score_jax import utils
 from score_jax.models import utils as mutils
 
 log = logging.getLogger(__name__)

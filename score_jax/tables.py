@@ -36,14 +36,11 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from score_jax import datasets
-from score_jax import evaluate
-from score_jax import parallel
-from score_jax import sampling
+from score_jax import datasets, evaluate, parallel, sampling, utils
 from score_jax import sde as sde_lib
-from score_jax import utils
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +61,19 @@ TABLE5_SNR = {
 # Table 1 (P2000 linear) and Table 4 (P2000 rounding): CIFAR-10, DDPM network, discrete SMLD / DDPM
 # objectives, 5 runs of 50,000 samples. C2000 is one cell per SDE.
 _T1_COMMON = {
-    "vesde": {("ancestral_sampling", "P1000"): (4.98, .06), ("reverse_diffusion", "P1000"): (4.79, .07),
-              ("probability_flow", "P1000"): (15.41, .15), ("ancestral_sampling", "PC1000"): (3.62, .03),
-              ("reverse_diffusion", "PC1000"): (3.60, .02), ("probability_flow", "PC1000"): (3.51, .04),
+    "vesde": {("ancestral_sampling", "P1000"): (4.98, .06),
+              ("reverse_diffusion", "P1000"): (4.79, .07),
+              ("probability_flow", "P1000"): (15.41, .15),
+              ("ancestral_sampling", "PC1000"): (3.62, .03),
+              ("reverse_diffusion", "PC1000"): (3.60, .02),
+              ("probability_flow", "PC1000"): (3.51, .04),
               (None, "C2000"): (20.43, .07)},
-    "vpsde": {("ancestral_sampling", "P1000"): (3.24, .02), ("reverse_diffusion", "P1000"): (3.21, .02),
-              ("probability_flow", "P1000"): (3.59, .04), ("ancestral_sampling", "PC1000"): (3.21, .02),
-              ("reverse_diffusion", "PC1000"): (3.18, .01), ("probability_flow", "PC1000"): (3.06, .03),
+    "vpsde": {("ancestral_sampling", "P1000"): (3.24, .02),
+              ("reverse_diffusion", "P1000"): (3.21, .02),
+              ("probability_flow", "P1000"): (3.59, .04),
+              ("ancestral_sampling", "PC1000"): (3.21, .02),
+              ("reverse_diffusion", "PC1000"): (3.18, .01),
+              ("probability_flow", "PC1000"): (3.06, .03),
               (None, "C2000"): (19.06, .06)},
 }
 _T1_P2000 = {
@@ -83,7 +86,8 @@ _T1_P2000 = {
     ("vpsde", "rounding"): {"ancestral_sampling": (3.11, .03), "reverse_diffusion": (3.10, .03),
                             "probability_flow": (3.25, .04)},
 }
-# Table 2: (test bits/dim, FID of ODE samples), last checkpoint. Table 3: (FID, IS), best checkpoint.
+# Table 2: (test bits/dim, FID of ODE samples), last checkpoint.
+# Table 3: (FID, IS), best checkpoint.
 TABLE2 = {"DDPM": (3.28, 3.37), "DDPM cont. (VP)": (3.21, 3.69),
           "DDPM cont. (sub-VP)": (3.05, 3.56), "DDPM++ cont. (VP)": (3.16, 3.93),
           "DDPM++ cont. (sub-VP)": (3.02, 3.16), "DDPM++ cont. (deep, VP)": (3.13, 3.08),

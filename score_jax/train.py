@@ -32,12 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax import loop
-from score_jax import losses
-from score_jax import parallel
+from score_jax import loop, losses, parallel, train_state, utils
 from score_jax import sde as sde_lib
-from score_jax import train_state
-from score_jax import utils
 from score_jax.models import utils as mutils
 
 
@@ -50,7 +46,8 @@ def create_train_state(config, mesh):
     if extra:
         raise ValueError(f"model {config.model.name!r} has variable collections {sorted(extra)} "
                          "besides 'params'; training supports parameters only")
-    state = train_state.TrainState.create(variables["params"], train_state.get_optimizer(config), state_rng)
+    state = train_state.TrainState.create(variables["params"], train_state.get_optimizer(config),
+                                          state_rng)
     return jax.device_put(state, parallel.replicated(mesh))
 
 
@@ -66,7 +63,8 @@ def get_train_fns(config, model, mesh, use_scan: bool | None = None):
     kwargs = dict(reduce_mean=t.reduce_mean, continuous=t.continuous,
                   likelihood_weighting=t.likelihood_weighting,
                   importance_weighting=bool(t.get("importance_weighting", False)))
-    step_fn = losses.get_step_fn(sde, model, train=True, optimize_fn=train_state.get_optimizer(config),
+    step_fn = losses.get_step_fn(sde, model, train=True,
+                                 optimize_fn=train_state.get_optimizer(config),
                                  ema_rate=config.model.ema_rate,
                                  lr_fn=train_state.learning_rate_fn(config), **kwargs)
     eval_fn = losses.get_step_fn(sde, model, train=False, **kwargs)

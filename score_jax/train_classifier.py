@@ -15,11 +15,8 @@ import numpy as np
 import optax
 
 from score_jax import checkpoints as ckpt_lib
-from score_jax import loop
-from score_jax import parallel
+from score_jax import loop, parallel, train_state, utils
 from score_jax import sde as sde_lib
-from score_jax import train_state
-from score_jax import utils
 from score_jax.models import utils as mutils
 
 _EPS = 1e-5

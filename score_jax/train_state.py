@@ -35,7 +35,8 @@ def get_optimizer(config) -> optax.GradientTransformation:
     """torch.optim.Adam(lr, betas=(beta1, 0.999), eps, weight_decay) with warm-up and clipping
     (when grad_clip >= 0); raises ValueError for another `optim.optimizer`."""
     if config.optim.optimizer != "Adam":
-        raise ValueError(f"optim.optimizer={config.optim.optimizer!r} is not supported; valid: Adam")
+        raise ValueError(f"optim.optimizer={config.optim.optimizer!r} is not supported; "
+                         "valid: Adam")
     parts = []
     if float(config.optim.grad_clip) >= 0:
         parts.append(clip_by_global_norm_torch(float(config.optim.grad_clip)))

@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import reference as refcases
 from score_jax import convert, losses
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
+
+import reference as refcases
 
 CASES = ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small", "ddpmpp_subvp_cont_small",
          "ncsnv2_ve_small", "ddpm_vp_small"]

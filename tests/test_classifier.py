@@ -22,14 +22,8 @@ from flax import traverse_util
 
 from score_jax import checkpoints as ckpt_lib
 from score_jax import controllable_generation as cg
-from score_jax import evaluate
-from score_jax import loop
-from score_jax import parallel
-from score_jax import sampling
+from score_jax import evaluate, loop, parallel, sampling, train_classifier, train_state, utils
 from score_jax import sde as sde_lib
-from score_jax import train_classifier
-from score_jax import train_state
-from score_jax import utils
 from score_jax.models import get_model, register_model
 from score_jax.models import utils as mutils
 

@@ -4,11 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_sampling import data_params, variables
 
-from analytic import AnalyticScore, analytic_variables
 from score_jax import controllable_generation as cg
 from score_jax import sde as sde_lib
-from test_sampling import data_params, variables
+
+from analytic import AnalyticScore, analytic_variables
 
 identity = lambda x: x
 BATCH = 256

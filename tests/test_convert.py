@@ -12,11 +12,13 @@ import orbax.checkpoint as ocp
 import pytest
 import torch
 from flax import serialization, traverse_util
+from test_models import compile_fast
+
+from score_jax import checkpoints, convert
+from score_jax import sde as sde_lib
+from score_jax.models import utils as mutils
 
 import reference as refcases
-from test_models import compile_fast
-from score_jax import checkpoints, convert, sde as sde_lib
-from score_jax.models import utils as mutils
 
 CASES = ["ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small", "ddpmpp_subvp_cont_small",
          "ddpm_vp_small"]
@@ -40,7 +42,8 @@ def converted():
 def _assert_close(ours, ref, what):
     ref = np.asarray(ref, np.float64)
     err = float(np.max(np.abs(np.asarray(ours, np.float64) - ref)))
-    assert err <= 1e-4 * np.max(np.abs(ref)), f"{what}: max|err|={err:.3g}, max|ref|={np.max(np.abs(ref)):.3g}"
+    assert err <= 1e-4 * np.max(np.abs(ref)), (f"{what}: max|err|={err:.3g}, "
+                                               f"max|ref|={np.max(np.abs(ref)):.3g}")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -79,7 +82,8 @@ BFLOAT16_SCORE_RTOL = 3e-2  # max|bf16 - f32| / max|f32|; measured 5e-3 .. 1e-2 
 @pytest.mark.parametrize("case", ["ncsnpp_ve_cont_small", "ddpm_vp_small"])
 def test_bfloat16_score_is_close_to_float32(case, converted):
     """model.dtype='bfloat16' keeps float32 parameters and a float32 score within
-    BFLOAT16_SCORE_RTOL of the float32 network's, and does compute in bfloat16 (the scores differ)."""
+    BFLOAT16_SCORE_RTOL of the float32 network's, and does compute in bfloat16 (the scores
+    differ)."""
     arrays = refcases.case_arrays(case)
     x, t = jnp.asarray(arrays["x"]), jnp.asarray(arrays["t"])
     params = converted(case)["params"]

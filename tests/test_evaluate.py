@@ -17,12 +17,7 @@ from sklearn.datasets import load_digits
 
 import main
 from score_jax import checkpoints as ckpt_lib
-from score_jax import config_lib
-from score_jax import datasets
-from score_jax import digits
-from score_jax import evaluate
-from score_jax import metrics
-from score_jax import sampling
+from score_jax import config_lib, datasets, digits, evaluate, metrics, sampling
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
 

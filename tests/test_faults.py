@@ -19,17 +19,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from test_train import _committed_steps, _digits_tiny_config, tiny_config
 
 import main
 from score_jax import checkpoints as ckpt_lib
-from score_jax import config_lib
-from score_jax import datasets
-from score_jax import digits
-from score_jax import parallel
-from score_jax import train
-from score_jax import utils
+from score_jax import config_lib, datasets, digits, parallel, train, utils
 from score_jax.models import register_model
-from test_train import _committed_steps, _digits_tiny_config, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -283,7 +278,8 @@ def test_changed_model_or_sde_is_refused_naming_each_key(tmp_path):
     changed.optim.lr = 1e-4  # not a model or SDE key: may change
     for mode in ("train", "sample", "likelihood", "eval"):
         with pytest.raises(ValueError, match=r"differs from the one .* was trained with: "
-                                             r"model\.beta_max: 20\.0 in .*config\.json, 10\.0 now; "
+                                             r"model\.beta_max: 20\.0 in .*config\.json, "
+                                             r"10\.0 now; "
                                              r"training\.sde: 'vpsde' in .*, 'subvpsde' now\. "
                                              r".*--config\.allow_config_change=True"):
             main.run(mode, changed, w)
@@ -310,7 +306,8 @@ def test_read_only_workdir_is_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr("score_jax.evaluate.restore", lambda *a: computed.append(a))
     try:
         for mode in ("likelihood", "sample", "eval", "train"):
-            with pytest.raises(PermissionError, match=re.escape(f"--workdir='{w}' is not writable")):
+            with pytest.raises(PermissionError,
+                               match=re.escape(f"--workdir='{w}' is not writable")):
                 main.run(mode, _config(n_iters=2), str(w))
     finally:
         w.chmod(0o755)

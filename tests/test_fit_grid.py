@@ -8,14 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_evaluate import write_checkpoint
+from test_solvers import problem
+from test_sweep import sweep_config
 
 import main
 from score_jax import datasets, sampling, solvers
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
-from test_evaluate import write_checkpoint
-from test_solvers import problem
-from test_sweep import sweep_config
 
 
 def _rel(y, ref):

@@ -15,7 +15,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, ScoreSdeVeScheduler, UNet2DModel
 
-from score_jax import config_lib, convert, sde as sde_lib
+from score_jax import config_lib, convert
+from score_jax import sde as sde_lib
 from score_jax.convert import hub
 from score_jax.models import get_model
 

@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_sampling import REFS, SDES, data_params, ode_sampler, ref, variables
 
-from analytic import AnalyticScore, analytic_variables, model_bpd
 from score_jax import likelihood
 from score_jax import sde as sde_lib
-from test_sampling import REFS, SDES, data_params, ode_sampler, ref, variables
+
+from analytic import AnalyticScore, analytic_variables, model_bpd
 
 identity = lambda x: x
 

@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from analytic import AnalyticScore, analytic_variables
 from score_jax import losses
 from score_jax import sde as sde_lib
+
+from analytic import AnalyticScore, analytic_variables
 
 EPS = 1e-5
 SDES = {"vp": sde_lib.VPSDE, "subvp": sde_lib.subVPSDE, "ve": sde_lib.VESDE}
@@ -157,8 +158,9 @@ def test_elbo_against_exact_likelihood_of_gaussian_data(name):
     trapezoid's error ~1e-3); (2) our
     Monte Carlo estimator (`get_elbo_fn`) averages to that quadrature within 4 standard errors
     (2,048 draws per point); (3) a wrong score (sd x 1.5) gives a bound above the exact value."""
-    from analytic import model_bpd
     from score_jax import likelihood
+
+    from analytic import model_bpd
 
     sde = SDES[name]()
     rng = np.random.default_rng(1)
@@ -210,6 +212,7 @@ def _zero_score_bound(config):
     test digits, in closed form: |std s + z|^2 - |z|^2 = 0, so only the prior term and
     -D log alpha_T remain."""
     from sklearn.datasets import load_digits
+
     from score_jax import digits
 
     sde, _ = sde_lib.get_sde(config)
@@ -227,8 +230,9 @@ def test_likelihood_mode_bound_and_variational_dequantizer(tmp_path):
     """`--mode likelihood` reports the bound beside the exact value (zero network: the bound's
     closed form to 1e-4, and above the exact value); `--mode train_dequantizer` then
     `eval.dequantizer='variational'` gives finite numbers; bad input names its key."""
-    import main
     from test_evaluate import closed_form_bpd, digits_config, write_checkpoint
+
+    import main
 
     config = digits_config(tmp_path, bound_num_t=2)
     workdir = str(tmp_path / "w")
@@ -264,8 +268,9 @@ def test_ode_options_match_the_closed_form(method, pcoeff, icoeff):
     """Tsit5 and the PI controller (the options of benchmarks/ode_options.py): bits/dim of the
     analytic model within 1e-4 of its closed form (Rademacher probe: exact for its diagonal
     Jacobian), and nfe = 2 + 6 per step, like dopri5."""
-    from analytic import model_bpd
     from score_jax import likelihood
+
+    from analytic import model_bpd
 
     sde = sde_lib.subVPSDE()
     rng = np.random.default_rng(2)

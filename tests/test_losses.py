@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-import reference as refcases
-from score_jax import losses
-from score_jax import train_state
+from score_jax import losses, train_state
 from score_jax import sde as sde_lib
+
+import reference as refcases
 
 CASES = [c for c in ("ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small", "ddpmpp_subvp_cont_small",
                      "ncsnv2_ve_small", "ddpm_vp_small")
@@ -28,7 +28,8 @@ CASES = [c for c in ("ncsnpp_ve_cont_small", "ddpmpp_vp_cont_small", "ddpmpp_sub
 def _injected_noise(arrays):
     """The official torch draws of the loss, in our `draw_noise` layout."""
     if "loss_rng0_rand" in arrays:
-        return {"u": jnp.asarray(arrays["loss_rng0_rand"]), "z": jnp.asarray(arrays["loss_rng1_randn_like"])}
+        return {"u": jnp.asarray(arrays["loss_rng0_rand"]),
+                "z": jnp.asarray(arrays["loss_rng1_randn_like"])}
     return {"labels": jnp.asarray(arrays["loss_rng0_randint"], jnp.int32),
             "z": jnp.asarray(arrays["loss_rng1_randn_like"])}
 
@@ -93,7 +94,8 @@ def _ref_losses(kind, sde, x, noise, reduce_mean, likelihood_weighting=False):
     else:
         score = -net(y, 999 * t) / std4
     if likelihood_weighting:
-        g2 = np.asarray(sde.sde(jnp.zeros_like(jnp.asarray(x, jnp.float32)), jnp.asarray(t, jnp.float32))[1], np.float64) ** 2
+        g2 = np.asarray(sde.sde(jnp.zeros_like(jnp.asarray(x, jnp.float32)),
+                                jnp.asarray(t, jnp.float32))[1], np.float64) ** 2
         return np.mean(red((score + z / std4) ** 2) * g2)
     return np.mean(red((score * std4 + z) ** 2))
 
@@ -125,7 +127,8 @@ def test_discrete_subvp_and_likelihood_weighting_rejected():
     with pytest.raises(ValueError, match="subVPSDE"):
         losses.get_loss_fn(sde_lib.subVPSDE(), model, True, continuous=False)
     with pytest.raises(ValueError, match="Likelihood weighting"):
-        losses.get_loss_fn(sde_lib.VPSDE(), model, True, continuous=False, likelihood_weighting=True)
+        losses.get_loss_fn(sde_lib.VPSDE(), model, True, continuous=False,
+                           likelihood_weighting=True)
 
 
 def _optim_config(**kw):

@@ -13,9 +13,7 @@ import scipy.linalg
 import torch
 from sklearn.datasets import load_digits
 
-from score_jax import digits
-from score_jax import inception
-from score_jax import metrics
+from score_jax import digits, inception, metrics
 
 
 def torchscript_pool_3(x: np.ndarray) -> np.ndarray:

@@ -8,14 +8,16 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections
+import numpy as np
 import pytest
 from jax import lax
 
-import reference as refcases
-from score_jax.models import get_model, up_or_down_sampling as updown
+from score_jax.models import get_model
+from score_jax.models import up_or_down_sampling as updown
 from score_jax.models import utils as mutils
+
+import reference as refcases
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,7 +49,8 @@ def test_upfirdn2d_matches_its_definition(up, down, pad):
 
 
 def _conv_same(x, w):
-    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def test_fused_fir_convolutions_equal_resample_then_convolve_inside():
@@ -58,7 +61,8 @@ def test_fused_fir_convolutions_equal_resample_then_convolve_inside():
     k = (1, 3, 3, 1)
     up = updown.upsample_conv_2d(x, w, k)
     assert up.shape == (2, 16, 16, 5)
-    np.testing.assert_allclose(up[:, 2:-2, 2:-2], _conv_same(updown.upsample_2d(x, k), w)[:, 2:-2, 2:-2],
+    np.testing.assert_allclose(up[:, 2:-2, 2:-2],
+                               _conv_same(updown.upsample_2d(x, k), w)[:, 2:-2, 2:-2],
                                atol=1e-5)
     down = updown.conv_downsample_2d(x, w, k)
     assert down.shape == (2, 4, 4, 5)

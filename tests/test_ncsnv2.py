@@ -11,13 +11,14 @@ import pytest
 import torch
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from reference import case_arrays, case_checkpoint, case_config, case_meta
 from score_jax import convert
 from score_jax import sde as sde_lib
 from score_jax.convert import ncsnv2 as ncsn_convert
 from score_jax.models import get_model, ncsnv2
 from score_jax.models import utils as mutils
 from score_jax.models.normalization import ConditionalInstanceNorm2dPlus, InstanceNorm2dPlus
+
+from reference import case_arrays, case_checkpoint, case_config, case_meta
 
 CASE = "ncsnv2_ve_small"
 

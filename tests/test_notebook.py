@@ -11,8 +11,7 @@ import numpy as np
 from nbclient import NotebookClient
 
 from score_jax import checkpoints as ckpt_lib
-from score_jax import config_lib
-from score_jax import train_classifier
+from score_jax import config_lib, train_classifier
 from score_jax.models import utils as mutils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,16 +9,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import DATA
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import reference as refcases
-from analytic import AnalyticScore, analytic_variables, flow_map
-from conftest import DATA
 from score_jax import convert, ode, sampling
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
 from score_jax.models.utils import get_score_fn
+
+import reference as refcases
+from analytic import AnalyticScore, analytic_variables, flow_map
 
 REFS = dict(np.load(DATA / "sampler_refs.npz"))
 RUNS = json.loads((DATA / "sampler_refs.json").read_text())["runs"]
@@ -341,7 +342,8 @@ PC_STEP_KEYS = ("pc_corrector_x", "pc_corrector_x_mean", "pc_predictor_x", "pc_p
 
 def model_case_pc_step(case, params=None):
     """Our corrector-then-predictor update of reference `case` (its official config, EMA weights
-    and stored noises): the outputs in `PC_STEP_KEYS` order (also used by tests/parity_report.py)."""
+    and stored noises): the outputs in `PC_STEP_KEYS` order (also used by
+    tests/parity_report.py)."""
     config, arrays = refcases.case_config(case), refcases.case_arrays(case)
     step = refcases.case_meta(case)["pc_step"]
     if params is None:

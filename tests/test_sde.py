@@ -1,4 +1,5 @@
-"""Parity of the SDE library with the official sde_lib (tests/data/sde_refs.npz), plus closed forms."""
+"""Parity of the SDE library with the official sde_lib (tests/data/sde_refs.npz), plus closed
+forms."""
 import json
 
 import jax
@@ -6,10 +7,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import DATA
 
 from score_jax import sde as sde_lib
-
-from conftest import DATA
 
 REFS = np.load(DATA / "sde_refs.npz")
 SPECS = json.loads((DATA / "sde_refs.json").read_text())["sdes"]
@@ -21,7 +21,8 @@ def nhwc(a):
 
 
 def build(spec):
-    cls = {"VESDE": sde_lib.VESDE, "VPSDE": sde_lib.VPSDE, "subVPSDE": sde_lib.subVPSDE}[spec["class"]]
+    cls = {"VESDE": sde_lib.VESDE, "VPSDE": sde_lib.VPSDE,
+           "subVPSDE": sde_lib.subVPSDE}[spec["class"]]
     if spec["class"] == "VESDE":
         return cls(sigma_min=spec["sigma_min"], sigma_max=spec["sigma_max"], N=spec["N"])
     return cls(beta_min=spec["beta_0"], beta_max=spec["beta_1"], N=spec["N"])
@@ -98,7 +99,8 @@ def test_float64_tables_match_official_model_utils():
 
 @pytest.mark.parametrize("sde", [sde_lib.VPSDE(), sde_lib.subVPSDE(), sde_lib.VESDE()])
 def test_marginal_matches_moments_of_the_sde(sde):
-    """d/dt of the marginal mean/variance equals what the drift/diffusion imply (Sarkka & Solin 5.50)."""
+    """d/dt of the marginal mean/variance equals what the drift/diffusion imply
+    (Sarkka & Solin 5.50)."""
     x = jnp.ones((1, 2, 2, 1), jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
     t = jnp.array([0.3])
     mean_coeff = lambda s: sde.marginal_prob(x, s)[0][0, 0, 0, 0]

@@ -6,14 +6,12 @@ import os
 import jax
 import numpy as np
 import pytest
+from test_evaluate import digits_config, write_checkpoint
 
 import main
-from score_jax import datasets
-from score_jax import sampling
+from score_jax import datasets, sampling, sweep
 from score_jax import sde as sde_lib
-from score_jax import sweep
 from score_jax.models import utils as mutils
-from test_evaluate import digits_config, write_checkpoint
 
 
 def sweep_config(tmp_path):

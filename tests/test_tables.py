@@ -13,15 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_evaluate import closed_form_bpd, digits_config, pixel_features, write_checkpoint
 
 import main
-from score_jax import datasets
-from score_jax import metrics
-from score_jax import sampling
+from score_jax import datasets, metrics, sampling, tables
 from score_jax import sde as sde_lib
-from score_jax import tables
 from score_jax.models import utils as mutils
-from test_evaluate import closed_form_bpd, digits_config, pixel_features, write_checkpoint
 
 
 def table_config(tmp_path, name, **table):

@@ -12,12 +12,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
-from score_jax import config_lib
-from score_jax import parallel
-from score_jax import train
+from score_jax import config_lib, parallel, train
 from score_jax.models import register_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,7 +166,8 @@ def test_bad_batch_size_and_workdir(tmp_path):
 # ---------------------------------------------------------------- end to end through main.py
 
 # The digits default shrunk: 8x8x1 DIGITS, a tiny DDPM++.
-SMALL = ["--config.model.nf=16", "--config.model.num_res_blocks=1", "--config.training.batch_size=8",
+SMALL = ["--config.model.nf=16", "--config.model.num_res_blocks=1",
+         "--config.training.batch_size=8",
          "--config.training.log_freq=1", "--config.training.snapshot_sampling=False",
          "--config.training.final_eval=False"]
 
@@ -281,8 +281,9 @@ def test_one_step_end_to_end(family, tmp_path):
 def test_training_starts_from_converted_official_weights(tmp_path):
     """A workdir holding `--mode convert` output: training restores its params, EMA and step
     (with a fresh optimizer state), and `restore_for_sampling` returns its EMA."""
-    import reference as refcases
     from score_jax import convert
+
+    import reference as refcases
 
     case = "ddpm_vp_small"
     config = refcases.case_config(case)

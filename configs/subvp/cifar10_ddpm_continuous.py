@@ -1,11 +1,12 @@
-"""DDPM network on CIFAR-10, sub-VP SDE, continuous-time training ("DDPM cont. (sub-VP)").
+r"""DDPM network on CIFAR-10, sub-VP SDE, continuous-time training ("DDPM cont. (sub-VP)").
 
 Reproduces: "DDPM cont. (sub-VP)" of Table 2 of the paper, NLL 3.05 bits/dim and FID 3.56
 with the black-box ODE sampler (official README, checkpoint `subvp/cifar10_ddpm_continuous`).
 Sampled with Euler-Maruyama (no corrector).
 
 Run:
-    python main.py --config configs/subvp/cifar10_ddpm_continuous.py --workdir workdir/subvp_cifar10_ddpm_continuous --mode train
+    python main.py --config configs/subvp/cifar10_ddpm_continuous.py \
+        --workdir workdir/subvp_cifar10_ddpm_continuous --mode train
 
 Official: configs/subvp/cifar10_ddpm_continuous.py (same keys and values).
 `model.embedding_type` ('fourier', inherited from the defaults) is not read by the `ddpm`

@@ -1,4 +1,4 @@
-"""DDPM++ (4 residual blocks per resolution) on CIFAR-10, sub-VP SDE, continuous-time training.
+r"""DDPM++ (4 residual blocks per resolution) on CIFAR-10, sub-VP SDE, continuous-time training.
 
 Reproduces: "DDPM++ cont. (sub-VP)": Table 3 of the paper, FID 2.61 / IS 9.56; Table 2, NLL
 3.02 bits/dim and FID 3.16 with the black-box ODE sampler (official README, checkpoint
@@ -7,7 +7,8 @@ DDPM++ is the `ncsnpp` network without FIR resampling and without progressive
 input (`fir = False`, `progressive_input = 'none'`).
 
 Run:
-    python main.py --config configs/subvp/cifar10_ddpmpp_continuous.py --workdir workdir/subvp_cifar10_ddpmpp_continuous --mode train
+    python main.py --config configs/subvp/cifar10_ddpmpp_continuous.py \
+        --workdir workdir/subvp_cifar10_ddpmpp_continuous --mode train
 
 Official: configs/subvp/cifar10_ddpmpp_continuous.py (same keys and values).
 Its docstring calls the model "NCSNv3" (an old name for DDPM++).

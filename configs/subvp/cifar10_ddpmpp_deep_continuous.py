@@ -1,4 +1,4 @@
-"""DDPM++ deep (8 residual blocks per resolution) on CIFAR-10, sub-VP SDE, continuous-time
+r"""DDPM++ deep (8 residual blocks per resolution) on CIFAR-10, sub-VP SDE, continuous-time
 training, 950k steps.
 
 Reproduces: "DDPM++ cont. (deep, sub-VP)": Table 3 of the paper, FID 2.41 / IS 9.57; Table 2,
@@ -9,7 +9,8 @@ DDPM++ is the `ncsnpp` network without FIR resampling and without progressive
 input (`fir = False`, `progressive_input = 'none'`).
 
 Run:
-    python main.py --config configs/subvp/cifar10_ddpmpp_deep_continuous.py --workdir workdir/subvp_cifar10_ddpmpp_deep_continuous --mode train
+    python main.py --config configs/subvp/cifar10_ddpmpp_deep_continuous.py \
+        --workdir workdir/subvp_cifar10_ddpmpp_deep_continuous --mode train
 
 Official: configs/subvp/cifar10_ddpmpp_deep_continuous.py (same keys and values).
 Its docstring calls the model "NCSNv3" (an old name for DDPM++).

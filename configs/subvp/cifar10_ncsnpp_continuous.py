@@ -1,4 +1,4 @@
-"""NCSN++ (4 residual blocks per resolution) on CIFAR-10, sub-VP SDE, continuous-time training.
+r"""NCSN++ (4 residual blocks per resolution) on CIFAR-10, sub-VP SDE, continuous-time training.
 
 Reproduces: NCSN++ trained with the sub-VP SDE on CIFAR-10, presumably from the
 paper's exploration of architectures and SDEs (appendix; our reading, not verified). The
@@ -6,7 +6,8 @@ official README lists no checkpoint or number for this config, so none is claime
 Sampled with Euler-Maruyama (no corrector).
 
 Run:
-    python main.py --config configs/subvp/cifar10_ncsnpp_continuous.py --workdir workdir/subvp_cifar10_ncsnpp_continuous --mode train
+    python main.py --config configs/subvp/cifar10_ncsnpp_continuous.py \
+        --workdir workdir/subvp_cifar10_ncsnpp_continuous --mode train
 
 Official: configs/subvp/cifar10_ncsnpp_continuous.py (same keys and values).
 `model.fourier_scale` is kept from the official config but unused: the embedding is

@@ -1,4 +1,4 @@
-"""NCSN++ deep (8 residual blocks per resolution) on CIFAR-10, sub-VP SDE, continuous-time
+r"""NCSN++ deep (8 residual blocks per resolution) on CIFAR-10, sub-VP SDE, continuous-time
 training, 950k steps.
 
 Reproduces: NCSN++ trained with the sub-VP SDE (deep) on CIFAR-10, presumably from the
@@ -7,7 +7,8 @@ official README lists no checkpoint or number for this config, so none is claime
 Sampled with Euler-Maruyama (no corrector).
 
 Run:
-    python main.py --config configs/subvp/cifar10_ncsnpp_deep_continuous.py --workdir workdir/subvp_cifar10_ncsnpp_deep_continuous --mode train
+    python main.py --config configs/subvp/cifar10_ncsnpp_deep_continuous.py \
+        --workdir workdir/subvp_cifar10_ncsnpp_deep_continuous --mode train
 
 Official: configs/subvp/cifar10_ncsnpp_deep_continuous.py (same keys and values).
 `model.fourier_scale` is kept from the official config but unused: the embedding is

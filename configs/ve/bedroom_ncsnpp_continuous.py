@@ -1,4 +1,4 @@
-"""NCSN++ (progressive growing, 7 resolutions) on 256x256 LSUN bedroom, VE SDE, continuous-time
+r"""NCSN++ (progressive growing, 7 resolutions) on 256x256 LSUN bedroom, VE SDE, continuous-time
 training.
 
 Reproduces: the paper's LSUN bedroom 256x256 samples (qualitative only: the paper reports no
@@ -7,7 +7,8 @@ PC sampler: reverse-diffusion predictor + Langevin corrector, snr 0.075, 2000 no
 sigma_max 378 (LSUN defaults).
 
 Run:
-    python main.py --config configs/ve/bedroom_ncsnpp_continuous.py --workdir workdir/ve_bedroom_ncsnpp_continuous --mode train
+    python main.py --config configs/ve/bedroom_ncsnpp_continuous.py \
+        --workdir workdir/ve_bedroom_ncsnpp_continuous --mode train
 
 Official: configs/ve/bedroom_ncsnpp_continuous.py (same keys and values).
 """

@@ -1,4 +1,4 @@
-"""NCSN++ on 64x64 CelebA trained with the discrete SMLD objective (VE, 1000 noise scales,
+r"""NCSN++ on 64x64 CelebA trained with the discrete SMLD objective (VE, 1000 noise scales,
 sigma_max 90).
 
 Reproduces: NCSN++ on 64x64 CelebA, presumably from the paper's architecture exploration on
@@ -7,7 +7,8 @@ number for it, so none is claimed.
 PC sampler: reverse-diffusion predictor + Langevin corrector, snr 0.17.
 
 Run:
-    python main.py --config configs/ve/celeba_ncsnpp.py --workdir workdir/ve_celeba_ncsnpp --mode train
+    python main.py --config configs/ve/celeba_ncsnpp.py --workdir workdir/ve_celeba_ncsnpp \
+        --mode train
 
 Official: configs/ve/celeba_ncsnpp.py (same keys and values). `model.sigma_begin = 90` is kept
 because the official config has it, but nothing reads it (a leftover NCSNv2 name for

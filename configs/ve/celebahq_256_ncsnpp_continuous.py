@@ -1,4 +1,4 @@
-"""NCSN++ (progressive growing, 7 resolutions) on 256x256 CelebA-HQ, VE SDE, continuous-time
+r"""NCSN++ (progressive growing, 7 resolutions) on 256x256 CelebA-HQ, VE SDE, continuous-time
 training, sigma_max 348, 2000 noise scales (LSUN defaults otherwise).
 
 Reproduces: CelebA-HQ 256x256 samples (qualitative only: no number in the paper; the official
@@ -6,7 +6,9 @@ README shows samples of the re-trained checkpoint `ve/celebahq_256_ncsnpp_contin
 PC sampler: reverse-diffusion predictor + Langevin corrector, snr 0.075.
 
 Run (the data come from a TFRecord file you supply):
-    python main.py --config configs/ve/celebahq_256_ncsnpp_continuous.py --workdir workdir/ve_celebahq_256_ncsnpp_continuous --mode train --config.data.tfrecords_path=/path/to/celebahq-r08.tfrecords
+    python main.py --config configs/ve/celebahq_256_ncsnpp_continuous.py \
+        --workdir workdir/ve_celebahq_256_ncsnpp_continuous --mode train \
+        --config.data.tfrecords_path=/path/to/celebahq-r08.tfrecords
 
 Official: configs/ve/celebahq_256_ncsnpp_continuous.py, with two changes:
 * its docstring says "Church" (copy-paste slip); this is CelebA-HQ;

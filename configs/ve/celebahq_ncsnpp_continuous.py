@@ -1,4 +1,4 @@
-"""NCSN++ (8 resolutions, nf 16) on 1024x1024 CelebA-HQ, VE SDE, continuous-time training.
+r"""NCSN++ (8 resolutions, nf 16) on 1024x1024 CelebA-HQ, VE SDE, continuous-time training.
 
 Reproduces: the paper's 1024x1024 CelebA-HQ samples, the first 1024px images from a score-based
 model (qualitative only: no number in the paper). Batch 8, 2.4M steps, sigma_max 1348, 2000 noise
@@ -6,7 +6,9 @@ scales, EMA 0.9999; PC sampler: reverse-diffusion predictor + Langevin corrector
 The official CelebA-HQ checkpoints were not released (see the official README).
 
 Run (the data come from a TFRecord file you supply):
-    python main.py --config configs/ve/celebahq_ncsnpp_continuous.py --workdir workdir/ve_celebahq_ncsnpp_continuous --mode train --config.data.tfrecords_path=/path/to/celebahq-r10.tfrecords
+    python main.py --config configs/ve/celebahq_ncsnpp_continuous.py \
+        --workdir workdir/ve_celebahq_ncsnpp_continuous --mode train \
+        --config.data.tfrecords_path=/path/to/celebahq-r10.tfrecords
 
 Official: configs/ve/celebahq_ncsnpp_continuous.py, a stand-alone config (it does not start from
 a defaults file), with these changes:

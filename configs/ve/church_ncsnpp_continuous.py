@@ -1,4 +1,4 @@
-"""NCSN++ (progressive growing, 7 resolutions) on 256x256 LSUN church_outdoor, VE SDE,
+r"""NCSN++ (progressive growing, 7 resolutions) on 256x256 LSUN church_outdoor, VE SDE,
 continuous-time training, sigma_max 380.
 
 Reproduces: the paper's LSUN church 256x256 samples (qualitative only: the paper reports no
@@ -6,7 +6,8 @@ number for it; the official README shows samples of checkpoint `ve/church_ncsnpp
 PC sampler: reverse-diffusion predictor + Langevin corrector, snr 0.075, 2000 noise scales.
 
 Run:
-    python main.py --config configs/ve/church_ncsnpp_continuous.py --workdir workdir/ve_church_ncsnpp_continuous --mode train
+    python main.py --config configs/ve/church_ncsnpp_continuous.py \
+        --workdir workdir/ve_church_ncsnpp_continuous --mode train
 
 Official: configs/ve/church_ncsnpp_continuous.py (same keys and values).
 """

@@ -1,4 +1,4 @@
-"""The original DDPM network (Ho et al., 2020) on CIFAR-10, trained with the discrete SMLD (VE)
+r"""The original DDPM network (Ho et al., 2020) on CIFAR-10, trained with the discrete SMLD (VE)
 objective.
 
 Reproduces: a discrete SMLD model with the DDPM network, presumably the SMLD model of the
@@ -7,7 +7,8 @@ no checkpoint or number for this config, so none is claimed.
 PC sampler: reverse-diffusion predictor + Langevin corrector.
 
 Run:
-    python main.py --config configs/ve/cifar10_ddpm.py --workdir workdir/ve_cifar10_ddpm --mode train
+    python main.py --config configs/ve/cifar10_ddpm.py --workdir workdir/ve_cifar10_ddpm \
+        --mode train
 
 Official: configs/ve/cifar10_ddpm.py (same keys and values). `model.embedding_type` ('fourier',
 inherited from the defaults) is not read by the `ddpm` network, which always uses the DDPM

@@ -1,4 +1,4 @@
-"""NCSN++ on CIFAR-10 trained with the discrete SMLD objective (VE, 1000 noise scales).
+r"""NCSN++ on CIFAR-10 trained with the discrete SMLD objective (VE, 1000 noise scales).
 
 Reproduces: "NCSN++" (discrete, SMLD) of Table 3 of the paper, FID 2.45 / IS 9.73 (official
 README, checkpoint `ve/cifar10_ncsnpp`), with the PC sampler (reverse-diffusion predictor +
@@ -6,7 +6,8 @@ Langevin corrector, snr 0.16). Discrete training conditions the network on the n
 the time embedding is positional, not Fourier.
 
 Run:
-    python main.py --config configs/ve/cifar10_ncsnpp.py --workdir workdir/ve_cifar10_ncsnpp --mode train
+    python main.py --config configs/ve/cifar10_ncsnpp.py --workdir workdir/ve_cifar10_ncsnpp \
+        --mode train
 
 Official: configs/ve/cifar10_ncsnpp.py (same keys and values).
 """

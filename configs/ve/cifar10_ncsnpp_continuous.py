@@ -1,11 +1,12 @@
-"""NCSN++ (4 residual blocks per resolution) on CIFAR-10, VE SDE, continuous-time training.
+r"""NCSN++ (4 residual blocks per resolution) on CIFAR-10, VE SDE, continuous-time training.
 
 Reproduces: "NCSN++ cont. (VE)" of Table 3 of the paper, FID 2.38 / IS 9.83 (the numbers the
 official README lists for checkpoint `ve/cifar10_ncsnpp_continuous`), sampled with the PC sampler
 (reverse-diffusion predictor + one Langevin corrector step, snr 0.16).
 
 Run:
-    python main.py --config configs/ve/cifar10_ncsnpp_continuous.py --workdir workdir/ve_cifar10_ncsnpp_continuous --mode train
+    python main.py --config configs/ve/cifar10_ncsnpp_continuous.py \
+        --workdir workdir/ve_cifar10_ncsnpp_continuous --mode train
 
 Official: configs/ve/cifar10_ncsnpp_continuous.py (same keys and values).
 """

@@ -1,4 +1,4 @@
-"""NCSN++ deep (8 residual blocks per resolution) on CIFAR-10, VE SDE, continuous-time training.
+r"""NCSN++ deep (8 residual blocks per resolution) on CIFAR-10, VE SDE, continuous-time training.
 
 Reproduces: "NCSN++ cont. (deep, VE)" of Table 3 of the paper, FID 2.20 / IS 9.89, the paper's
 headline CIFAR-10 result (official README, checkpoint `ve/cifar10_ncsnpp_deep_continuous`), with
@@ -6,7 +6,8 @@ the PC sampler (reverse-diffusion predictor + Langevin corrector, snr 0.16). Tra
 steps instead of 1.3M.
 
 Run:
-    python main.py --config configs/ve/cifar10_ncsnpp_deep_continuous.py --workdir workdir/ve_cifar10_ncsnpp_deep_continuous --mode train
+    python main.py --config configs/ve/cifar10_ncsnpp_deep_continuous.py \
+        --workdir workdir/ve_cifar10_ncsnpp_deep_continuous --mode train
 
 Official: configs/ve/cifar10_ncsnpp_deep_continuous.py (same keys and values).
 """

@@ -1,4 +1,4 @@
-"""NCSN++ (8 resolutions, nf 16) on 1024x1024 FFHQ, VE SDE, continuous-time training.
+r"""NCSN++ (8 resolutions, nf 16) on 1024x1024 FFHQ, VE SDE, continuous-time training.
 
 Reproduces: FFHQ 1024x1024 samples (qualitative only: no number in the paper; the official
 README shows samples of the re-trained checkpoint `ve/ffhq_1024_ncsnpp_continuous`). Batch 8,
@@ -6,7 +6,9 @@ README shows samples of the re-trained checkpoint `ve/ffhq_1024_ncsnpp_continuou
 predictor + Langevin corrector, snr 0.15.
 
 Run (the data come from a TFRecord file you supply):
-    python main.py --config configs/ve/ffhq_ncsnpp_continuous.py --workdir workdir/ve_ffhq_ncsnpp_continuous --mode train --config.data.tfrecords_path=/path/to/ffhq-r10.tfrecords
+    python main.py --config configs/ve/ffhq_ncsnpp_continuous.py \
+        --workdir workdir/ve_ffhq_ncsnpp_continuous --mode train \
+        --config.data.tfrecords_path=/path/to/ffhq-r10.tfrecords
 
 Official: configs/ve/ffhq_ncsnpp_continuous.py, a stand-alone config (it does not start from a
 defaults file), with these changes:

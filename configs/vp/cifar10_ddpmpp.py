@@ -1,4 +1,4 @@
-"""DDPM++ (4 residual blocks per resolution) on CIFAR-10, trained with the discrete DDPM
+r"""DDPM++ (4 residual blocks per resolution) on CIFAR-10, trained with the discrete DDPM
 objective (VP, 1000 steps).
 
 Reproduces: "DDPM++" of Table 3 of the paper, FID 2.78 / IS 9.64 (official README,
@@ -7,7 +7,8 @@ DDPM++ is the `ncsnpp` network without FIR resampling and without progressive
 input (`fir = False`, `progressive_input = 'none'`).
 
 Run:
-    python main.py --config configs/vp/cifar10_ddpmpp.py --workdir workdir/vp_cifar10_ddpmpp --mode train
+    python main.py --config configs/vp/cifar10_ddpmpp.py --workdir workdir/vp_cifar10_ddpmpp \
+        --mode train
 
 Official: configs/vp/cifar10_ddpmpp.py (same keys and values).
 Its docstring calls the model "NCSNv3 ... with continuous sigmas" (an old name; this config

@@ -1,4 +1,4 @@
-"""DDPM++ deep (8 residual blocks per resolution) on CIFAR-10, VP SDE, continuous-time
+r"""DDPM++ deep (8 residual blocks per resolution) on CIFAR-10, VP SDE, continuous-time
 training, 950k steps.
 
 Reproduces: "DDPM++ cont. (deep, VP)": Table 3 of the paper, FID 2.41 / IS 9.68; Table 2, NLL
@@ -8,7 +8,8 @@ DDPM++ is the `ncsnpp` network without FIR resampling and without progressive
 input (`fir = False`, `progressive_input = 'none'`).
 
 Run:
-    python main.py --config configs/vp/cifar10_ddpmpp_deep_continuous.py --workdir workdir/vp_cifar10_ddpmpp_deep_continuous --mode train
+    python main.py --config configs/vp/cifar10_ddpmpp_deep_continuous.py \
+        --workdir workdir/vp_cifar10_ddpmpp_deep_continuous --mode train
 
 Official: configs/vp/cifar10_ddpmpp_deep_continuous.py (same keys and values).
 Its docstring calls the model "NCSNv3" (an old name for DDPM++).

@@ -1,4 +1,4 @@
-"""NCSN++ (4 residual blocks per resolution) on CIFAR-10, trained with the discrete DDPM
+r"""NCSN++ (4 residual blocks per resolution) on CIFAR-10, trained with the discrete DDPM
 objective (VP, 1000 steps).
 
 Reproduces: NCSN++ trained with the discrete DDPM (VP) objective on CIFAR-10, presumably
@@ -9,7 +9,8 @@ NCSN++ here is the `ncsnpp` network with FIR resampling and residual progressive
 input, trained with the VP SDE.
 
 Run:
-    python main.py --config configs/vp/cifar10_ncsnpp.py --workdir workdir/vp_cifar10_ncsnpp --mode train
+    python main.py --config configs/vp/cifar10_ncsnpp.py --workdir workdir/vp_cifar10_ncsnpp \
+        --mode train
 
 Official: configs/vp/cifar10_ncsnpp.py (same keys and values).
 """

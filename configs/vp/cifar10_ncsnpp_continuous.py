@@ -1,4 +1,4 @@
-"""NCSN++ (4 residual blocks per resolution) on CIFAR-10, VP SDE, continuous-time training.
+r"""NCSN++ (4 residual blocks per resolution) on CIFAR-10, VP SDE, continuous-time training.
 
 Reproduces: NCSN++ trained with the VP SDE on CIFAR-10, presumably from the
 paper's exploration of architectures and SDEs (appendix; our reading, not verified). The
@@ -8,7 +8,8 @@ NCSN++ here is the `ncsnpp` network with FIR resampling and residual progressive
 input, trained with the VP SDE.
 
 Run:
-    python main.py --config configs/vp/cifar10_ncsnpp_continuous.py --workdir workdir/vp_cifar10_ncsnpp_continuous --mode train
+    python main.py --config configs/vp/cifar10_ncsnpp_continuous.py \
+        --workdir workdir/vp_cifar10_ncsnpp_continuous --mode train
 
 Official: configs/vp/cifar10_ncsnpp_continuous.py (same keys and values).
 `model.fourier_scale` is kept from the official config but unused: the embedding is

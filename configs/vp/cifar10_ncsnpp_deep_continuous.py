@@ -1,4 +1,4 @@
-"""NCSN++ deep (8 residual blocks per resolution) on CIFAR-10, VP SDE, continuous-time
+r"""NCSN++ deep (8 residual blocks per resolution) on CIFAR-10, VP SDE, continuous-time
 training, 950k steps.
 
 Reproduces: NCSN++ trained with the VP SDE (deep) on CIFAR-10, presumably from the
@@ -9,7 +9,8 @@ NCSN++ here is the `ncsnpp` network with FIR resampling and residual progressive
 input, trained with the VP SDE.
 
 Run:
-    python main.py --config configs/vp/cifar10_ncsnpp_deep_continuous.py --workdir workdir/vp_cifar10_ncsnpp_deep_continuous --mode train
+    python main.py --config configs/vp/cifar10_ncsnpp_deep_continuous.py \
+        --workdir workdir/vp_cifar10_ncsnpp_deep_continuous --mode train
 
 Official: configs/vp/cifar10_ncsnpp_deep_continuous.py (same keys and values).
 `model.fourier_scale` is kept from the official config but unused: the embedding is

@@ -6,6 +6,7 @@ import numpy as np
 from score_jax.models import get_model
 from score_jax.models.ncsnv2 import RefineNet
 
+
 def _layers(cls):
     """(PyTorch module path, Flax module path, kind) of every parametrised layer of network class
     `cls`; kind is 'conv', 'conv_nobias', 'norm' or 'cnorm' (conditional norm)."""

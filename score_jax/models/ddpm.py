@@ -32,7 +32,8 @@ class DDPM(nn.Module):
         attn_every_up_block = bool(m.get("attn_every_up_block", False))
         num_resolutions = len(ch_mult)
         if str(m.normalization).lower() != "groupnorm":
-            raise ValueError(f"model.normalization={m.normalization!r} is unknown; valid: GroupNorm")
+            raise ValueError(f"model.normalization={m.normalization!r} is unknown; "
+                             "valid: GroupNorm")
         layers.check_resolutions(config, x)
         bad = [nf * c for c in ch_mult if (nf * c) % 32]
         if bad:

@@ -107,7 +107,8 @@ class Downsample(nn.Module):
     def __call__(self, x):
         out_ch = self.out_ch or x.shape[-1]
         if not self.with_conv and out_ch != x.shape[-1]:
-            raise ValueError(f"Downsample without conv cannot map {x.shape[-1]} -> {out_ch} channels")
+            raise ValueError(f"Downsample without conv cannot map {x.shape[-1]} -> {out_ch} "
+                             "channels")
         if not self.fir:
             if self.with_conv:
                 return conv3x3(x, out_ch, stride=2)

@@ -1,4 +1,4 @@
-"""NCSN v1 on CelebA with NCSNv2 techniques 1, 2 and 4 (sigma_max 90, 500 noise scales,
+r"""NCSN v1 on CelebA with NCSNv2 techniques 1, 2 and 4 (sigma_max 90, 500 noise scales,
 5 Langevin steps per scale), no EMA.
 
 Reproduces: the NCSNv2 paper's (Song & Ermon, 2020) ablation of its techniques; no number in this
@@ -7,7 +7,8 @@ Sampler: corrector-only PC sampling with annealed Langevin dynamics (`ald`),
 5 steps per noise scale, snr 0.128.
 
 Run:
-    python main.py --config configs/ve/ncsn/celeba_124.py --workdir workdir/ve_ncsn_celeba_124 --mode train
+    python main.py --config configs/ve/ncsn/celeba_124.py --workdir workdir/ve_ncsn_celeba_124 \
+        --mode train
 
 Official: configs/ve/ncsn/celeba_124.py, with these changes:
 * `model.num_classes` added, tied to `model.num_scales` (one conditional-normalization class

@@ -1,4 +1,4 @@
-"""NCSN v1 on CelebA with NCSNv2 technique 5 only (EMA of the weights, rate 0.999).
+r"""NCSN v1 on CelebA with NCSNv2 technique 5 only (EMA of the weights, rate 0.999).
 
 Reproduces: the NCSNv2 paper's (Song & Ermon, 2020) ablation of its techniques; no number in this
 paper's tables.
@@ -6,7 +6,8 @@ Sampler: corrector-only PC sampling with annealed Langevin dynamics (`ald`),
 100 steps per noise scale, snr 0.316.
 
 Run:
-    python main.py --config configs/ve/ncsn/celeba_5.py --workdir workdir/ve_ncsn_celeba_5 --mode train
+    python main.py --config configs/ve/ncsn/celeba_5.py --workdir workdir/ve_ncsn_celeba_5 \
+        --mode train
 
 Official: configs/ve/ncsn/celeba_5.py, with these changes:
 * `model.num_classes` added, tied to `model.num_scales` (one conditional-normalization class

@@ -1,4 +1,4 @@
-"""NCSN v1 (Song & Ermon, 2019) on CIFAR-10: 10 noise scales from sigma 1 to 0.01, annealed
+r"""NCSN v1 (Song & Ermon, 2019) on CIFAR-10: 10 noise scales from sigma 1 to 0.01, annealed
 Langevin dynamics (100 steps per scale), no EMA.
 
 Reproduces: the NCSN baseline of the paper's CIFAR-10 comparison (see Table 3 of the paper: it
@@ -7,7 +7,8 @@ Sampler: corrector-only PC sampling with annealed Langevin dynamics (`ald`),
 100 steps per noise scale, snr 0.316.
 
 Run:
-    python main.py --config configs/ve/ncsn/cifar10.py --workdir workdir/ve_ncsn_cifar10 --mode train
+    python main.py --config configs/ve/ncsn/cifar10.py --workdir workdir/ve_ncsn_cifar10 \
+        --mode train
 
 Official: configs/ve/ncsn/cifar10.py, with these changes:
 * `model.num_classes` added, tied to `model.num_scales` (one conditional-normalization class

@@ -1,4 +1,4 @@
-"""NCSN v1 on CIFAR-10 with NCSNv2 techniques 1, 2, 4 and 5 (sigma_max 50, 232 noise scales,
+r"""NCSN v1 on CIFAR-10 with NCSNv2 techniques 1, 2, 4 and 5 (sigma_max 50, 232 noise scales,
 5 Langevin steps per scale, EMA 0.999).
 
 Reproduces: the NCSNv2 paper's (Song & Ermon, 2020) ablation of its techniques; no number in this
@@ -7,7 +7,8 @@ Sampler: corrector-only PC sampling with annealed Langevin dynamics (`ald`),
 5 steps per noise scale, snr 0.176.
 
 Run:
-    python main.py --config configs/ve/ncsn/cifar10_1245.py --workdir workdir/ve_ncsn_cifar10_1245 --mode train
+    python main.py --config configs/ve/ncsn/cifar10_1245.py --workdir workdir/ve_ncsn_cifar10_1245 \
+        --mode train
 
 Official: configs/ve/ncsn/cifar10_1245.py, with these changes:
 * the official file also defines unused local variables (`step_size`, `n_steps_each`,

@@ -1,4 +1,4 @@
-"""NCSNv2 (Song & Ermon, 2020) on 128x128 LSUN bedroom: `ncsnv2_128` RefineNet, 1086 noise
+r"""NCSNv2 (Song & Ermon, 2020) on 128x128 LSUN bedroom: `ncsnv2_128` RefineNet, 1086 noise
 scales from sigma 190 to 0.01, annealed Langevin dynamics (3 steps per scale), EMA 0.9999,
 batch 128.
 
@@ -7,7 +7,8 @@ number in this paper's tables). Sampler: corrector-only PC sampling with anneale
 dynamics (`ald`), snr 0.095.
 
 Run:
-    python main.py --config configs/ve/ncsnv2/bedroom.py --workdir workdir/ve_ncsnv2_bedroom --mode train
+    python main.py --config configs/ve/ncsnv2/bedroom.py --workdir workdir/ve_ncsnv2_bedroom \
+        --mode train
 
 Official: configs/ve/ncsnv2/bedroom.py, with these changes:
 * the official file sets `training.continuouse = False` (typo): the real key

@@ -1,4 +1,4 @@
-"""NCSNv2 (Song & Ermon, 2020) on 64x64 CelebA: `ncsnv2_64` RefineNet, 500 noise scales from
+r"""NCSNv2 (Song & Ermon, 2020) on 64x64 CelebA: `ncsnv2_64` RefineNet, 500 noise scales from
 sigma 90 to 0.01, annealed Langevin dynamics (5 steps per scale), EMA 0.999.
 
 Reproduces: the NCSNv2 CelebA 64x64 model of Song & Ermon (2020) (qualitative; no number in
@@ -6,7 +6,8 @@ this paper's tables). Sampler: corrector-only PC sampling with annealed Langevin
 (`ald`), snr 0.128.
 
 Run:
-    python main.py --config configs/ve/ncsnv2/celeba.py --workdir workdir/ve_ncsnv2_celeba --mode train
+    python main.py --config configs/ve/ncsnv2/celeba.py --workdir workdir/ve_ncsnv2_celeba \
+        --mode train
 
 Official: configs/ve/ncsnv2/celeba.py, with these changes:
 * the official file also defines unused local variables (`step_size`, `n_steps_each`, `ckpt_id`,

@@ -1,4 +1,4 @@
-"""NCSNv2 (Song & Ermon, 2020) on CIFAR-10: `ncsnv2_64` RefineNet, 232 noise scales from
+r"""NCSNv2 (Song & Ermon, 2020) on CIFAR-10: `ncsnv2_64` RefineNet, 232 noise scales from
 sigma 50 to 0.01, annealed Langevin dynamics (5 steps per scale), EMA 0.999.
 
 Reproduces: the NCSNv2 baseline of the paper's CIFAR-10 comparison (see Table 3 of the paper: it
@@ -6,7 +6,8 @@ quotes the NCSNv2 paper's number; the official README has no checkpoint for this
 Sampler: corrector-only PC sampling with annealed Langevin dynamics (`ald`), snr 0.176.
 
 Run:
-    python main.py --config configs/ve/ncsnv2/cifar10.py --workdir workdir/ve_ncsnv2_cifar10 --mode train
+    python main.py --config configs/ve/ncsnv2/cifar10.py --workdir workdir/ve_ncsnv2_cifar10 \
+        --mode train
 
 Official: configs/ve/ncsnv2/cifar10.py, with these changes:
 * the official model code reads the channel count from `data.channels`, which no config sets;

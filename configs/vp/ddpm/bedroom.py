@@ -1,11 +1,12 @@
-"""The original DDPM (Ho et al., 2020) on 256x256 LSUN bedroom: DDPM network (6 resolutions),
+r"""The original DDPM (Ho et al., 2020) on 256x256 LSUN bedroom: DDPM network (6 resolutions),
 discrete DDPM objective, ancestral sampling, lr 2e-5, batch 64.
 
 Reproduces: the DDPM LSUN bedroom model of Ho et al. (2020) inside this code base; no number in
 this paper's tables.
 
 Run:
-    python main.py --config configs/vp/ddpm/bedroom.py --workdir workdir/vp_ddpm_bedroom --mode train
+    python main.py --config configs/vp/ddpm/bedroom.py --workdir workdir/vp_ddpm_bedroom \
+        --mode train
 
 Official: configs/vp/ddpm/bedroom.py (same keys and values).
 `model.embedding_type` ('fourier', inherited from the defaults) is not read by the `ddpm`

@@ -1,11 +1,12 @@
-"""The original DDPM (Ho et al., 2020) on 256x256 CelebA-HQ: DDPM network (6 resolutions),
+r"""The original DDPM (Ho et al., 2020) on 256x256 CelebA-HQ: DDPM network (6 resolutions),
 discrete DDPM objective, ancestral sampling, lr 2e-5, batch 64.
 
 Reproduces: the DDPM CelebA-HQ 256 model of Ho et al. (2020) inside this code base; no number in
 this paper's tables.
 
 Run (the data come from a TFRecord file you supply):
-    python main.py --config configs/vp/ddpm/celebahq.py --workdir workdir/vp_ddpm_celebahq --mode train --config.data.tfrecords_path=/path/to/celebahq-r08.tfrecords
+    python main.py --config configs/vp/ddpm/celebahq.py --workdir workdir/vp_ddpm_celebahq \
+        --mode train --config.data.tfrecords_path=/path/to/celebahq-r08.tfrecords
 
 Official: configs/vp/ddpm/celebahq.py, with these changes:
 * its docstring says "bedrooms" (copy-paste slip); this is CelebA-HQ;

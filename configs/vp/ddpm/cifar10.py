@@ -1,4 +1,4 @@
-"""The original DDPM (Ho et al., 2020) on CIFAR-10: DDPM network, discrete DDPM objective
+r"""The original DDPM (Ho et al., 2020) on CIFAR-10: DDPM network, discrete DDPM objective
 (VP, 1000 steps), ancestral sampling.
 
 Reproduces: the DDPM row of the paper's CIFAR-10 results; the official README lists checkpoint
@@ -6,7 +6,8 @@ Reproduces: the DDPM row of the paper's CIFAR-10 results; the official README li
 NLL 3.28 bits/dim and FID 3.37 with the black-box ODE sampler.
 
 Run:
-    python main.py --config configs/vp/ddpm/cifar10.py --workdir workdir/vp_ddpm_cifar10 --mode train
+    python main.py --config configs/vp/ddpm/cifar10.py --workdir workdir/vp_ddpm_cifar10 \
+        --mode train
 
 Official: configs/vp/ddpm/cifar10.py (same keys and values).
 `model.embedding_type` ('fourier', inherited from the defaults) is not read by the `ddpm`

@@ -1,11 +1,12 @@
-"""DDPM network on CIFAR-10, VP SDE, continuous-time training ("DDPM cont. (VP)").
+r"""DDPM network on CIFAR-10, VP SDE, continuous-time training ("DDPM cont. (VP)").
 
 Reproduces: "DDPM cont. (VP)" of Table 2 of the paper, NLL 3.21 bits/dim and FID 3.69 with the
 black-box ODE sampler (official README, checkpoint `vp/cifar10_ddpm_continuous`). Sampled with
 Euler-Maruyama (no corrector).
 
 Run:
-    python main.py --config configs/vp/ddpm/cifar10_continuous.py --workdir workdir/vp_ddpm_cifar10_continuous --mode train
+    python main.py --config configs/vp/ddpm/cifar10_continuous.py \
+        --workdir workdir/vp_ddpm_cifar10_continuous --mode train
 
 Official: configs/vp/ddpm/cifar10_continuous.py (same keys and values).
 `model.embedding_type` ('fourier', inherited from the defaults) is not read by the `ddpm`

@@ -1,11 +1,12 @@
-"""DDPM network on CIFAR-10 without time/noise conditioning (`model.conditional = False`, the
+r"""DDPM network on CIFAR-10 without time/noise conditioning (`model.conditional = False`, the
 "technique 3" of NCSNv2), discrete DDPM objective, ancestral sampling.
 
 Reproduces: an ablation of noise conditioning; the official README lists no checkpoint or
 number for it and the paper reports none, so none is claimed.
 
 Run:
-    python main.py --config configs/vp/ddpm/cifar10_unconditional.py --workdir workdir/vp_ddpm_cifar10_unconditional --mode train
+    python main.py --config configs/vp/ddpm/cifar10_unconditional.py \
+        --workdir workdir/vp_ddpm_cifar10_unconditional --mode train
 
 Official: configs/vp/ddpm/cifar10_unconditional.py (same keys and values).
 `model.embedding_type` ('fourier', inherited from the defaults) is not read by the `ddpm`
