@@ -59,7 +59,7 @@ def fit_grid(config, workdir: str) -> dict:
     model = mutils.create_model(config)
     mesh = parallel.make_mesh()
     ema_params, step = ckpt_lib.restore_for_sampling(workdir, sharding=NamedSharding(mesh, P()))
-    continuous = config.training.continuous if sde.discrete_label_is_index else True
+    continuous = sde.continuous_labels(config)
     net = mutils.get_score_fn(sde, model, {"params": ema_params}, train=False,
                               continuous=continuous)
     score_fn = lambda x, t: net(x, t).astype(x.dtype)  # noqa: E731

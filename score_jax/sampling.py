@@ -483,7 +483,7 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
                               n_steps=s.n_steps_each, probability_flow=s.probability_flow,
                               continuous=config.training.continuous, denoise=s.noise_removal,
                               eps=eps, sharding=sharding)
-    continuous = config.training.continuous if sde.discrete_label_is_index else True
+    continuous = sde.continuous_labels(config)
     if method == "ode":
         return get_ode_sampler(sde, model, shape, inverse_scaler, denoise=s.noise_removal, eps=eps,
                                continuous=continuous, sharding=sharding)

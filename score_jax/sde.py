@@ -104,6 +104,12 @@ class SDE:
         """The label the score network is conditioned on at time t (shape of t)."""
         raise NotImplementedError
 
+    def continuous_labels(self, config) -> bool:
+        """The `continuous` flag of `network_label` for a network trained with `config`: its
+        `training.continuous` where discrete labels are indices (VE), else True (there the
+        continuous label serves discrete networks too)."""
+        return bool(config.training.continuous) if self.discrete_label_is_index else True
+
     def score_from_output(self, output: Array, t: Array, continuous: bool) -> Array:
         """The score of p_t from the network output at x_t (both (batch, ...))."""
         raise NotImplementedError

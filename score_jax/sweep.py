@@ -106,7 +106,7 @@ def _reference(config, sde, model, variables, shape, inverse_scaler, eps, shardi
         with np.load(path) as f:
             if float(f["tol"]) == tol and f["samples"].shape == (n * shape[0],) + shape[1:]:
                 return f["samples"]
-    continuous = config.training.continuous if sde.discrete_label_is_index else True
+    continuous = sde.continuous_labels(config)
     ode = sampling.get_ode_sampler(sde, model, shape, lambda x: x, rtol=tol, atol=tol, eps=eps,
                                    continuous=continuous, sharding=sharding)
     denoise = jax.jit(lambda v, x: solvers.prediction_fn(sde, mutils.get_score_fn(
@@ -125,7 +125,7 @@ def _reference(config, sde, model, variables, shape, inverse_scaler, eps, shardi
 
 def _point(config, sde, model, variables, shape, inverse_scaler, eps, sharding, reference,
            quality, method, kw, nfe, stem):
-    continuous = config.training.continuous if sde.discrete_label_is_index else True
+    continuous = sde.continuous_labels(config)
     fn = sampling.get_solver_sampler(sde, model, shape, inverse_scaler, method, nfe=nfe,
                                      denoise=bool(config.sampling.noise_removal), eps=eps,
                                      continuous=continuous, sharding=sharding, **kw)
