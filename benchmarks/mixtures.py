@@ -102,11 +102,7 @@ def problem(sde_name: str, data: str, seed: int = 0, n: int = 1024, dim: int = 4
             logp, diff, var = mixture_logits(sde, *params, x, t)
             return jnp.sum(jax.nn.softmax(logp, axis=1)[..., None] * -diff / var, axis=1)
 
-        def drift(t, x):
-            tv = jnp.full((x.shape[0],), t)
-            f, g = sde.sde(x, tv)
-            return f - 0.5 * (g**2)[:, None] * score(x, tv)
-
+        drift = ode.probability_flow_drift(sde, score)
         ref = np.asarray(jax.jit(lambda z: ode.solve_ode(
             drift, z, sde.T, eps, rtol=1e-9, atol=1e-9, max_steps=20000)[0])(z))
         return Problem(sde, eps, z, ref, score, means, stds, weights)

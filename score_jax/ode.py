@@ -111,6 +111,6 @@ def _final_state(sol):
 
 
 def probability_flow_drift(sde, score_fn):
-    """`drift(t, x)` of the probability-flow ODE, t a scalar."""
+    """`drift(t, x)` of the probability-flow ODE, t a scalar (taken in x's dtype)."""
     rsde = sde.reverse(score_fn, probability_flow=True)
-    return lambda t, x: rsde.sde(x, jnp.full((x.shape[0],), t, jnp.float32))[0]
+    return lambda t, x: rsde.sde(x, jnp.full((x.shape[0],), t, x.dtype))[0]

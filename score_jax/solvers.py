@@ -476,11 +476,7 @@ def reference_flow(sde, score_fn, x, eps: float, *, tol: float = 1e-6, denoise: 
     dtype), then D(x, eps) with `denoise`: what a few-step solver approximates."""
     from score_jax import ode
 
-    def drift(t, y):
-        tv = jnp.full((y.shape[0],), t, y.dtype)
-        f, g = sde.sde(y, tv)
-        return f - 0.5 * batch_mul(g**2, score_fn(y, tv).astype(y.dtype))
-
+    drift = ode.probability_flow_drift(sde, score_fn)
     y, _ = jax.jit(lambda x: ode.solve_ode(drift, x, sde.T, eps, rtol=tol, atol=tol,
                                            max_steps=max_steps))(x)
     if denoise:

@@ -91,11 +91,7 @@ def problem(sde_name: str, data: str):
             stds = np.exp(rng.uniform(np.log(lo), np.log(hi), 6))
             score = mixture_score(sde, *map(jnp.asarray, (means, stds, rng.dirichlet([3.0] * 6))))
 
-            def drift(t, x):
-                tv = jnp.full((x.shape[0],), t)
-                f, g = sde.sde(x, tv)
-                return f - 0.5 * (g**2)[:, None] * score(x, tv)
-
+            drift = ode.probability_flow_drift(sde, score)
             ref = np.asarray(jax.jit(lambda z: ode.solve_ode(
                 drift, z, sde.T, eps, rtol=1e-9, atol=1e-9, max_steps=20000)[0])(z))
 
