@@ -40,7 +40,11 @@ CPU shims for the official code, kept here and applied only inside `import_offic
     `upfirdn2d_native`), so `load` is replaced by a stub whose attributes raise if used.
   * TensorFlow is imported only by the official `datasets.py`, `evaluation.py`, `main.py` and
     `run_lib.py`, none of which this script imports.
-  * The official samplers take a `device` argument (default 'cuda'): we pass 'cpu'.
+  * The official samplers take a `device` argument (default 'cuda'): we pass `--device`.
+  * With `--device cuda` the official FIR resampling (`op.upfirdn2d`) runs its pure-PyTorch path
+    (`upfirdn2d_native`) on the GPU instead of the CUDA extension, which is not compiled here; the
+    two compute the same numbers, the extension faster. JAX runs on its default backend (the GPU
+    where jax's CUDA plugin is installed).
 """
 from __future__ import annotations
 
@@ -87,7 +91,8 @@ class _NoCudaExtension:
 
 
 def import_official(path: pathlib.Path) -> dict:
-    """The official modules this script uses, imported from the checkout at `path`."""
+    """The official modules this script uses, imported from the checkout at `path`; FIR
+    resampling always on `upfirdn2d_native` (the CPU path; on a GPU see the module docstring)."""
     if not (path / "models" / "ncsnpp.py").is_file():
         raise ValueError(f"--official={path}: not a score_sde_pytorch checkout "
                          "(no models/ncsnpp.py)")
@@ -105,6 +110,10 @@ def import_official(path: pathlib.Path) -> dict:
     finally:
         sys.path.remove(str(path))
         cpp_extension.load = load
+    native = sys.modules["op.upfirdn2d"].upfirdn2d_native
+    sys.modules["models.up_or_down_sampling"].upfirdn2d = (
+        lambda x, k, up=1, down=1, pad=(0, 0):
+        native(x, k, up, up, down, down, pad[0], pad[1], pad[0], pad[1]))
     return mods
 
 
@@ -153,7 +162,7 @@ def build_pair(args, official):
             torch.save({"model": net.state_dict(), "ema": {"shadow_params": trainable}, "step": 0},
                        checkpoint)
             params = convert.load_official_checkpoint(checkpoint, config)["params"]
-    net.eval()
+    net.eval().to(args.device)
     return config, net, {"params": params}
 
 
@@ -277,6 +286,8 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="torch's device for the official code (jax: its default backend)")
     parser.add_argument("--only", default="conv,forward,train,ode,bpd,pc")
     parser.add_argument("--checkpoint", type=pathlib.Path, default=None,
                         help="an official .pth checkpoint of --config's network (its 'model' "
@@ -316,13 +327,15 @@ def main():
     x = rng.uniform(size=(b, size, size, channels)).astype(np.float32)
     t = np.linspace(0.1, 0.9, b).astype(np.float32)
     labels = labels_for(config, sde, t)
-    x_t, labels_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(labels)
+    dev = args.device
+    x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(dev)
+    labels_t = torch.from_numpy(labels).to(dev)
     x_j, labels_j = jnp.asarray(x), jnp.asarray(labels)
     data = (2.0 * x - 1.0) if config.data.centered else x  # x as the data scaler gives it
-    data_t = torch.from_numpy(data.transpose(0, 3, 1, 2).copy())
+    data_t = torch.from_numpy(data.transpose(0, 3, 1, 2).copy()).to(dev)
 
     with torch.no_grad():
-        ref = net(x_t, labels_t).numpy().transpose(0, 2, 3, 1)
+        ref = net(x_t, labels_t).cpu().numpy().transpose(0, 2, 3, 1)
     # A separate jit of the same function, so that the `forward` row times its own compilation.
     ours = np.asarray(jax.jit(lambda v, x, l: model.apply(v, x, l, train=False))(
         variables, x_j, labels_j))
@@ -331,7 +344,7 @@ def main():
     print(f"# {args.case or args.config} nf={config.model.nf} {size}x{size}x{channels} batch {b}; "
           f"max|ours - official| / max|official| = {err:.1e}")
     print(f"# jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
-          f"({args.threads} threads); medians of {args.repeats} interleaved repeats")
+          f"({dev}, {args.threads} threads); medians of {args.repeats} interleaved repeats")
     print("| what | official (s) | score_jax (s) | ratio | official NFE | score_jax NFE | "
           "official error | score_jax error | score_jax compile (s) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -344,15 +357,18 @@ def main():
     def torch_call(fn):
         def call():
             with torch.no_grad():
-                return fn()
+                out = fn()
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            return out
         return call
 
     if "conv" in rows:
         c = 2 * config.model.nf
         w = (rng.normal(size=(3, 3, c, c)) / (3 * np.sqrt(c))).astype(np.float32)
         h = rng.normal(size=(b, size, size, c)).astype(np.float32)
-        w_t = torch.from_numpy(w.transpose(3, 2, 0, 1).copy())
-        h_t = torch.from_numpy(h.transpose(0, 3, 1, 2).copy())
+        w_t = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).to(dev)
+        h_t = torch.from_numpy(h.transpose(0, 3, 1, 2).copy()).to(dev)
         conv = jax.jit(lambda h, w: jax.lax.conv_general_dilated(
             h, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
         w_j, h_j = jnp.asarray(w), jnp.asarray(h)
@@ -372,6 +388,7 @@ def main():
         losses_off = official["losses"]
         train_net = type(net)(config)
         train_net.load_state_dict(net.state_dict())
+        train_net.to(dev)
         t_state = dict(optimizer=losses_off.get_optimizer(config, train_net.parameters()),
                        model=train_net, step=0, ema=official["models.ema"].ExponentialMovingAverage(
                            train_net.parameters(), decay=config.model.ema_rate))
@@ -397,7 +414,7 @@ def main():
     inverse_scaler = datasets.get_data_inverse_scaler(config)
     shape = (b, size, size, channels)
     z = np.asarray(sde.prior_sampling(jax.random.PRNGKey(0), shape))
-    z_t = torch.from_numpy(z.transpose(0, 3, 1, 2).copy())
+    z_t = torch.from_numpy(z.transpose(0, 3, 1, 2).copy()).to(dev)
     if "ode" in rows:
         # Equal accuracy, not only equal tolerance: both samples against one tight solution
         # (ours at rtol = atol = --ode_reference_tol), RMS over all pixels. Tighter than ~1e-6
@@ -421,14 +438,14 @@ def main():
         for tol in args.ode_tols:
             t_sampler = official["sampling"].get_ode_sampler(
                 tsde, shape=(b, channels, size, size), inverse_scaler=lambda v: v, denoise=False,
-                rtol=tol, atol=tol, eps=eps, device="cpu")
+                rtol=tol, atol=tol, eps=eps, device=dev)
             j_sampler = sampling.get_ode_sampler(sde, model, shape, lambda v: v, denoise=False,
                                                  rtol=tol, atol=tol, eps=eps)
             nfe, out = {}, {}
 
             def run_official():
                 sample, nfe["official"] = t_sampler(net, z=z_t)
-                out["official"] = sample.numpy().transpose(0, 2, 3, 1)
+                out["official"] = sample.cpu().numpy().transpose(0, 2, 3, 1)
 
             def run_ours():
                 sample, n = j_sampler(jax.random.PRNGKey(0), variables, jnp.asarray(z))
@@ -475,9 +492,9 @@ def main():
             bpd_x = ((2.0 * pixels - 1.0) if config.data.centered else pixels).astype(np.float32)
         else:
             bpd_x = data
-        bpd_t = torch.from_numpy(bpd_x.transpose(0, 3, 1, 2).copy())
-        torch.manual_seed(0)
-        probe = (torch.randint_like(bpd_t, low=0, high=2).float() * 2 - 1).numpy()
+        bpd_t = torch.from_numpy(bpd_x.transpose(0, 3, 1, 2).copy()).to(dev)
+        torch.manual_seed(0)  # the probe is drawn on bpd_t's device, as the official draws it
+        probe = (torch.randint_like(bpd_t, low=0, high=2).float() * 2 - 1).cpu().numpy()
         probe = jnp.asarray(probe.transpose(0, 2, 3, 1))
         data_j = jnp.asarray(bpd_x)
 
@@ -508,7 +525,7 @@ def main():
             def run_official():
                 torch.manual_seed(0)
                 bpd, _, nfe["official"] = t_lik(net, bpd_t)
-                out["official"] = bpd.numpy()
+                out["official"] = bpd.cpu().numpy()
 
             def run_ours():
                 bpd, _, n = samplers["ours"](None, variables, data_j, probe)
@@ -547,7 +564,7 @@ def main():
         t_sampler = t_off.get_pc_sampler(
             tsde_pc, (b, channels, size, size), t_off.get_predictor("reverse_diffusion"),
             t_off.get_corrector("langevin"), inverse_scaler, snr=0.16, n_steps=1,
-            probability_flow=False, continuous=True, denoise=True, eps=eps, device="cpu")
+            probability_flow=False, continuous=True, denoise=True, eps=eps, device=dev)
         j_sampler = sampling.get_pc_sampler(sde_pc, model, shape, kwargs.pop("predictor"),
                                             kwargs.pop("corrector"), inverse_scaler, **kwargs)
         res = interleaved_quiet({
