@@ -188,6 +188,7 @@ def train_official(args, official, config, net) -> pathlib.Path:
     config = config.copy_and_resolve_references()  # the `train` row keeps the config's optimiser
     config.optim.warmup, config.optim.lr = 0, args.train_lr
     sde_off = official_sde(official, config)
+    net.to(args.device)  # before the optimiser and the EMA copy their parameters
     state = dict(optimizer=losses_off.get_optimizer(config, net.parameters()), model=net, step=0,
                  ema=official["models.ema"].ExponentialMovingAverage(net.parameters(), decay=0.0))
     step_fn = losses_off.get_step_fn(
@@ -201,7 +202,8 @@ def train_official(args, official, config, net) -> pathlib.Path:
     net.train()
     start = time.perf_counter()
     for step in range(1, args.train_steps + 1):
-        batch = torch.from_numpy(images[rng.integers(len(images), size=args.batch)])
+        batch = torch.from_numpy(images[rng.integers(len(images), size=args.batch)]).to(
+            args.device)
         loss = step_fn(state, batch).item()
         if step % 50 == 0 or step == args.train_steps:
             print(f"# official training, step {step}/{args.train_steps}: loss {loss:.1f} "
@@ -223,7 +225,10 @@ def cheapest_match(args, sde, model, shape, eps, variables, z, rms, target):
     """(name, jitted sampler, NFE, error) of the sampler in `--match` with the fewest evaluations
     whose RMS error `rms(sample)` is <= `target`, or None. Few-step solvers
     ('method[:order]', default time grid) are searched over MATCH_NFE by doubling, then bisection
-    (each NFE is a compilation); 'dopri5' over tolerances 1e-2 .. 1e-6 (a 10^(1/2) ratio)."""
+    (each NFE is a compilation); 'dopri5' over tolerances 1e-2 .. 1e-6 (a 10^(1/2) ratio).
+    'method[:order]=NFE/NFE/..' and 'dopri5=TOL/TOL/..' try those settings only, in order, up to
+    the first that reaches the target (a compilation each: for a device whose time is short, with
+    settings found by a search elsewhere)."""
     key, zj = jax.random.PRNGKey(0), jnp.asarray(z)
     found = []
 
@@ -235,9 +240,11 @@ def cheapest_match(args, sde, model, shape, eps, variables, z, rms, target):
         return err <= target, (name, sampler, int(n), err)
 
     for spec in args.match.split(","):
+        spec, _, only = spec.partition("=")
         method, _, order = spec.partition(":")
         if method == "dopri5":
-            for tol in 10.0 ** -np.arange(2.0, 6.5, 0.5):
+            tols = [float(v) for v in only.split("/")] if only else None
+            for tol in tols or 10.0 ** -np.arange(2.0, 6.5, 0.5):
                 ok, hit = probe(f"dopri5 {tol:.1e}", lambda: sampling.get_ode_sampler(
                     sde, model, shape, lambda v: v, rtol=tol, atol=tol, eps=eps))
                 if ok:
@@ -246,6 +253,13 @@ def cheapest_match(args, sde, model, shape, eps, variables, z, rms, target):
             continue
         make = lambda n: lambda: sampling.get_solver_sampler(
             sde, model, shape, lambda v: v, method, nfe=n, order=int(order or 3), eps=eps)
+        if only:
+            for n in only.split("/"):
+                ok, hit = probe(f"{spec} {n}", make(int(n)))
+                if ok:
+                    found.append(hit)
+                    break
+            continue
         lo, hi, i, hits = -1, None, 0, {}
         while hi is None and i < len(MATCH_NFE):  # doubling: MATCH_NFE index 0, 1, 3, 7, ...
             ok, hits[i] = probe(f"{spec} {MATCH_NFE[i]}", make(MATCH_NFE[i]))
@@ -310,6 +324,9 @@ def main():
     parser.add_argument("--bpd_reference_tol", type=float, default=0.0,
                         help="also solve ours at this tolerance (e.g. 1e-6) and report each "
                              "side's error to it")
+    parser.add_argument("--bpd_match_tols", default="",
+                        help="our tolerances tried (in order) for the official's bits/dim error; "
+                             "default: a quarter decade apart below each of --bpd_tols")
     parser.add_argument("--bpd_data", default="uniform", choices=("uniform", "digits"),
                         help="bits/dim of uniform noise or of dequantized digits (upscaled)")
     parser.add_argument("--pc_N", type=int, default=100)
@@ -541,7 +558,9 @@ def main():
                 continue
             # Equal accuracy: ours at tighter tolerances (a quarter decade apart) until it is as
             # close to the tight solve as the official.
-            for our_tol in tol * 10.0 ** -np.arange(0.25, 3.25, 0.25):
+            ladder = ([float(v) for v in args.bpd_match_tols.split(",")] if args.bpd_match_tols
+                      else tol * 10.0 ** -np.arange(0.25, 3.25, 0.25))
+            for our_tol in ladder:
                 samplers["ours"] = ours_at(our_tol)
                 run_ours()
                 print(f"#   ours at {our_tol:.1e}: NFE {nfe['ours']}, error "
