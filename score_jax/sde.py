@@ -114,6 +114,14 @@ class SDE:
         """The score of p_t from the network output at x_t (both (batch, ...))."""
         raise NotImplementedError
 
+    def data_prediction(self, x: Array, score: Array, t: Array) -> Array:
+        """D(x_t) = E[x_0 | x_t] = (x_t + sigma_t^2 score) / alpha_t (Tweedie), shape of x."""
+        return batch_mul(1.0 / self.alpha(t), x + batch_mul(self.sigma(t) ** 2, score))
+
+    def noise_prediction(self, score: Array, t: Array) -> Array:
+        """eps(x_t) = -sigma_t score: the z of x_t = alpha_t x_0 + sigma_t z, predicted."""
+        return batch_mul(-self.sigma(t), score)
+
     def ancestral_step(self, x: Array, score: Array, t: Array) -> tuple[Array, Array]:
         """One ancestral sampling step of the discrete chain: mean (shape of x) and std (batch,)."""
         raise ValueError(f"ancestral sampling is not defined for {type(self).__name__} (it has no "

@@ -429,10 +429,9 @@ def prediction_fn(sde, score_fn, kind: str):
     def fn(x, t):
         t = jnp.full((x.shape[0],), t, x.dtype)
         score = score_fn(x, t).astype(x.dtype)
-        sigma = sde.sigma(t)
         if kind == "noise":
-            return batch_mul(-sigma, score)
-        return batch_mul(1.0 / sde.alpha(t), x + batch_mul(sigma**2, score))
+            return sde.noise_prediction(score, t)
+        return sde.data_prediction(x, score, t)
 
     return fn
 
