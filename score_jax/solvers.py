@@ -174,11 +174,6 @@ def time_grid(sde, kind: str, n: int, eps: float) -> np.ndarray:
     return ts
 
 
-def ddim(sde, ts, rows: _Rows) -> None:
-    """DDIM (eta = 0) = DPM-Solver-1: x_t = sigma_t/sigma_s x_s + alpha_t (1 - e^-h) D_s."""
-    dpm_solver_pp(sde, ts, rows, order=1)
-
-
 def _orders(order: int, n: int) -> list[int]:
     """Orders of the n steps of a multistep solver: warm-up 1, 2, ..., and, below
     LOWER_ORDER_FINAL_BELOW steps, no more than the steps left."""
@@ -186,22 +181,55 @@ def _orders(order: int, n: int) -> list[int]:
     return [min(order, i + 1, n - i if final else order) for i in range(n)]
 
 
-def dpm_solver_pp(sde, ts, rows: _Rows, order: int) -> None:
-    """DPM-Solver++(order M), multistep in the data prediction (Lu et al. 2022, Alg. 2; order 3
-    as their code's third-order update but with the second difference D2 weighted twice: their
-    weight makes '3M' a second-order method, measured in tests/test_solvers.py). Orders 1, 2, ...
-    in the first steps, and lower at the final steps of short runs (`_orders`)."""
+def _singlestep_orders(order: int, nfe: int) -> list[int]:
+    """The step orders of singlestep DPM-Solver spending `nfe` evaluations (the 'fast' mix)."""
+    if order == 3:
+        steps = nfe // 3 + 1
+        return [3] * (steps - 2) + [2, 1] if nfe % 3 == 0 else [3] * (steps - 1) + [nfe % 3]
+    if order == 2:
+        return [2] * (nfe // 2) + [1] * (nfe % 2)
+    return [1] * nfe
+
+
+def step_orders(method: str, order: int, budget: int) -> list[int]:
+    """The order of each step of `method` spending at most `budget` evaluations; one step per
+    interval of its time grid."""
+    if method == "dpm_solver":
+        return _singlestep_orders(order, budget)
+    if method == "edm_heun":  # Heun steps (2 evaluations), the last one Euler
+        n = (budget + 1) // 2
+        return [2 if i < n - 1 else 1 for i in range(n)]
+    return _orders(1 if method == "ddim" else order, budget)
+
+
+# The solvers below write one row per evaluation. In their comments, step i goes from t_i to
+# t_{i+1} < t_i; a_i = alpha(t_i), s_i = sigma(t_i), h = lambda_{i+1} - lambda_i > 0, D_i and
+# eps_i the data and noise predictions at x_i.
+
+def ddim(sde, ts, rows: _Rows, orders: list[int]) -> None:
+    """DDIM (eta = 0) = DPM-Solver-1 = DPM-Solver++(1): every step of order 1."""
+    dpm_solver_pp(sde, ts, rows, orders)
+
+
+def dpm_solver_pp(sde, ts, rows: _Rows, orders: list[int]) -> None:
+    """DPM-Solver++ multistep in the data prediction (Lu et al. 2022, Alg. 2), steps of the given
+    orders; order 3 is their code's update with the second difference D2 weighted twice (their
+    weight makes '3M' second-order, measured in tests/test_solvers.py)."""
     sch = _Schedule(sde)
     lam, alpha, sigma = sch.lam(ts), sch.alpha(ts), sch.sigma(ts)
-    for i, k in enumerate(_orders(order, len(ts) - 1)):
+    for i, k in enumerate(orders):
         h = lam[i + 1] - lam[i]
         phi1 = np.expm1(-h)
         p = [rows.p(i - j) if i >= j else 0.0 for j in range(3)]
+        # 1: x_{i+1} = (s_{i+1}/s_i) x_i - a_{i+1} (e^{-h}-1) D_i
         update = -phi1 * p[0]
         if k == 2:
+            # 2M: ... - a_{i+1} (e^{-h}-1) (D_i - D_{i-1}) / (2 r0), r0 = h_{i-1} / h
             r0 = (lam[i] - lam[i - 1]) / h
             update = update - 0.5 * phi1 * (p[0] - p[1]) / r0
         elif k == 3:
+            # 3M: ... + a_{i+1} (phi2 D1 - 2 (phi2/h - 1/2) D2), phi2 = (e^{-h}-1)/h + 1, D1 and
+            # D2 the first and second divided differences of D_i, D_{i-1}, D_{i-2} in lambda.
             r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
             d1_0, d1_1 = (p[0] - p[1]) / r0, (p[1] - p[2]) / r1
             d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
@@ -221,6 +249,8 @@ def _unipc_update(lam, alpha, rows, i, k, variant, corrector):
     hh = -h
     h_phi_1 = np.expm1(hh)
     b_h = hh if variant == "bh1" else np.expm1(hh)
+    # rho solves R rho = g: R_jm = r_m^(j-1), g_j = j! (-h) phi_{j+1}(-h) / B(h), phi_k the
+    # exponential-integrator functions (phi_1(z) = (e^z - 1)/z).
     h_phi_k, fact, R, g = h_phi_1 / hh - 1.0, 1.0, [], []
     for j in range(1, k + 1):
         R.append(rks ** (j - 1))
@@ -237,43 +267,36 @@ def _unipc_update(lam, alpha, rows, i, k, variant, corrector):
     return update - alpha_t * b_h * sum((r * d for r, d in zip(rhos, d1s)), 0.0)
 
 
-def unipc(sde, ts, rows: _Rows, order: int, variant: str) -> None:
-    """UniPC-p (multistep, data prediction, B(h) = h for 'bh1', e^h - 1 for 'bh2'): the UniP
-    predictor of order p, then, at the evaluation that starts the next step, the UniC corrector
-    of the step just taken, which reuses that evaluation (none after the last step)."""
-    sch, n = _Schedule(sde), len(ts) - 1
+def unipc(sde, ts, rows: _Rows, orders: list[int], variant: str) -> None:
+    """UniPC (multistep, data prediction, B(h) = h for 'bh1', e^h - 1 for 'bh2'): the UniP
+    predictor of each step's order, then, at the evaluation that starts the next step, the UniC
+    corrector of the step just taken, which reuses that evaluation (none after the last step)."""
+    sch = _Schedule(sde)
     lam, alpha, sigma = sch.lam(ts), sch.alpha(ts), sch.sigma(ts)
-    orders = _orders(order, n)
-    for i in range(n):
+    for i in range(len(orders)):
         if i == 0:
             base = {}
-        else:  # UniC of step i-1 with the new prediction P_i: base = corrected x_i.
+        else:
+            # UniC of step i-1, with h = lambda_i - lambda_{i-1} and the new D_i:
+            # x^c_i = (s_i/s_{i-1}) x^c_{i-1} - a_i (e^{-h}-1) D_{i-1}
+            #         - a_i B(h) [sum_m rho_m (D_{i-1-m} - D_{i-1}) / r_m + rho_k (D_i - D_{i-1})]
             c = _unipc_update(lam, alpha, rows, i - 1, orders[i - 1], variant, corrector=True)
             base = dict(u=0.0, v=sigma[i] / sigma[i - 1], c=c)
+        # UniP: x_{i+1} = (s_{i+1}/s_i) x^c_i - a_{i+1} (e^{-h}-1) D_i
+        #                 - a_{i+1} B(h) sum_m rho_m (D_{i-m} - D_i) / r_m,
+        # r_m = (lambda_{i-m} - lambda_i) / h, B(h) = -h ('bh1') or e^{-h}-1 ('bh2').
         b = _unipc_update(lam, alpha, rows, i, orders[i], variant, corrector=False)
         rows.add(ts[i], a=sigma[i + 1] / sigma[i], b=b, **base)
 
 
-def _singlestep_orders(order: int, nfe: int) -> list[int]:
-    """The step orders of singlestep DPM-Solver spending `nfe` evaluations (the 'fast' mix)."""
-    if order == 3:
-        steps = nfe // 3 + 1
-        return [3] * (steps - 2) + [2, 1] if nfe % 3 == 0 else [3] * (steps - 1) + [nfe % 3]
-    if order == 2:
-        return [2] * (nfe // 2) + [1] * (nfe % 2)
-    return [1] * nfe
-
-
-def dpm_solver(sde, ts, rows: _Rows, order: int, kind: str, budget: int) -> None:
-    """Singlestep DPM-Solver (Lu et al. 2022, noise prediction, 'fast' variant): `budget`
-    evaluations split into steps of order `order` with a lower-order tail (their
-    `get_orders_and_timesteps_for_singlestep_solver`: the steps start at the points of `ts` (a
-    budget-interval grid) that the orders reach, or are uniform in lambda on the 'logsnr' grid, or
-    are `ts` itself when `kind` is 'given'), intermediate points at lambda fractions 1/2
-    (order 2) and 1/3, 2/3 (order 3)."""
+def dpm_solver(sde, ts, rows: _Rows, orders: list[int], kind: str) -> None:
+    """Singlestep DPM-Solver (Lu et al. 2022, noise prediction, 'fast' variant) with steps of the
+    given orders (`_singlestep_orders`). The steps start at the points of `ts` (a budget-interval
+    grid) that the orders reach (their `get_orders_and_timesteps_for_singlestep_solver`), or are
+    uniform in lambda on the 'logsnr' grid, or are `ts` itself when `kind` is 'given';
+    intermediate points at lambda fractions 1/2 (order 2) and 1/3, 2/3 (order 3)."""
     sch = _Schedule(sde)
-    orders = _singlestep_orders(order, budget)
-    if kind == "given":  # ts is the outer (step) grid itself
+    if kind == "given":
         outer = ts
     elif kind == "logsnr":
         outer = time_grid(sde, kind, len(orders), ts[-1])
@@ -289,56 +312,57 @@ def dpm_solver(sde, ts, rows: _Rows, order: int, kind: str, budget: int) -> None
     for m, k in enumerate(orders):
         h, r, j = lam[m + 1] - lam[m], fracs[k], rows.k
         e0 = rows.p(j)
-        # Stage points u_1, u_2, then x_t (noise-prediction forms of the paper's Alg. 1 and 2):
+        # Stage points u_1, u_2 (at lambda_s + r_1 h, lambda_s + r_2 h), then x_t; every stage
+        # starts from x_s (noise-prediction forms of the paper's Alg. 1 and 2):
         # (time, alpha, sigma, lambda fraction).
         targets = [(mids[q + i], alpha_mid[q + i], sigma_mid[q + i], r[i]) for i in range(len(r))]
         targets.append((outer[m + 1], alpha[m + 1], sigma[m + 1], 1.0))
         q += len(r)
         for stage, (_, alpha_tt, sigma_tt, ri) in enumerate(targets):
+            # u = (a_u/a_s) x_s - s_u (e^{r h}-1) eps_s
             phi = np.expm1(ri * h)
             b = -sigma_tt * phi * e0
-            if stage == 1 and k == 3:  # u_2 uses the first-order difference through u_1
+            if stage == 1 and k == 3:
+                # u_2: ... - (r_2/r_1) s_u ((e^{r_2 h}-1)/(r_2 h) - 1) (eps_{u_1} - eps_s)
                 phi22 = np.expm1(r[1] * h) / (r[1] * h) - 1.0
                 b = b - r[1] / r[0] * sigma_tt * phi22 * (rows.p(j + 1) - e0)
             elif stage == len(targets) - 1 and k == 2:
+                # x_t: ... - s_t / (2 r_1) (e^h-1) (eps_{u_1} - eps_s)
                 b = b - sigma_tt / (2 * r[0]) * phi * (rows.p(j + 1) - e0)
             elif stage == len(targets) - 1 and k == 3:
+                # x_t: ... - (s_t/r_2) ((e^h-1)/h - 1) (eps_{u_2} - eps_s)
                 b = b - sigma_tt / r[1] * (phi / h - 1.0) * (rows.p(j + 2) - e0)
             start = dict(u=1.0, v=0.0) if stage == 0 else dict(u=0.0, v=1.0)
             rows.add(outer[m] if stage == 0 else targets[stage - 1][0], a=alpha_tt / alpha[m],
                      b=b, **start)
 
 
-def edm_heun(sde, ts, rows: _Rows) -> None:
+def edm_heun(sde, ts, rows: _Rows, orders: list[int]) -> None:
     """EDM's deterministic sampler (Karras et al. 2022, Alg. 1) on x / alpha_t with noise level
-    sigma_t / alpha_t = e^-lambda: Heun steps, the last one Euler (NFE = 2 steps - 1)."""
-    sch, n = _Schedule(sde), len(ts) - 1
+    sigma_t / alpha_t = e^-lambda: a Heun step where the order is 2, else Euler."""
+    sch = _Schedule(sde)
     sig, alpha = np.exp(-sch.lam(ts)), sch.alpha(ts)
-    for i in range(n):
+    for i, k in enumerate(orders):
         s, t = ts[i], ts[i + 1]
         sig_s, sig_t, alpha_s, alpha_t = sig[i], sig[i + 1], alpha[i], alpha[i + 1]
         d = sig_t - sig_s
-        # Euler step: x^ + d (x^ - D) / sigma, written for x = alpha x^.
+        # Euler step x^ + d (x^ - D) / sigma, written for x = alpha x^; the DDIM step:
+        # x_{i+1} = (s_{i+1}/s_i) x_i + a_{i+1} (1 - e^{-h}) D_i
         j = rows.k
         rows.add(s, a=alpha_t * sig_t / (alpha_s * sig_s),
                  b=alpha_t * (1 - sig_t / sig_s) * rows.p(j))
-        if i < n - 1:
+        if k == 2:
             # Apply 2nd order correction: average the slopes at both ends; continue from there.
+            # x_{i+1} = a_{i+1} [x^_i + d/2 ((x^_i - D_i)/sig_s + (x^'_{i+1} - D'_{i+1})/sig_t)]
             c = -alpha_t * d / 2 * (rows.p(j + 1) / sig_t + rows.p(j) / sig_s)
             rows.add(t, a=1.0, b=0.0, u=d / (2 * sig_t),
                      v=alpha_t / alpha_s * (1 + d / (2 * sig_s)), c=c)
 
 
 def grid_steps(method: str, nfe: int, order: int = 3, denoise: bool = False) -> int:
-    """Number of intervals of the time grid that `table` steps on: `nfe` (less the denoising
-    evaluation) for the multistep solvers, the steps of EDM's Heun ((budget + 1) // 2) and of
-    singlestep DPM-Solver (its order mix), whose intermediate points lie inside the intervals."""
-    budget = int(nfe) - int(denoise)
-    if method == "edm_heun":
-        return (budget + 1) // 2
-    if method == "dpm_solver":
-        return len(_singlestep_orders(order, budget))
-    return budget
+    """Number of intervals of the time grid that `table` steps on: one per step of
+    `step_orders` (the intermediate points of singlestep DPM-Solver and Heun lie inside)."""
+    return len(step_orders(method, order, int(nfe) - int(denoise)))
 
 
 def _grid_array(sde, grid, steps: int, eps: float) -> np.ndarray:
@@ -383,19 +407,20 @@ def table(sde, method: str, nfe: int, eps: float, *,
     else:  # the grid itself; for singlestep DPM-Solver, its outer (step) grid
         kind = "given"
         ts = _grid_array(sde, time_grid_kind, grid_steps(method, nfe, order, denoise), eps)
+    orders = step_orders(method, order, budget)
     rows = _Rows(budget + 1, "noise" if method == "dpm_solver" else "data")
     if method == "ddim":
-        ddim(sde, ts, rows)
+        ddim(sde, ts, rows, orders)
     elif method == "dpm_solver++":
-        dpm_solver_pp(sde, ts, rows, order)
+        dpm_solver_pp(sde, ts, rows, orders)
     elif method == "unipc":
-        unipc(sde, ts, rows, order, variant)
+        unipc(sde, ts, rows, orders, variant)
     elif method == "dpm_solver":
-        dpm_solver(sde, ts, rows, order, kind, budget)
+        dpm_solver(sde, ts, rows, orders, kind)
     else:
-        edm_heun(sde, ts, rows)
+        edm_heun(sde, ts, rows, orders)
     if denoise:
-        # x_0 = D(x, eps): for a noise prediction D = (x - sigma eps) / alpha.
+        # x_0 = D_eps, or (x_eps - s_eps eps_eps) / a_eps for a noise prediction.
         sch, j = _Schedule(sde), rows.k
         noise = rows.prediction == "noise"
         rows.add(eps, a=1 / sch.alpha(eps) if noise else 0.0,
