@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax import lax
 
@@ -65,6 +66,24 @@ class GroupNorm(nn.Module):
 
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class UNet(nn.Module):
+    """Base of the U-Nets `ddpm` and `ncsnpp`, configured by `config.model`."""
+
+    config: ml_collections.ConfigDict
+
+    def hparams(self):
+        """(act, nf, ch_mult, num_res_blocks, attn_resolutions) of `config.model`."""
+        m = self.config.model
+        return (get_act(self.config), m.nf, tuple(m.ch_mult), m.num_res_blocks,
+                tuple(m.attn_resolutions))
+
+
+def time_mlp(temb: Array, nf: int, act, dtype) -> Array:
+    """The U-Nets' two Dense layers (nf * 4 features) over a time embedding (B, D)."""
+    temb = nn.Dense(nf * 4, kernel_init=default_init(), dtype=dtype)(temb)
+    return nn.Dense(nf * 4, kernel_init=default_init(), dtype=dtype)(act(temb))
 
 
 def compute_dtype(config):
