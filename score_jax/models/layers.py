@@ -205,21 +205,32 @@ class ResnetBlockDDPM(nn.Module):
     out_ch: Optional[int] = None
     conv_shortcut: bool = False
     dropout: float = 0.1
+    # NCSN++'s variant (layerspp.ResnetBlockDDPMpp) sets these and its own `groups`.
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+
+    def groups(self, channels: int) -> int:
+        return 32
 
     @nn.compact
     def __call__(self, x, temb: Optional[Array] = None, train: bool = False):
         c = x.shape[-1]
         out_ch = self.out_ch or c
-        h = conv3x3(self.act(group_norm(32)(x)), out_ch)
+        h = conv3x3(self.act(group_norm(self.groups(c))(x)), out_ch)
         if temb is not None:
             h = h + nn.Dense(out_ch, kernel_init=default_init(), dtype=temb.dtype)(
                 self.act(temb))[:, None, None, :]
-        h = self.act(group_norm(32)(h))
+        h = self.act(group_norm(self.groups(out_ch))(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = conv3x3(h, out_ch, init_scale=0.0)
+        h = conv3x3(h, out_ch, init_scale=self.init_scale)
         if c != out_ch:
             x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
-        return x + h
+        return skip_sum(x, h, self.skip_rescale)
+
+
+def skip_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
+    """x + h, divided by sqrt(2) with `skip_rescale` (a Python float: keeps x's dtype)."""
+    return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
 
 
 
