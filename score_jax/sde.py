@@ -38,13 +38,15 @@ def _check_t(t, T: float) -> None:
         raise ValueError(f"t must lie in [0, T={T}], got values in [{t_np.min()}, {t_np.max()}]")
 
 
+@struct.dataclass(kw_only=True)
 class SDE:
-    """Interface shared by the three SDEs. Subclasses are frozen `struct` dataclasses."""
+    """Interface shared by the three SDEs, frozen `struct` dataclasses of static fields: N
+    (discretization steps) and T (end time), keyword-only, then the SDE's own."""
 
-    N: int
-    T: float = 1.0
+    N: int = struct.field(pytree_node=False, default=1000)
+    T: float = struct.field(pytree_node=False, default=1.0)
     # The paper's smallest sampling/likelihood time.
-    sampling_eps: float = 1e-3
+    sampling_eps = 1e-3
     # Name of the discrete objective of `training.continuous=False` ('smld', 'ddpm'), or None.
     discrete_loss = None
     # Discrete networks take an integer index into their noise table (so no time label works).
@@ -156,8 +158,6 @@ class VPSDE(SDE):
 
     beta_min: float = struct.field(pytree_node=False, default=0.1)
     beta_max: float = struct.field(pytree_node=False, default=20.0)
-    N: int = struct.field(pytree_node=False, default=1000)
-    T: float = struct.field(pytree_node=False, default=1.0)
     discrete_loss = "ddpm"
     has_ancestral_step = True
 
@@ -313,8 +313,6 @@ class VESDE(SDE):
 
     sigma_min: float = struct.field(pytree_node=False, default=0.01)
     sigma_max: float = struct.field(pytree_node=False, default=50.0)
-    N: int = struct.field(pytree_node=False, default=1000)
-    T: float = struct.field(pytree_node=False, default=1.0)
     sampling_eps = 1e-5
     discrete_loss = "smld"
     discrete_label_is_index = True
