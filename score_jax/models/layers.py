@@ -1,8 +1,6 @@
-"""Layers shared by the DDPM and NCSN++ networks (NHWC), named like the official JAX code's.
-
-Convolutions are created in the caller's compact method (`Conv_0`, `Conv_1`, ...), initialised as
-DDPM (variance scaling, fan_avg, uniform; `init_scale` 0 means 1e-10; zero biases). Layers compute
-in their input's dtype with float32 parameters; GroupNorm statistics and softmax stay float32."""
+"""Layers of the DDPM and NCSN++ networks (NHWC). Convolutions are created in the caller's compact
+method (`Conv_0`, ...), initialised as DDPM (fan_avg uniform, `init_scale` 0 means 1e-10, zero
+biases); layers compute in their input's dtype, GroupNorm statistics and softmax in float32."""
 from __future__ import annotations
 
 import math
@@ -22,7 +20,6 @@ Array = jax.Array
 
 
 def default_init(scale: float = 1.0):
-    """DDPM's initializer: variance scaling with fan_avg and a uniform distribution."""
     return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
 
 
@@ -38,8 +35,7 @@ def get_act(config) -> Callable[[Array], Array]:
 
 
 class GroupNorm(nn.Module):
-    """Group normalisation of (B, H, W, C), parameters `scale`, `bias` (C,); float32 two-pass
-    statistics, output in the input's dtype."""
+    """Group normalisation of (B, H, W, C), parameters `scale`, `bias` (C,), float32 statistics."""
 
     num_groups: int
     epsilon: float = 1e-6
@@ -74,7 +70,6 @@ class UNet(nn.Module):
     config: ml_collections.ConfigDict
 
     def hparams(self):
-        """(act, nf, ch_mult, num_res_blocks, attn_resolutions) of `config.model`."""
         m = self.config.model
         return (get_act(self.config), m.nf, tuple(m.ch_mult), m.num_res_blocks,
                 tuple(m.attn_resolutions))
@@ -95,7 +90,6 @@ def compute_dtype(config):
 
 
 def group_norm(num_groups: int) -> GroupNorm:
-    """GroupNorm with epsilon 1e-6."""
     return GroupNorm(num_groups=num_groups, epsilon=1e-6)
 
 
@@ -109,7 +103,6 @@ def ddpm_conv(x: Array, out_ch: int, kernel_size: int, stride: int = 1, bias: bo
 
 def conv1x1(x: Array, out_ch: int, stride: int = 1, bias: bool = True,
             init_scale: float = 1.0) -> Array:
-    """1x1 convolution with DDPM initialisation."""
     return ddpm_conv(x, out_ch, 1, stride, bias, init_scale)
 
 
@@ -247,8 +240,7 @@ def get_sigmas(config) -> np.ndarray:
 
 
 def check_resolutions(config, x: Array) -> None:
-    """ValueError naming `data.image_size` (or the input's shape) unless divisible by
-    2**(len(model.ch_mult) - 1)."""
+    """ValueError naming `data.image_size` (or the input) unless divisible by 2**(levels - 1)."""
     num_resolutions = len(config.model.ch_mult)
     factor = 2 ** (num_resolutions - 1)
     for what, size in (("data.image_size", config.data.image_size),

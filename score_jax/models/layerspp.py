@@ -115,9 +115,7 @@ class Downsample(_Resample):
 
 
 class ResnetBlockDDPMpp(layers.ResnetBlockDDPM):
-    """DDPM's ResNet block with NCSN++ GroupNorms (min(C // 4, 32) groups), `init_scale` and
-    `skip_rescale`; `Dense_0` only with a time embedding, `NIN_0` (or `Conv_2`) when the channel
-    count changes."""
+    """DDPM's ResNet block with NCSN++ GroupNorms (min(C // 4, 32) groups)."""
 
     def groups(self, channels: int) -> int:
         return min(channels // 4, 32)

@@ -2,7 +2,7 @@
 
 `model.apply(variables, x, labels, train=...)`: x (B, H, W, C) float32; labels (B,) are sigma(t)
 for the `fourier` embedding (embedded as log sigma), a time / noise-index label for `positional`;
-output float32 shaped like x. Flags are those of the official configs (`conv_size` 3 only), plus
+output float32 shaped like x. Flags are those of score_sde's configs (`conv_size` 3 only), plus
 `dtype` ('float32' | 'bfloat16': the layers' compute dtype; embedding, normalisation statistics,
 softmax and output scaling stay float32) and `center_input`. `scale_by_sigma` divides by the
 label (fourier) or `sigmas[int(label)]` (positional). Fourier with `training.continuous=False`
