@@ -1,21 +1,11 @@
-"""Few-step samplers for VE, VP and sub-VP: exponential-integrator ODE solvers and an adaptive SDE
-solver, written with the marginal x_t = alpha_t x_0 + sigma_t z and lambda_t = log(alpha_t /
-sigma_t) that each SDE provides.
+"""Few-step samplers for VE, VP and sub-VP on the marginal x_t = alpha_t x_0 + sigma_t z and
+lambda_t = log(alpha_t / sigma_t): exponential-integrator ODE solvers (`ddim`, `dpm_solver`,
+`dpm_solver++`, `unipc`, `edm_heun`) and an adaptive SDE solver (`adaptive_sde`). Arrays NHWC.
 
-A score s(x, t) becomes a data prediction D = (x + sigma^2 s) / alpha or a noise prediction
-eps = -sigma s. Every ODE solver here (`ddim`, `dpm_solver`, `dpm_solver++`, `unipc`, `edm_heun`)
-takes steps that are linear in the current point, the point its step started from and the last
-few predictions, with coefficients that depend only on the time grid. So each solver is a short
-host function writing those coefficients (float64) into a `Table`, and one jitted `lax.scan`
-(`integrate`) runs any table. Row k of a table is one network evaluation at (y_k, t_k):
-
-    P_k   = prediction(y_k, t_k)
-    base  = u_k y_k + v_k base + sum_j c_kj P_{k-j}    (a step starts here, or a correction)
-    y_k+1 = a_k base + sum_j b_kj P_{k-j}
-
-and the returned point is the last y; NFE = number of rows, exactly. `adaptive_sde` (Jolicoeur-
-Martineau et al. 2021) is a `lax.while_loop` of its own. Arrays are NHWC, times scalars in [eps, T].
-"""
+An ODE solver's step is linear in the current point, its step's start and a few predictions
+(D = (x + sigma^2 s) / alpha or eps = -sigma s), with coefficients that depend only on the time
+grid: a host function writes them (float64) into a `Table`, and one jitted `lax.scan`
+(`integrate`) runs any table, one row per network evaluation (NFE = rows, exactly)."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -51,9 +41,9 @@ POWER_GRID_BELOW = 15
 
 
 class Table(NamedTuple):
-    """Coefficients of `integrate`, one row per network evaluation (float64 numpy arrays):
-    t, u, v, a (K,); c, b (K, HISTORY), column j weighting the prediction j evaluations back;
-    `prediction` 'data' or 'noise'."""
+    """Row k (float64) evaluates P_k = prediction(y_k, t_k), then base = u_k y_k + v_k base +
+    c_k . P and y_{k+1} = a_k base + b_k . P; t, u, v, a (K,), c, b (K, HISTORY) with column j
+    weighting P_{k-j}; `prediction` 'data' or 'noise'."""
 
     t: np.ndarray
     u: np.ndarray
@@ -100,8 +90,7 @@ class _Rows:
         self.n_max, self.prediction, self.rows = n_max, prediction, []
 
     @property
-    def k(self) -> int:
-        """Index of the next evaluation."""
+    def k(self) -> int:  # index of the next evaluation
         return len(self.rows)
 
     def p(self, k: int) -> np.ndarray:
@@ -130,9 +119,7 @@ class _Rows:
 
 
 def default_time_grid(method: str, nfe: int, order: int = 3, denoise: bool = False) -> str:
-    """The grid `table` uses when none is given: 'karras' for edm_heun; 'logsnr_power' for
-    third-order multistep runs (dpm_solver++, unipc) of SHORT_RUN_BELOW to POWER_GRID_BELOW steps;
-    else 'logsnr' (measured: README, Few-step samplers)."""
+    """The grid `table` uses when none is given (measured: README, Few-step samplers)."""
     if method == "edm_heun":
         return "karras"
     steps = int(nfe) - int(denoise)
@@ -143,8 +130,7 @@ def default_time_grid(method: str, nfe: int, order: int = 3, denoise: bool = Fal
 
 
 def default_solver(method: str, nfe: int, order: int = 3, denoise: bool = False):
-    """(method, order) that `table` runs when no grid is given: a dpm_solver++ or unipc run of
-    order >= 2 and fewer than SHORT_RUN_BELOW steps is DPM-Solver++(2M); else unchanged."""
+    """(method, order) that `table` runs when no grid is given (see SHORT_RUN_BELOW)."""
     if (method in ("dpm_solver++", "unipc") and order >= 2
             and int(nfe) - int(denoise) < SHORT_RUN_BELOW):
         return "dpm_solver++", 2
@@ -152,9 +138,8 @@ def default_solver(method: str, nfe: int, order: int = 3, denoise: bool = False)
 
 
 def time_grid(sde, kind: str, n: int, eps: float) -> np.ndarray:
-    """n + 1 times from T down to eps (float64): uniform in t, in lambda ('logsnr'), in
-    (sigma/alpha)^(1/7) ('karras', EDM's rho = 7), in sqrt(t - eps) ('quadratic'), or in
-    lambda^(1/LOGSNR_POWER) ('logsnr_power')."""
+    """n + 1 times from T down to eps (float64), uniform in t, lambda ('logsnr'), (sigma /
+    alpha)^(1/7) ('karras', EDM's rho = 7), sqrt(t - eps) ('quadratic') or lambda^(1/0.6)."""
     if kind not in TIME_GRIDS:
         raise ValueError(f"sampling.time_grid={kind!r} is unknown; valid: {list(TIME_GRIDS)}")
     sch, T = _Schedule(sde), float(sde.T)
@@ -175,8 +160,8 @@ def time_grid(sde, kind: str, n: int, eps: float) -> np.ndarray:
 
 
 def _orders(order: int, n: int) -> list[int]:
-    """Orders of the n steps of a multistep solver: warm-up 1, 2, ..., and, below
-    LOWER_ORDER_FINAL_BELOW steps, no more than the steps left."""
+    # Orders of the n steps of a multistep solver: warm-up 1, 2, ..., and, below
+    # LOWER_ORDER_FINAL_BELOW steps, no more than the steps left.
     final = n < LOWER_ORDER_FINAL_BELOW
     return [min(order, i + 1, n - i if final else order) for i in range(n)]
 
@@ -192,8 +177,7 @@ def _singlestep_orders(order: int, nfe: int) -> list[int]:
 
 
 def step_orders(method: str, order: int, budget: int) -> list[int]:
-    """The order of each step of `method` spending at most `budget` evaluations; one step per
-    interval of its time grid."""
+    """The order of each step (grid interval) of `method` spending at most `budget` evaluations."""
     if method == "dpm_solver":
         return _singlestep_orders(order, budget)
     if method == "edm_heun":  # Heun steps (2 evaluations), the last one Euler
@@ -213,8 +197,8 @@ def ddim(sde, ts, rows: _Rows, orders: list[int]) -> None:
 
 def dpm_solver_pp(sde, ts, rows: _Rows, orders: list[int]) -> None:
     """DPM-Solver++ multistep in the data prediction (Lu et al. 2022, Alg. 2), steps of the given
-    orders; order 3 is their code's update with the second difference D2 weighted twice (their
-    weight makes '3M' second-order, measured in tests/test_solvers.py)."""
+    orders; order 3 is their code's update with the second difference D2 weighted twice."""
+    # Their code's weight of D2 makes '3M' a second-order method (measured in test_solvers.py).
     sch = _Schedule(sde)
     lam, alpha, sigma = sch.lam(ts), sch.alpha(ts), sch.sigma(ts)
     for i, k in enumerate(orders):
@@ -240,8 +224,8 @@ def dpm_solver_pp(sde, ts, rows: _Rows, orders: list[int]) -> None:
 
 
 def _unipc_update(lam, alpha, rows, i, k, variant, corrector):
-    """UniPC's (Zhao et al. 2023, `multistep_uni_pc_bh_update`, data prediction) predictor
-    (corrector=False) or corrector of the step t_i -> t_{i+1} of order k, as b . P."""
+    """UniPC's predictor or corrector of order k for the step t_i -> t_{i+1}, as b . P."""
+    # Zhao et al. 2023, their code's `multistep_uni_pc_bh_update` in the data prediction.
     h = lam[i + 1] - lam[i]
     alpha_t = alpha[i + 1]
     rks = np.array([(lam[i - m] - lam[i]) / h for m in range(1, k)] + [1.0])
@@ -268,9 +252,8 @@ def _unipc_update(lam, alpha, rows, i, k, variant, corrector):
 
 
 def unipc(sde, ts, rows: _Rows, orders: list[int], variant: str) -> None:
-    """UniPC (multistep, data prediction, B(h) = h for 'bh1', e^h - 1 for 'bh2'): the UniP
-    predictor of each step's order, then, at the evaluation that starts the next step, the UniC
-    corrector of the step just taken, which reuses that evaluation (none after the last step)."""
+    """UniPC: each step's UniP predictor, then the UniC corrector of the step just taken at the
+    evaluation that starts the next one, reusing it (none after the last step)."""
     sch = _Schedule(sde)
     lam, alpha, sigma = sch.lam(ts), sch.alpha(ts), sch.sigma(ts)
     for i in range(len(orders)):
@@ -290,11 +273,11 @@ def unipc(sde, ts, rows: _Rows, orders: list[int], variant: str) -> None:
 
 
 def dpm_solver(sde, ts, rows: _Rows, orders: list[int], kind: str) -> None:
-    """Singlestep DPM-Solver (Lu et al. 2022, noise prediction, 'fast' variant) with steps of the
-    given orders (`_singlestep_orders`). The steps start at the points of `ts` (a budget-interval
-    grid) that the orders reach (their `get_orders_and_timesteps_for_singlestep_solver`), or are
-    uniform in lambda on the 'logsnr' grid, or are `ts` itself when `kind` is 'given';
-    intermediate points at lambda fractions 1/2 (order 2) and 1/3, 2/3 (order 3)."""
+    """Singlestep DPM-Solver (Lu et al. 2022, noise prediction, 'fast' variant), steps of the
+    given orders, intermediate points at lambda fractions 1/2 (order 2) and 1/3, 2/3 (order 3)."""
+    # The steps start at the points of `ts` (a budget-interval grid) that the orders reach (their
+    # `get_orders_and_timesteps_for_singlestep_solver`), or are uniform in lambda on the 'logsnr'
+    # grid, or are `ts` itself when `kind` is 'given'.
     sch = _Schedule(sde)
     if kind == "given":
         outer = ts
@@ -360,8 +343,7 @@ def edm_heun(sde, ts, rows: _Rows, orders: list[int]) -> None:
 
 
 def grid_steps(method: str, nfe: int, order: int = 3, denoise: bool = False) -> int:
-    """Number of intervals of the time grid that `table` steps on: one per step of
-    `step_orders` (the intermediate points of singlestep DPM-Solver and Heun lie inside)."""
+    """Intervals of the time grid `table` steps on: one per step (stages lie inside)."""
     return len(step_orders(method, order, int(nfe) - int(denoise)))
 
 
@@ -384,11 +366,9 @@ def _grid_array(sde, grid, steps: int, eps: float) -> np.ndarray:
 def table(sde, method: str, nfe: int, eps: float, *,
           time_grid_kind: str | np.ndarray | None = None, order: int = 3, variant: str = "bh2",
           denoise: bool = False) -> Table:
-    """The coefficient table of an ODE `method` spending at most `nfe` evaluations (exactly
-    `len(table.t)`), from T to eps on `time_grid_kind`: a grid name or an array of
-    `grid_steps(...) + 1` times from T to eps (e.g. `fit_time_grid`'s); `denoise` spends the last
-    evaluation on x = D(x, eps). Without a grid, the measured defaults: `default_solver` and
-    `default_time_grid`. Raises ValueError naming the config key on bad input."""
+    """The table of an ODE `method` spending at most `nfe` evaluations (`len(table.t)`), from T to
+    eps on `time_grid_kind` (a name, an array of `grid_steps(...) + 1` times, or None for the
+    measured defaults); `denoise` spends the last one on x = D(x, eps). ValueError on bad input."""
     check_args(method, nfe, time_grid_kind, order, variant, denoise)
     if eps <= 0 or eps >= sde.T:
         raise ValueError(f"the sampling end time eps={eps} must lie in (0, T={sde.T}) (sigma_eps "
@@ -469,6 +449,7 @@ def integrate(sde, score_fn, x: Array, tab: Table) -> Array:
     def body(carry, row):
         base, y, hist = carry
         t, u, v, a, c, b = row
+        # hist[j] = P_{k-j}: the newest prediction in front, the oldest drops out.
         hist = jnp.concatenate([pred(y, t)[None], hist[:-1]])
         base = u * y + v * base + jnp.tensordot(c, hist, 1)
         return (base, a * base + jnp.tensordot(b, hist, 1), hist), None
@@ -515,14 +496,12 @@ def fit_time_grid(sde, score_fn, method: str, nfe: int, eps: float, z_fit, *,
                   info: dict | None = None) -> np.ndarray:
     """The time grid (float64, `grid_steps(method, nfe, order, denoise) + 1` times from T to eps)
     on which `method` with `nfe` evaluations maps the latents `z_fit` (B, ...) at T closest (mean
-    squared error) to `reference` (default: `reference_flow` of z_fit at `reference_tol`).
-
-    Derivative-free: Powell's method over the grid's log-SNR increments h_i = softmax(theta)_i
-    (lambda_eps - lambda_T), so every candidate is a valid, monotone grid with the ends fixed,
-    starting from `time_grid_kind` (a name or an array; default as `table`). Objective
-    log(MSE). `max_evals` bounds the objective evaluations (default 60 per free parameter).
-    `info`, if given, receives {'start': grid, 'start_mse', 'mse', 'evals'}. Any score_fn
-    `(x, t (B,)) -> score` works (a network or a closed form)."""
+    squared error) to `reference` (default: `reference_flow` of z_fit at `reference_tol`),
+    starting from `time_grid_kind`; at most `max_evals` objective evaluations (default 60 per free
+    parameter). `info`, if given, receives {'start': grid, 'start_mse', 'mse', 'evals'}."""
+    # Derivative-free: Powell's method on log(MSE) over the grid's log-SNR increments
+    # h_i = softmax(theta)_i (lambda_eps - lambda_T), so that every candidate is a valid,
+    # monotone grid with the ends fixed. Any score_fn (a network or a closed form) works.
     import scipy.optimize
 
     check_args(method, nfe, time_grid_kind, order, variant, denoise)
@@ -582,15 +561,14 @@ def fit_time_grid(sde, score_fn, method: str, nfe: int, eps: float, z_fit, *,
 
 def adaptive_sde(sde, score_fn, x: Array, rng: Array, eps: float, *, rtol=0.05, atol=0.0078,
                  denoise=False, safety=0.9, exponent=0.9, h_init=0.01, max_nfe=10_000):
-    """The adaptive reverse-SDE solver of Jolicoeur-Martineau et al. (2021, Alg. 1): an
-    Euler-Maruyama step x' and an improved-Euler step x'' with the same noise, accepted when the
-    RMS of (x' - x'') / max(atol, rtol max(|x'|, |x'_prev|)) is <= 1; next step
-    min(t - eps, safety h E^-exponent). The error is the RMS over the whole batch (one step size
-    for all samples): a per-sample decision would favour the noise draws that move a sample
-    outward (rtol scales the tolerance with |x'|) and inflate the variance (tests).
-
-    Returns (x at eps, or D(x, eps) with `denoise`; nfe), nfe counting every attempted step
-    (2 evaluations). Raises at run time if eps is not reached within `max_nfe` evaluations."""
+    """The adaptive reverse-SDE solver of Jolicoeur-Martineau et al. (2021, Alg. 1). Returns (x at
+    eps, or D(x, eps) with `denoise`; nfe), nfe counting every attempted step (2 evaluations).
+    Raises at run time if eps is not reached within `max_nfe` evaluations."""
+    # An Euler-Maruyama step x' and an improved-Euler step x'' with the same noise, accepted when
+    # the RMS of (x' - x'') / max(atol, rtol max(|x'|, |x'_prev|)) is <= 1; next step
+    # min(t - eps, safety h E^-exponent). The RMS is over the whole batch (one step size for all
+    # samples): a per-sample decision would favour the noise draws that move a sample outward
+    # (rtol scales the tolerance with |x'|) and inflate the variance (tests).
     import equinox as eqx
 
     rsde = sde.reverse(score_fn)
