@@ -380,14 +380,15 @@ def table(sde, method: str, nfe: int, eps: float, *,
     budget = nfe - int(denoise)
     if time_grid_kind is None:  # the measured defaults
         method, order = default_solver(method, nfe, order, denoise)
+    orders = step_orders(method, order, budget)
     if isinstance(time_grid_kind, str) or time_grid_kind is None:
         kind = time_grid_kind or default_time_grid(method, nfe, order, denoise)
-        steps = (budget + 1) // 2 if method == "edm_heun" else budget
+        # Singlestep DPM-Solver picks its step points from a grid of `budget` intervals.
+        steps = len(orders) if method == "edm_heun" else budget
         ts = time_grid(sde, kind, steps, eps)
     else:  # the grid itself; for singlestep DPM-Solver, its outer (step) grid
         kind = "given"
         ts = _grid_array(sde, time_grid_kind, grid_steps(method, nfe, order, denoise), eps)
-    orders = step_orders(method, order, budget)
     rows = _Rows(budget + 1, "noise" if method == "dpm_solver" else "data")
     if method == "ddim":
         ddim(sde, ts, rows, orders)
