@@ -1,9 +1,6 @@
-"""The forward SDEs of Song et al. (2021): VE, VP and sub-VP, and their reverses.
-
-Arrays are NHWC (any rank: per-example quantities broadcast over trailing axes); `t` is (batch,)
-in [0, T]. An SDE is a frozen dataclass of static fields (safe to close over in jitted code) and
-owns what samplers, losses and networks need to know about it (marginal, log-SNR, network label,
-output -> score, discrete chain, `sampling_eps`)."""
+"""The forward SDEs of Song et al. (2021), VE, VP and sub-VP, and their reverses. Arrays NHWC (or
+any rank: per-example values broadcast over trailing axes), `t` (batch,) in [0, T]; an SDE owns
+what samplers, losses and networks need to know about it (marginal, log-SNR, label, score, D)."""
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +27,7 @@ def _check_positive_int(name: str, value) -> None:
 
 
 def _check_t(t, T: float) -> None:
-    """Raises on concrete `t` outside [0, T]; traced `t` is the caller's contract."""
+    # Raises on concrete `t` outside [0, T]; traced `t` is the caller's contract.
     if isinstance(t, jax.core.Tracer):
         return
     t_np = np.asarray(t)
@@ -38,13 +35,15 @@ def _check_t(t, T: float) -> None:
         raise ValueError(f"t must lie in [0, T={T}], got values in [{t_np.min()}, {t_np.max()}]")
 
 
+@struct.dataclass(kw_only=True)
 class SDE:
-    """Interface shared by the three SDEs. Subclasses are frozen `struct` dataclasses."""
+    """Interface of the SDEs: frozen dataclasses of static fields (safe to close over in jit)."""
 
-    N: int
-    T: float = 1.0
+    # Keyword-only (the subclasses' own parameters come first): discretization steps, end time.
+    N: int = struct.field(pytree_node=False, default=1000)
+    T: float = struct.field(pytree_node=False, default=1.0)
     # The paper's smallest sampling/likelihood time.
-    sampling_eps: float = 1e-3
+    sampling_eps = 1e-3
     # Name of the discrete objective of `training.continuous=False` ('smld', 'ddpm'), or None.
     discrete_loss = None
     # Discrete networks take an integer index into their noise table (so no time label works).
@@ -105,14 +104,22 @@ class SDE:
         raise NotImplementedError
 
     def continuous_labels(self, config) -> bool:
-        """The `continuous` flag of `network_label` for a network trained with `config`: its
-        `training.continuous` where discrete labels are indices (VE), else True (there the
-        continuous label serves discrete networks too)."""
+        """`network_label`'s `continuous` for a network trained with `config`: its
+        `training.continuous` where discrete labels are indices (VE), else True."""
+        # VP's continuous label 999 t serves discrete networks too.
         return bool(config.training.continuous) if self.discrete_label_is_index else True
 
     def score_from_output(self, output: Array, t: Array, continuous: bool) -> Array:
         """The score of p_t from the network output at x_t (both (batch, ...))."""
         raise NotImplementedError
+
+    def data_prediction(self, x: Array, score: Array, t: Array) -> Array:
+        """D(x_t) = E[x_0 | x_t] = (x_t + sigma_t^2 score) / alpha_t (Tweedie), shape of x."""
+        return batch_mul(1.0 / self.alpha(t), x + batch_mul(self.sigma(t) ** 2, score))
+
+    def noise_prediction(self, score: Array, t: Array) -> Array:
+        """eps(x_t) = -sigma_t score: the z of x_t = alpha_t x_0 + sigma_t z, predicted."""
+        return batch_mul(-self.sigma(t), score)
 
     def ancestral_step(self, x: Array, score: Array, t: Array) -> tuple[Array, Array]:
         """One ancestral sampling step of the discrete chain: mean (shape of x) and std (batch,)."""
@@ -128,8 +135,8 @@ class SDE:
 
 
 def linspace32(start: float, stop: float, num: int) -> np.ndarray:
-    """float32 linspace computed like torch (from both ends toward the middle)."""
-    # Bit-equal discrete noise tables: sqrt(sigma_i^2 - sigma_{i-1}^2) amplifies one ulp 50-fold.
+    # float32 linspace computed like torch (from both ends toward the middle), for bit-equal
+    # discrete noise tables: sqrt(sigma_i^2 - sigma_{i-1}^2) amplifies one ulp 50-fold.
     start, stop = np.float32(start), np.float32(stop)
     step = (stop - start) / np.float32(max(num - 1, 1))
     i = np.arange(num, dtype=np.float32)
@@ -148,8 +155,6 @@ class VPSDE(SDE):
 
     beta_min: float = struct.field(pytree_node=False, default=0.1)
     beta_max: float = struct.field(pytree_node=False, default=20.0)
-    N: int = struct.field(pytree_node=False, default=1000)
-    T: float = struct.field(pytree_node=False, default=1.0)
     discrete_loss = "ddpm"
     has_ancestral_step = True
 
@@ -239,7 +244,7 @@ class VPSDE(SDE):
         return batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score)), jnp.sqrt(beta)
 
     def langevin_alpha(self, t):
-        """The DDPM alpha_i = 1 - beta_i (sub-VP reads the same table of its shared betas)."""
+        # The DDPM alpha_i = 1 - beta_i (sub-VP reads the same table of its shared betas).
         return jnp.asarray(self.alphas)[self.timestep(t)]
 
     def check_discrete_chain(self, what):
@@ -305,8 +310,6 @@ class VESDE(SDE):
 
     sigma_min: float = struct.field(pytree_node=False, default=0.01)
     sigma_max: float = struct.field(pytree_node=False, default=50.0)
-    N: int = struct.field(pytree_node=False, default=1000)
-    T: float = struct.field(pytree_node=False, default=1.0)
     sampling_eps = 1e-5
     discrete_loss = "smld"
     discrete_label_is_index = True
@@ -415,8 +418,7 @@ _SDES = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": subVPSDE}
 
 
 def get_sde(config) -> tuple[SDE, float]:
-    """(SDE of `config.training.sde`, sampling_eps): the smallest time samplers and the likelihood
-    integrate to (1e-5 for VE, 1e-3 for VP and sub-VP)."""
+    """(SDE of `config.training.sde`, sampling_eps): where samplers and likelihood stop."""
     name = str(config.training.sde).lower()
     if name not in _SDES:
         raise ValueError(

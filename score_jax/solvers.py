@@ -1,21 +1,11 @@
-"""Few-step samplers for VE, VP and sub-VP: exponential-integrator ODE solvers and an adaptive SDE
-solver, written with the marginal x_t = alpha_t x_0 + sigma_t z and lambda_t = log(alpha_t /
-sigma_t) that each SDE provides.
+"""Few-step samplers for VE, VP and sub-VP on the marginal x_t = alpha_t x_0 + sigma_t z and
+lambda_t = log(alpha_t / sigma_t): exponential-integrator ODE solvers (`ddim`, `dpm_solver`,
+`dpm_solver++`, `unipc`, `edm_heun`) and an adaptive SDE solver (`adaptive_sde`). Arrays NHWC.
 
-A score s(x, t) becomes a data prediction D = (x + sigma^2 s) / alpha or a noise prediction
-eps = -sigma s. Every ODE solver here (`ddim`, `dpm_solver`, `dpm_solver++`, `unipc`, `edm_heun`)
-takes steps that are linear in the current point, the point its step started from and the last
-few predictions, with coefficients that depend only on the time grid. So each solver is a short
-host function writing those coefficients (float64) into a `Table`, and one jitted `lax.scan`
-(`integrate`) runs any table. Row k of a table is one network evaluation at (y_k, t_k):
-
-    P_k   = prediction(y_k, t_k)
-    base  = u_k y_k + v_k base + sum_j c_kj P_{k-j}    (a step starts here, or a correction)
-    y_k+1 = a_k base + sum_j b_kj P_{k-j}
-
-and the returned point is the last y; NFE = number of rows, exactly. `adaptive_sde` (Jolicoeur-
-Martineau et al. 2021) is a `lax.while_loop` of its own. Arrays are NHWC, times scalars in [eps, T].
-"""
+An ODE solver's step is linear in the current point, its step's start and a few predictions
+(D = (x + sigma^2 s) / alpha or eps = -sigma s), with coefficients that depend only on the time
+grid: a host function writes them (float64) into a `Table`, and one jitted `lax.scan`
+(`integrate`) runs any table, one row per network evaluation (NFE = rows, exactly)."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -51,9 +41,9 @@ POWER_GRID_BELOW = 15
 
 
 class Table(NamedTuple):
-    """Coefficients of `integrate`, one row per network evaluation (float64 numpy arrays):
-    t, u, v, a (K,); c, b (K, HISTORY), column j weighting the prediction j evaluations back;
-    `prediction` 'data' or 'noise'."""
+    """Row k (float64) evaluates P_k = prediction(y_k, t_k), then base = u_k y_k + v_k base +
+    c_k . P and y_{k+1} = a_k base + b_k . P; t, u, v, a (K,), c, b (K, HISTORY) with column j
+    weighting P_{k-j}; `prediction` 'data' or 'noise'."""
 
     t: np.ndarray
     u: np.ndarray
@@ -100,8 +90,7 @@ class _Rows:
         self.n_max, self.prediction, self.rows = n_max, prediction, []
 
     @property
-    def k(self) -> int:
-        """Index of the next evaluation."""
+    def k(self) -> int:  # index of the next evaluation
         return len(self.rows)
 
     def p(self, k: int) -> np.ndarray:
@@ -130,9 +119,7 @@ class _Rows:
 
 
 def default_time_grid(method: str, nfe: int, order: int = 3, denoise: bool = False) -> str:
-    """The grid `table` uses when none is given: 'karras' for edm_heun; 'logsnr_power' for
-    third-order multistep runs (dpm_solver++, unipc) of SHORT_RUN_BELOW to POWER_GRID_BELOW steps;
-    else 'logsnr' (measured: README, Few-step samplers)."""
+    """The grid `table` uses when none is given (measured: README, Few-step samplers)."""
     if method == "edm_heun":
         return "karras"
     steps = int(nfe) - int(denoise)
@@ -143,8 +130,7 @@ def default_time_grid(method: str, nfe: int, order: int = 3, denoise: bool = Fal
 
 
 def default_solver(method: str, nfe: int, order: int = 3, denoise: bool = False):
-    """(method, order) that `table` runs when no grid is given: a dpm_solver++ or unipc run of
-    order >= 2 and fewer than SHORT_RUN_BELOW steps is DPM-Solver++(2M); else unchanged."""
+    """(method, order) that `table` runs when no grid is given (see SHORT_RUN_BELOW)."""
     if (method in ("dpm_solver++", "unipc") and order >= 2
             and int(nfe) - int(denoise) < SHORT_RUN_BELOW):
         return "dpm_solver++", 2
@@ -152,9 +138,8 @@ def default_solver(method: str, nfe: int, order: int = 3, denoise: bool = False)
 
 
 def time_grid(sde, kind: str, n: int, eps: float) -> np.ndarray:
-    """n + 1 times from T down to eps (float64): uniform in t, in lambda ('logsnr'), in
-    (sigma/alpha)^(1/7) ('karras', EDM's rho = 7), in sqrt(t - eps) ('quadratic'), or in
-    lambda^(1/LOGSNR_POWER) ('logsnr_power')."""
+    """n + 1 times from T down to eps (float64), uniform in t, lambda ('logsnr'), (sigma /
+    alpha)^(1/7) ('karras', EDM's rho = 7), sqrt(t - eps) ('quadratic') or lambda^(1/0.6)."""
     if kind not in TIME_GRIDS:
         raise ValueError(f"sampling.time_grid={kind!r} is unknown; valid: {list(TIME_GRIDS)}")
     sch, T = _Schedule(sde), float(sde.T)
@@ -174,34 +159,61 @@ def time_grid(sde, kind: str, n: int, eps: float) -> np.ndarray:
     return ts
 
 
-def ddim(sde, ts, rows: _Rows) -> None:
-    """DDIM (eta = 0) = DPM-Solver-1: x_t = sigma_t/sigma_s x_s + alpha_t (1 - e^-h) D_s."""
-    dpm_solver_pp(sde, ts, rows, order=1)
-
-
 def _orders(order: int, n: int) -> list[int]:
-    """Orders of the n steps of a multistep solver: warm-up 1, 2, ..., and, below
-    LOWER_ORDER_FINAL_BELOW steps, no more than the steps left."""
+    # Orders of the n steps of a multistep solver: warm-up 1, 2, ..., and, below
+    # LOWER_ORDER_FINAL_BELOW steps, no more than the steps left.
     final = n < LOWER_ORDER_FINAL_BELOW
     return [min(order, i + 1, n - i if final else order) for i in range(n)]
 
 
-def dpm_solver_pp(sde, ts, rows: _Rows, order: int) -> None:
-    """DPM-Solver++(order M), multistep in the data prediction (Lu et al. 2022, Alg. 2; order 3
-    as their code's third-order update but with the second difference D2 weighted twice: their
-    weight makes '3M' a second-order method, measured in tests/test_solvers.py). Orders 1, 2, ...
-    in the first steps, and lower at the final steps of short runs (`_orders`)."""
+def _singlestep_orders(order: int, nfe: int) -> list[int]:
+    """The step orders of singlestep DPM-Solver spending `nfe` evaluations (the 'fast' mix)."""
+    if order == 3:
+        steps = nfe // 3 + 1
+        return [3] * (steps - 2) + [2, 1] if nfe % 3 == 0 else [3] * (steps - 1) + [nfe % 3]
+    if order == 2:
+        return [2] * (nfe // 2) + [1] * (nfe % 2)
+    return [1] * nfe
+
+
+def step_orders(method: str, order: int, budget: int) -> list[int]:
+    """The order of each step (grid interval) of `method` spending at most `budget` evaluations."""
+    if method == "dpm_solver":
+        return _singlestep_orders(order, budget)
+    if method == "edm_heun":  # Heun steps (2 evaluations), the last one Euler
+        n = (budget + 1) // 2
+        return [2 if i < n - 1 else 1 for i in range(n)]
+    return _orders(1 if method == "ddim" else order, budget)
+
+
+# The solvers below write one row per evaluation. In their comments, step i goes from t_i to
+# t_{i+1} < t_i; a_i = alpha(t_i), s_i = sigma(t_i), h = lambda_{i+1} - lambda_i > 0, D_i and
+# eps_i the data and noise predictions at x_i.
+
+def ddim(sde, ts, rows: _Rows, orders: list[int]) -> None:
+    """DDIM (eta = 0) = DPM-Solver-1 = DPM-Solver++(1): every step of order 1."""
+    dpm_solver_pp(sde, ts, rows, orders)
+
+
+def dpm_solver_pp(sde, ts, rows: _Rows, orders: list[int]) -> None:
+    """DPM-Solver++ multistep in the data prediction (Lu et al. 2022, Alg. 2), steps of the given
+    orders; order 3 is their code's update with the second difference D2 weighted twice."""
+    # Their code's weight of D2 makes '3M' a second-order method (measured in test_solvers.py).
     sch = _Schedule(sde)
     lam, alpha, sigma = sch.lam(ts), sch.alpha(ts), sch.sigma(ts)
-    for i, k in enumerate(_orders(order, len(ts) - 1)):
+    for i, k in enumerate(orders):
         h = lam[i + 1] - lam[i]
         phi1 = np.expm1(-h)
         p = [rows.p(i - j) if i >= j else 0.0 for j in range(3)]
+        # 1: x_{i+1} = (s_{i+1}/s_i) x_i - a_{i+1} (e^{-h}-1) D_i
         update = -phi1 * p[0]
         if k == 2:
+            # 2M: ... - a_{i+1} (e^{-h}-1) (D_i - D_{i-1}) / (2 r0), r0 = h_{i-1} / h
             r0 = (lam[i] - lam[i - 1]) / h
             update = update - 0.5 * phi1 * (p[0] - p[1]) / r0
         elif k == 3:
+            # 3M: ... + a_{i+1} (phi2 D1 - 2 (phi2/h - 1/2) D2), phi2 = (e^{-h}-1)/h + 1, D1 and
+            # D2 the first and second divided differences of D_i, D_{i-1}, D_{i-2} in lambda.
             r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
             d1_0, d1_1 = (p[0] - p[1]) / r0, (p[1] - p[2]) / r1
             d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
@@ -212,8 +224,8 @@ def dpm_solver_pp(sde, ts, rows: _Rows, order: int) -> None:
 
 
 def _unipc_update(lam, alpha, rows, i, k, variant, corrector):
-    """UniPC's (Zhao et al. 2023, `multistep_uni_pc_bh_update`, data prediction) predictor
-    (corrector=False) or corrector of the step t_i -> t_{i+1} of order k, as b . P."""
+    """UniPC's predictor or corrector of order k for the step t_i -> t_{i+1}, as b . P."""
+    # Zhao et al. 2023, their code's `multistep_uni_pc_bh_update` in the data prediction.
     h = lam[i + 1] - lam[i]
     alpha_t = alpha[i + 1]
     rks = np.array([(lam[i - m] - lam[i]) / h for m in range(1, k)] + [1.0])
@@ -221,6 +233,8 @@ def _unipc_update(lam, alpha, rows, i, k, variant, corrector):
     hh = -h
     h_phi_1 = np.expm1(hh)
     b_h = hh if variant == "bh1" else np.expm1(hh)
+    # rho solves R rho = g: R_jm = r_m^(j-1), g_j = j! (-h) phi_{j+1}(-h) / B(h), phi_k the
+    # exponential-integrator functions (phi_1(z) = (e^z - 1)/z).
     h_phi_k, fact, R, g = h_phi_1 / hh - 1.0, 1.0, [], []
     for j in range(1, k + 1):
         R.append(rks ** (j - 1))
@@ -237,43 +251,35 @@ def _unipc_update(lam, alpha, rows, i, k, variant, corrector):
     return update - alpha_t * b_h * sum((r * d for r, d in zip(rhos, d1s)), 0.0)
 
 
-def unipc(sde, ts, rows: _Rows, order: int, variant: str) -> None:
-    """UniPC-p (multistep, data prediction, B(h) = h for 'bh1', e^h - 1 for 'bh2'): the UniP
-    predictor of order p, then, at the evaluation that starts the next step, the UniC corrector
-    of the step just taken, which reuses that evaluation (none after the last step)."""
-    sch, n = _Schedule(sde), len(ts) - 1
+def unipc(sde, ts, rows: _Rows, orders: list[int], variant: str) -> None:
+    """UniPC: each step's UniP predictor, then the UniC corrector of the step just taken at the
+    evaluation that starts the next one, reusing it (none after the last step)."""
+    sch = _Schedule(sde)
     lam, alpha, sigma = sch.lam(ts), sch.alpha(ts), sch.sigma(ts)
-    orders = _orders(order, n)
-    for i in range(n):
+    for i in range(len(orders)):
         if i == 0:
             base = {}
-        else:  # UniC of step i-1 with the new prediction P_i: base = corrected x_i.
+        else:
+            # UniC of step i-1, with h = lambda_i - lambda_{i-1} and the new D_i:
+            # x^c_i = (s_i/s_{i-1}) x^c_{i-1} - a_i (e^{-h}-1) D_{i-1}
+            #         - a_i B(h) [sum_m rho_m (D_{i-1-m} - D_{i-1}) / r_m + rho_k (D_i - D_{i-1})]
             c = _unipc_update(lam, alpha, rows, i - 1, orders[i - 1], variant, corrector=True)
             base = dict(u=0.0, v=sigma[i] / sigma[i - 1], c=c)
+        # UniP: x_{i+1} = (s_{i+1}/s_i) x^c_i - a_{i+1} (e^{-h}-1) D_i
+        #                 - a_{i+1} B(h) sum_m rho_m (D_{i-m} - D_i) / r_m,
+        # r_m = (lambda_{i-m} - lambda_i) / h, B(h) = -h ('bh1') or e^{-h}-1 ('bh2').
         b = _unipc_update(lam, alpha, rows, i, orders[i], variant, corrector=False)
         rows.add(ts[i], a=sigma[i + 1] / sigma[i], b=b, **base)
 
 
-def _singlestep_orders(order: int, nfe: int) -> list[int]:
-    """The step orders of singlestep DPM-Solver spending `nfe` evaluations (the 'fast' mix)."""
-    if order == 3:
-        steps = nfe // 3 + 1
-        return [3] * (steps - 2) + [2, 1] if nfe % 3 == 0 else [3] * (steps - 1) + [nfe % 3]
-    if order == 2:
-        return [2] * (nfe // 2) + [1] * (nfe % 2)
-    return [1] * nfe
-
-
-def dpm_solver(sde, ts, rows: _Rows, order: int, kind: str, budget: int) -> None:
-    """Singlestep DPM-Solver (Lu et al. 2022, noise prediction, 'fast' variant): `budget`
-    evaluations split into steps of order `order` with a lower-order tail (their
-    `get_orders_and_timesteps_for_singlestep_solver`: the steps start at the points of `ts` (a
-    budget-interval grid) that the orders reach, or are uniform in lambda on the 'logsnr' grid, or
-    are `ts` itself when `kind` is 'given'), intermediate points at lambda fractions 1/2
-    (order 2) and 1/3, 2/3 (order 3)."""
+def dpm_solver(sde, ts, rows: _Rows, orders: list[int], kind: str) -> None:
+    """Singlestep DPM-Solver (Lu et al. 2022, noise prediction, 'fast' variant), steps of the
+    given orders, intermediate points at lambda fractions 1/2 (order 2) and 1/3, 2/3 (order 3)."""
+    # The steps start at the points of `ts` (a budget-interval grid) that the orders reach (their
+    # `get_orders_and_timesteps_for_singlestep_solver`), or are uniform in lambda on the 'logsnr'
+    # grid, or are `ts` itself when `kind` is 'given'.
     sch = _Schedule(sde)
-    orders = _singlestep_orders(order, budget)
-    if kind == "given":  # ts is the outer (step) grid itself
+    if kind == "given":
         outer = ts
     elif kind == "logsnr":
         outer = time_grid(sde, kind, len(orders), ts[-1])
@@ -289,56 +295,56 @@ def dpm_solver(sde, ts, rows: _Rows, order: int, kind: str, budget: int) -> None
     for m, k in enumerate(orders):
         h, r, j = lam[m + 1] - lam[m], fracs[k], rows.k
         e0 = rows.p(j)
-        # Stage points u_1, u_2, then x_t (noise-prediction forms of the paper's Alg. 1 and 2):
+        # Stage points u_1, u_2 (at lambda_s + r_1 h, lambda_s + r_2 h), then x_t; every stage
+        # starts from x_s (noise-prediction forms of the paper's Alg. 1 and 2):
         # (time, alpha, sigma, lambda fraction).
         targets = [(mids[q + i], alpha_mid[q + i], sigma_mid[q + i], r[i]) for i in range(len(r))]
         targets.append((outer[m + 1], alpha[m + 1], sigma[m + 1], 1.0))
         q += len(r)
         for stage, (_, alpha_tt, sigma_tt, ri) in enumerate(targets):
+            # u = (a_u/a_s) x_s - s_u (e^{r h}-1) eps_s
             phi = np.expm1(ri * h)
             b = -sigma_tt * phi * e0
-            if stage == 1 and k == 3:  # u_2 uses the first-order difference through u_1
+            if stage == 1 and k == 3:
+                # u_2: ... - (r_2/r_1) s_u ((e^{r_2 h}-1)/(r_2 h) - 1) (eps_{u_1} - eps_s)
                 phi22 = np.expm1(r[1] * h) / (r[1] * h) - 1.0
                 b = b - r[1] / r[0] * sigma_tt * phi22 * (rows.p(j + 1) - e0)
             elif stage == len(targets) - 1 and k == 2:
+                # x_t: ... - s_t / (2 r_1) (e^h-1) (eps_{u_1} - eps_s)
                 b = b - sigma_tt / (2 * r[0]) * phi * (rows.p(j + 1) - e0)
             elif stage == len(targets) - 1 and k == 3:
+                # x_t: ... - (s_t/r_2) ((e^h-1)/h - 1) (eps_{u_2} - eps_s)
                 b = b - sigma_tt / r[1] * (phi / h - 1.0) * (rows.p(j + 2) - e0)
             start = dict(u=1.0, v=0.0) if stage == 0 else dict(u=0.0, v=1.0)
             rows.add(outer[m] if stage == 0 else targets[stage - 1][0], a=alpha_tt / alpha[m],
                      b=b, **start)
 
 
-def edm_heun(sde, ts, rows: _Rows) -> None:
+def edm_heun(sde, ts, rows: _Rows, orders: list[int]) -> None:
     """EDM's deterministic sampler (Karras et al. 2022, Alg. 1) on x / alpha_t with noise level
-    sigma_t / alpha_t = e^-lambda: Heun steps, the last one Euler (NFE = 2 steps - 1)."""
-    sch, n = _Schedule(sde), len(ts) - 1
+    sigma_t / alpha_t = e^-lambda: a Heun step where the order is 2, else Euler."""
+    sch = _Schedule(sde)
     sig, alpha = np.exp(-sch.lam(ts)), sch.alpha(ts)
-    for i in range(n):
+    for i, k in enumerate(orders):
         s, t = ts[i], ts[i + 1]
         sig_s, sig_t, alpha_s, alpha_t = sig[i], sig[i + 1], alpha[i], alpha[i + 1]
         d = sig_t - sig_s
-        # Euler step: x^ + d (x^ - D) / sigma, written for x = alpha x^.
+        # Euler step x^ + d (x^ - D) / sigma, written for x = alpha x^; the DDIM step:
+        # x_{i+1} = (s_{i+1}/s_i) x_i + a_{i+1} (1 - e^{-h}) D_i
         j = rows.k
         rows.add(s, a=alpha_t * sig_t / (alpha_s * sig_s),
                  b=alpha_t * (1 - sig_t / sig_s) * rows.p(j))
-        if i < n - 1:
+        if k == 2:
             # Apply 2nd order correction: average the slopes at both ends; continue from there.
+            # x_{i+1} = a_{i+1} [x^_i + d/2 ((x^_i - D_i)/sig_s + (x^'_{i+1} - D'_{i+1})/sig_t)]
             c = -alpha_t * d / 2 * (rows.p(j + 1) / sig_t + rows.p(j) / sig_s)
             rows.add(t, a=1.0, b=0.0, u=d / (2 * sig_t),
                      v=alpha_t / alpha_s * (1 + d / (2 * sig_s)), c=c)
 
 
 def grid_steps(method: str, nfe: int, order: int = 3, denoise: bool = False) -> int:
-    """Number of intervals of the time grid that `table` steps on: `nfe` (less the denoising
-    evaluation) for the multistep solvers, the steps of EDM's Heun ((budget + 1) // 2) and of
-    singlestep DPM-Solver (its order mix), whose intermediate points lie inside the intervals."""
-    budget = int(nfe) - int(denoise)
-    if method == "edm_heun":
-        return (budget + 1) // 2
-    if method == "dpm_solver":
-        return len(_singlestep_orders(order, budget))
-    return budget
+    """Intervals of the time grid `table` steps on: one per step (stages lie inside)."""
+    return len(step_orders(method, order, int(nfe) - int(denoise)))
 
 
 def _grid_array(sde, grid, steps: int, eps: float) -> np.ndarray:
@@ -360,11 +366,9 @@ def _grid_array(sde, grid, steps: int, eps: float) -> np.ndarray:
 def table(sde, method: str, nfe: int, eps: float, *,
           time_grid_kind: str | np.ndarray | None = None, order: int = 3, variant: str = "bh2",
           denoise: bool = False) -> Table:
-    """The coefficient table of an ODE `method` spending at most `nfe` evaluations (exactly
-    `len(table.t)`), from T to eps on `time_grid_kind`: a grid name or an array of
-    `grid_steps(...) + 1` times from T to eps (e.g. `fit_time_grid`'s); `denoise` spends the last
-    evaluation on x = D(x, eps). Without a grid, the measured defaults: `default_solver` and
-    `default_time_grid`. Raises ValueError naming the config key on bad input."""
+    """The table of an ODE `method` spending at most `nfe` evaluations (`len(table.t)`), from T to
+    eps on `time_grid_kind` (a name, an array of `grid_steps(...) + 1` times, or None for the
+    measured defaults); `denoise` spends the last one on x = D(x, eps). ValueError on bad input."""
     check_args(method, nfe, time_grid_kind, order, variant, denoise)
     if eps <= 0 or eps >= sde.T:
         raise ValueError(f"the sampling end time eps={eps} must lie in (0, T={sde.T}) (sigma_eps "
@@ -376,26 +380,28 @@ def table(sde, method: str, nfe: int, eps: float, *,
     budget = nfe - int(denoise)
     if time_grid_kind is None:  # the measured defaults
         method, order = default_solver(method, nfe, order, denoise)
+    orders = step_orders(method, order, budget)
     if isinstance(time_grid_kind, str) or time_grid_kind is None:
         kind = time_grid_kind or default_time_grid(method, nfe, order, denoise)
-        steps = (budget + 1) // 2 if method == "edm_heun" else budget
+        # Singlestep DPM-Solver picks its step points from a grid of `budget` intervals.
+        steps = len(orders) if method == "edm_heun" else budget
         ts = time_grid(sde, kind, steps, eps)
     else:  # the grid itself; for singlestep DPM-Solver, its outer (step) grid
         kind = "given"
         ts = _grid_array(sde, time_grid_kind, grid_steps(method, nfe, order, denoise), eps)
     rows = _Rows(budget + 1, "noise" if method == "dpm_solver" else "data")
     if method == "ddim":
-        ddim(sde, ts, rows)
+        ddim(sde, ts, rows, orders)
     elif method == "dpm_solver++":
-        dpm_solver_pp(sde, ts, rows, order)
+        dpm_solver_pp(sde, ts, rows, orders)
     elif method == "unipc":
-        unipc(sde, ts, rows, order, variant)
+        unipc(sde, ts, rows, orders, variant)
     elif method == "dpm_solver":
-        dpm_solver(sde, ts, rows, order, kind, budget)
+        dpm_solver(sde, ts, rows, orders, kind)
     else:
-        edm_heun(sde, ts, rows)
+        edm_heun(sde, ts, rows, orders)
     if denoise:
-        # x_0 = D(x, eps): for a noise prediction D = (x - sigma eps) / alpha.
+        # x_0 = D_eps, or (x_eps - s_eps eps_eps) / a_eps for a noise prediction.
         sch, j = _Schedule(sde), rows.k
         noise = rows.prediction == "noise"
         rows.add(eps, a=1 / sch.alpha(eps) if noise else 0.0,
@@ -429,10 +435,9 @@ def prediction_fn(sde, score_fn, kind: str):
     def fn(x, t):
         t = jnp.full((x.shape[0],), t, x.dtype)
         score = score_fn(x, t).astype(x.dtype)
-        sigma = sde.sigma(t)
         if kind == "noise":
-            return batch_mul(-sigma, score)
-        return batch_mul(1.0 / sde.alpha(t), x + batch_mul(sigma**2, score))
+            return sde.noise_prediction(score, t)
+        return sde.data_prediction(x, score, t)
 
     return fn
 
@@ -445,6 +450,7 @@ def integrate(sde, score_fn, x: Array, tab: Table) -> Array:
     def body(carry, row):
         base, y, hist = carry
         t, u, v, a, c, b = row
+        # hist[j] = P_{k-j}: the newest prediction in front, the oldest drops out.
         hist = jnp.concatenate([pred(y, t)[None], hist[:-1]])
         base = u * y + v * base + jnp.tensordot(c, hist, 1)
         return (base, a * base + jnp.tensordot(b, hist, 1), hist), None
@@ -491,14 +497,12 @@ def fit_time_grid(sde, score_fn, method: str, nfe: int, eps: float, z_fit, *,
                   info: dict | None = None) -> np.ndarray:
     """The time grid (float64, `grid_steps(method, nfe, order, denoise) + 1` times from T to eps)
     on which `method` with `nfe` evaluations maps the latents `z_fit` (B, ...) at T closest (mean
-    squared error) to `reference` (default: `reference_flow` of z_fit at `reference_tol`).
-
-    Derivative-free: Powell's method over the grid's log-SNR increments h_i = softmax(theta)_i
-    (lambda_eps - lambda_T), so every candidate is a valid, monotone grid with the ends fixed,
-    starting from `time_grid_kind` (a name or an array; default as `table`). Objective
-    log(MSE). `max_evals` bounds the objective evaluations (default 60 per free parameter).
-    `info`, if given, receives {'start': grid, 'start_mse', 'mse', 'evals'}. Any score_fn
-    `(x, t (B,)) -> score` works (a network or a closed form)."""
+    squared error) to `reference` (default: `reference_flow` of z_fit at `reference_tol`),
+    starting from `time_grid_kind`; at most `max_evals` objective evaluations (default 60 per free
+    parameter). `info`, if given, receives {'start': grid, 'start_mse', 'mse', 'evals'}."""
+    # Derivative-free: Powell's method on log(MSE) over the grid's log-SNR increments
+    # h_i = softmax(theta)_i (lambda_eps - lambda_T), so that every candidate is a valid,
+    # monotone grid with the ends fixed. Any score_fn (a network or a closed form) works.
     import scipy.optimize
 
     check_args(method, nfe, time_grid_kind, order, variant, denoise)
@@ -558,15 +562,14 @@ def fit_time_grid(sde, score_fn, method: str, nfe: int, eps: float, z_fit, *,
 
 def adaptive_sde(sde, score_fn, x: Array, rng: Array, eps: float, *, rtol=0.05, atol=0.0078,
                  denoise=False, safety=0.9, exponent=0.9, h_init=0.01, max_nfe=10_000):
-    """The adaptive reverse-SDE solver of Jolicoeur-Martineau et al. (2021, Alg. 1): an
-    Euler-Maruyama step x' and an improved-Euler step x'' with the same noise, accepted when the
-    RMS of (x' - x'') / max(atol, rtol max(|x'|, |x'_prev|)) is <= 1; next step
-    min(t - eps, safety h E^-exponent). The error is the RMS over the whole batch (one step size
-    for all samples): a per-sample decision would favour the noise draws that move a sample
-    outward (rtol scales the tolerance with |x'|) and inflate the variance (tests).
-
-    Returns (x at eps, or D(x, eps) with `denoise`; nfe), nfe counting every attempted step
-    (2 evaluations). Raises at run time if eps is not reached within `max_nfe` evaluations."""
+    """The adaptive reverse-SDE solver of Jolicoeur-Martineau et al. (2021, Alg. 1). Returns (x at
+    eps, or D(x, eps) with `denoise`; nfe), nfe counting every attempted step (2 evaluations).
+    Raises at run time if eps is not reached within `max_nfe` evaluations."""
+    # An Euler-Maruyama step x' and an improved-Euler step x'' with the same noise, accepted when
+    # the RMS of (x' - x'') / max(atol, rtol max(|x'|, |x'_prev|)) is <= 1; next step
+    # min(t - eps, safety h E^-exponent). The RMS is over the whole batch (one step size for all
+    # samples): a per-sample decision would favour the noise draws that move a sample outward
+    # (rtol scales the tolerance with |x'|) and inflate the variance (tests).
     import equinox as eqx
 
     rsde = sde.reverse(score_fn)

@@ -235,3 +235,19 @@ def test_score_from_output_inverts_the_noise_parameterisation(sde):
     label = sde.network_label(t, True)
     np.testing.assert_allclose(label, sde.sigma(t) if sde.discrete_label_is_index else 999 * t,
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("sde", SDES[:3], ids=lambda s: type(s).__name__)
+def test_data_and_noise_predictions_of_the_exact_score(sde):
+    """x_0 ~ N(0, v I): the exact score of p_t is -x / (alpha^2 v + sigma^2), so D must be the
+    posterior mean alpha v x / (alpha^2 v + sigma^2) and eps = sigma x / (alpha^2 v + sigma^2)."""
+    v = 0.7
+    with jax.enable_x64(True):
+        t = jnp.asarray([0.01, 0.3, 0.9], jnp.float64)
+        x = jax.random.normal(jax.random.key(1), (3, 5), jnp.float64)
+        alpha, sigma = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+        var = alpha**2 * v + sigma**2
+        score = -x / var
+        np.testing.assert_allclose(sde.data_prediction(x, score, t), alpha * v * x / var,
+                                   rtol=1e-12)
+        np.testing.assert_allclose(sde.noise_prediction(score, t), sigma * x / var, rtol=1e-12)

@@ -1,5 +1,4 @@
-"""Score networks, the noise-conditional classifier, and their registry: a module registers with
-`@register_model(name=...)`; `get_model(name)` imports its family lazily and returns the class."""
+"""Score networks, the noise-conditional classifier, and their registry (families load lazily)."""
 import importlib
 
 _MODELS = {}

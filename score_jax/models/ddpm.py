@@ -11,24 +11,19 @@ import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 
 from score_jax.models import layers, register_model
 
 
 @register_model(name="ddpm")
-class DDPM(nn.Module):
+class DDPM(layers.UNet):
     """DDPM score network; output has the shape of `x`."""
-
-    config: ml_collections.ConfigDict
 
     @nn.compact
     def __call__(self, x, labels, train: bool = False):
         config = self.config
         m = config.model
-        act = layers.get_act(config)
-        nf, ch_mult, num_res_blocks = m.nf, tuple(m.ch_mult), m.num_res_blocks
-        attn_resolutions = tuple(m.attn_resolutions)
+        act, nf, ch_mult, num_res_blocks, attn_resolutions = self.hparams()
         attn_every_up_block = bool(m.get("attn_every_up_block", False))
         num_resolutions = len(ch_mult)
         if str(m.normalization).lower() != "groupnorm":
@@ -42,9 +37,7 @@ class DDPM(nn.Module):
 
         dtype = layers.compute_dtype(config)
         if m.conditional:
-            temb = layers.get_timestep_embedding(labels, nf)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dtype)(temb)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dtype)(act(temb))
+            temb = layers.time_mlp(layers.get_timestep_embedding(labels, nf), nf, act, dtype)
         else:
             temb = None
 

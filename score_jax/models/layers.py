@@ -1,8 +1,6 @@
-"""Layers shared by the DDPM and NCSN++ networks (NHWC), named like the official JAX code's.
-
-Convolutions are created in the caller's compact method (`Conv_0`, `Conv_1`, ...), initialised as
-DDPM (variance scaling, fan_avg, uniform; `init_scale` 0 means 1e-10; zero biases). Layers compute
-in their input's dtype with float32 parameters; GroupNorm statistics and softmax stay float32."""
+"""Layers of the DDPM and NCSN++ networks (NHWC). Convolutions are created in the caller's compact
+method (`Conv_0`, ...), initialised as DDPM (fan_avg uniform, `init_scale` 0 means 1e-10, zero
+biases); layers compute in their input's dtype, GroupNorm statistics and softmax in float32."""
 from __future__ import annotations
 
 import math
@@ -12,6 +10,7 @@ from typing import Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax import lax
 
@@ -21,7 +20,6 @@ Array = jax.Array
 
 
 def default_init(scale: float = 1.0):
-    """DDPM's initializer: variance scaling with fan_avg and a uniform distribution."""
     return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
 
 
@@ -37,8 +35,7 @@ def get_act(config) -> Callable[[Array], Array]:
 
 
 class GroupNorm(nn.Module):
-    """Group normalisation of (B, H, W, C), parameters `scale`, `bias` (C,); float32 two-pass
-    statistics, output in the input's dtype."""
+    """Group normalisation of (B, H, W, C), parameters `scale`, `bias` (C,), float32 statistics."""
 
     num_groups: int
     epsilon: float = 1e-6
@@ -67,6 +64,23 @@ class GroupNorm(nn.Module):
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+class UNet(nn.Module):
+    """Base of the U-Nets `ddpm` and `ncsnpp`, configured by `config.model`."""
+
+    config: ml_collections.ConfigDict
+
+    def hparams(self):
+        m = self.config.model
+        return (get_act(self.config), m.nf, tuple(m.ch_mult), m.num_res_blocks,
+                tuple(m.attn_resolutions))
+
+
+def time_mlp(temb: Array, nf: int, act, dtype) -> Array:
+    """The U-Nets' two Dense layers (nf * 4 features) over a time embedding (B, D)."""
+    temb = nn.Dense(nf * 4, kernel_init=default_init(), dtype=dtype)(temb)
+    return nn.Dense(nf * 4, kernel_init=default_init(), dtype=dtype)(act(temb))
+
+
 def compute_dtype(config):
     """The network's compute dtype: `config.model.dtype`, 'float32' (default) or 'bfloat16'."""
     name = str(config.model.get("dtype", "float32"))
@@ -76,7 +90,6 @@ def compute_dtype(config):
 
 
 def group_norm(num_groups: int) -> GroupNorm:
-    """GroupNorm with epsilon 1e-6."""
     return GroupNorm(num_groups=num_groups, epsilon=1e-6)
 
 
@@ -90,7 +103,6 @@ def ddpm_conv(x: Array, out_ch: int, kernel_size: int, stride: int = 1, bias: bo
 
 def conv1x1(x: Array, out_ch: int, stride: int = 1, bias: bool = True,
             init_scale: float = 1.0) -> Array:
-    """1x1 convolution with DDPM initialisation."""
     return ddpm_conv(x, out_ch, 1, stride, bias, init_scale)
 
 
@@ -186,21 +198,32 @@ class ResnetBlockDDPM(nn.Module):
     out_ch: Optional[int] = None
     conv_shortcut: bool = False
     dropout: float = 0.1
+    # NCSN++'s variant (layerspp.ResnetBlockDDPMpp) sets these and its own `groups`.
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+
+    def groups(self, channels: int) -> int:
+        return 32
 
     @nn.compact
     def __call__(self, x, temb: Optional[Array] = None, train: bool = False):
         c = x.shape[-1]
         out_ch = self.out_ch or c
-        h = conv3x3(self.act(group_norm(32)(x)), out_ch)
+        h = conv3x3(self.act(group_norm(self.groups(c))(x)), out_ch)
         if temb is not None:
             h = h + nn.Dense(out_ch, kernel_init=default_init(), dtype=temb.dtype)(
                 self.act(temb))[:, None, None, :]
-        h = self.act(group_norm(32)(h))
+        h = self.act(group_norm(self.groups(out_ch))(h))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = conv3x3(h, out_ch, init_scale=0.0)
+        h = conv3x3(h, out_ch, init_scale=self.init_scale)
         if c != out_ch:
             x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
-        return x + h
+        return skip_sum(x, h, self.skip_rescale)
+
+
+def skip_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
+    """x + h, divided by sqrt(2) with `skip_rescale` (a Python float: keeps x's dtype)."""
+    return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
 
 
 
@@ -217,8 +240,7 @@ def get_sigmas(config) -> np.ndarray:
 
 
 def check_resolutions(config, x: Array) -> None:
-    """ValueError naming `data.image_size` (or the input's shape) unless divisible by
-    2**(len(model.ch_mult) - 1)."""
+    """ValueError naming `data.image_size` (or the input) unless divisible by 2**(levels - 1)."""
     num_resolutions = len(config.model.ch_mult)
     factor = 2 ** (num_resolutions - 1)
     for what, size in (("data.image_size", config.data.image_size),

@@ -2,7 +2,6 @@
 `init_scale` scales the "zero-initialised" output convolutions (0 means 1e-10)."""
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -17,16 +16,12 @@ Array = jax.Array
 conv1x1 = layers.conv1x1
 conv3x3 = layers.conv3x3
 NIN = layers.NIN
+skip_sum = layers.skip_sum
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
     """NCSN++'s GroupNorm for `channels` features: min(channels // 4, 32) groups."""
     return layers.group_norm(min(channels // 4, 32))
-
-
-def skip_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
-    """x + h, divided by sqrt(2) with `skip_rescale` (a Python float: keeps x's dtype)."""
-    return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
 
 
 class GaussianFourierProjection(nn.Module):
@@ -70,21 +65,29 @@ class AttnBlockpp(nn.Module):
         return skip_sum(x, h, self.skip_rescale)
 
 
-class Upsample(nn.Module):
-    """2x upsampling to `out_ch` channels (default: unchanged; must be unchanged without a conv).
-    fir=False: nearest, then 3x3 `Conv_0` if `with_conv`; fir=True: FIR `upsample_2d`, or the fused
-    FIR transposed convolution `Conv2d_0` if `with_conv`."""
+class _Resample(nn.Module):
+    """2x resampling to `out_ch` channels (default: unchanged; must be unchanged without a conv)."""
 
     out_ch: Optional[int] = None
     with_conv: bool = False
     fir: bool = False
     fir_kernel: Sequence[int] = (1, 3, 3, 1)
 
-    @nn.compact
-    def __call__(self, x):
+    def channels(self, x) -> int:
         out_ch = self.out_ch or x.shape[-1]
         if not self.with_conv and out_ch != x.shape[-1]:
-            raise ValueError(f"Upsample without conv cannot map {x.shape[-1]} -> {out_ch} channels")
+            raise ValueError(f"{type(self).__name__} without conv cannot map {x.shape[-1]} -> "
+                             f"{out_ch} channels")
+        return out_ch
+
+
+class Upsample(_Resample):
+    """fir=False: nearest, then 3x3 `Conv_0` if `with_conv`; fir=True: FIR `upsample_2d`, or the
+    fused FIR transposed convolution `Conv2d_0` if `with_conv`."""
+
+    @nn.compact
+    def __call__(self, x):
+        out_ch = self.channels(x)
         if not self.fir:
             h = updown.naive_upsample_2d(x, 2)
             return conv3x3(h, out_ch) if self.with_conv else h
@@ -94,21 +97,13 @@ class Upsample(nn.Module):
                              kernel_init=layers.default_init())(x)
 
 
-class Downsample(nn.Module):
-    """2x downsampling to `out_ch` channels. fir=False: stride-2 3x3 `Conv_0` or 2x2 average
-    pooling; fir=True: fused FIR + stride-2 `Conv2d_0`, or FIR `downsample_2d` without a conv."""
-
-    out_ch: Optional[int] = None
-    with_conv: bool = False
-    fir: bool = False
-    fir_kernel: Sequence[int] = (1, 3, 3, 1)
+class Downsample(_Resample):
+    """fir=False: stride-2 3x3 `Conv_0` or 2x2 average pooling; fir=True: fused FIR + stride-2
+    `Conv2d_0`, or FIR `downsample_2d` without a conv."""
 
     @nn.compact
     def __call__(self, x):
-        out_ch = self.out_ch or x.shape[-1]
-        if not self.with_conv and out_ch != x.shape[-1]:
-            raise ValueError(f"Downsample without conv cannot map {x.shape[-1]} -> {out_ch} "
-                             "channels")
+        out_ch = self.channels(x)
         if not self.fir:
             if self.with_conv:
                 return conv3x3(x, out_ch, stride=2)
@@ -119,31 +114,11 @@ class Downsample(nn.Module):
                              kernel_init=layers.default_init())(x)
 
 
-class ResnetBlockDDPMpp(nn.Module):
-    """DDPM's ResNet block with NCSN++ GroupNorms, `init_scale` and `skip_rescale`; `Dense_0`
-    only with a time embedding, `NIN_0` (or `Conv_2`) when the channel count changes."""
+class ResnetBlockDDPMpp(layers.ResnetBlockDDPM):
+    """DDPM's ResNet block with NCSN++ GroupNorms (min(C // 4, 32) groups)."""
 
-    act: Callable[[Array], Array]
-    out_ch: Optional[int] = None
-    conv_shortcut: bool = False
-    dropout: float = 0.1
-    skip_rescale: bool = False
-    init_scale: float = 0.0
-
-    @nn.compact
-    def __call__(self, x, temb: Optional[Array] = None, train: bool = False):
-        c = x.shape[-1]
-        out_ch = self.out_ch or c
-        h = conv3x3(self.act(group_norm(c)(x)), out_ch)
-        if temb is not None:
-            h = h + nn.Dense(out_ch, kernel_init=layers.default_init(), dtype=temb.dtype)(
-                self.act(temb))[:, None, None]
-        h = self.act(group_norm(out_ch)(h))
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = conv3x3(h, out_ch, init_scale=self.init_scale)
-        if c != out_ch:
-            x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
-        return skip_sum(x, h, self.skip_rescale)
+    def groups(self, channels: int) -> int:
+        return min(channels // 4, 32)
 
 
 class ResnetBlockBigGANpp(nn.Module):

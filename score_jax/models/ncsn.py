@@ -1,9 +1,4 @@
-"""NCSN v1 (Song & Ermon, 2019): the noise-conditional RefineNet, registered as `ncsn`.
-
-The `ncsnv2_64` architecture with ConditionalInstanceNorm++ over `model.num_scales` classes
-everywhere (also inside the RefineNet blocks) and 5x5 average pooling (zero padding counted) in
-the chained residual pooling. Labels are integer noise indices; the output is the score, divided
-by `sigmas[labels]` only with `model.scale_by_sigma`. Image size even."""
+"""NCSN v1 (Song & Ermon, 2019), registered as `ncsn`: images up to 64 px, of even size."""
 from __future__ import annotations
 
 from score_jax.models import register_model
@@ -14,6 +9,8 @@ __all__ = ["NCSN"]
 
 @register_model(name="ncsn")
 class NCSN(RefineNet):
-    """NCSN v1 for images up to 64 px."""
-
+    # The `ncsnv2_64` architecture with ConditionalInstanceNorm++ over `model.num_scales` classes
+    # everywhere (also inside the RefineNet blocks) and 5x5 average pooling (zero padding counted)
+    # in the chained residual pooling. Labels are integer noise indices; the output is the score,
+    # divided by `sigmas[labels]` only with `model.scale_by_sigma`.
     conditional = True

@@ -2,7 +2,7 @@
 
 `model.apply(variables, x, labels, train=...)`: x (B, H, W, C) float32; labels (B,) are sigma(t)
 for the `fourier` embedding (embedded as log sigma), a time / noise-index label for `positional`;
-output float32 shaped like x. Flags are those of the official configs (`conv_size` 3 only), plus
+output float32 shaped like x. Flags are those of score_sde's configs (`conv_size` 3 only), plus
 `dtype` ('float32' | 'bfloat16': the layers' compute dtype; embedding, normalisation statistics,
 softmax and output scaling stay float32) and `center_input`. `scale_by_sigma` divides by the
 label (fourier) or `sigmas[int(label)]` (positional). Fourier with `training.continuous=False`
@@ -13,7 +13,6 @@ import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 
 from score_jax.models import layers, layerspp, register_model
 
@@ -36,18 +35,13 @@ def _flag(config, name: str) -> str:
 
 
 @register_model(name="ncsnpp")
-class NCSNpp(nn.Module):
+class NCSNpp(layers.UNet):
     """NCSN++ / DDPM++ score network; output has the shape of `x`."""
-
-    config: ml_collections.ConfigDict
 
     @nn.compact
     def __call__(self, x, time_cond, train: bool = False):
-        config = self.config
-        m = config.model
-        act = layers.get_act(config)
-        nf, ch_mult, num_res_blocks = m.nf, tuple(m.ch_mult), m.num_res_blocks
-        attn_resolutions = tuple(m.attn_resolutions)
+        config, m = self.config, self.config.model
+        act, nf, ch_mult, num_res_blocks, attn_resolutions = self.hparams()
         num_resolutions = len(ch_mult)
         resblock_type = _flag(config, "resblock_type")
         progressive = _flag(config, "progressive")
@@ -76,8 +70,7 @@ class NCSNpp(nn.Module):
 
         dtype = layers.compute_dtype(config)
         if m.conditional:
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dtype)(temb)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dtype)(act(temb))
+            temb = layers.time_mlp(temb, nf, act, dtype)
         else:
             temb = None
 

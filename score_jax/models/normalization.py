@@ -14,7 +14,7 @@ _EPS = 1e-5
 
 
 def _normal_around_one(key, shape, dtype=jnp.float32):
-    """N(1, 0.02^2) initializer of the InstanceNorm++ scales."""
+    # N(1, 0.02^2): the InstanceNorm++ scales.
     return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
@@ -73,8 +73,7 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
 
 
 def get_normalization(config, conditional: bool = False):
-    """The class of `config.model.normalization` (only 'InstanceNorm++'); conditional layers embed
-    `model.num_classes` classes (default and required: `model.num_scales`), else ValueError."""
+    """The class of `model.normalization` ('InstanceNorm++'), conditional on `model.num_scales`."""
     norm = config.model.normalization
     if norm != "InstanceNorm++":
         raise ValueError(f"model.normalization={norm!r} is not supported by the NCSN family; "

@@ -1,5 +1,4 @@
-"""Building networks from configs and turning their outputs into scores. A network is applied as
-`model.apply(variables, x, labels, train=...)`, x (B, H, W, C) float32, labels (B,)."""
+"""Networks from configs; `model.apply(variables, x (B, H, W, C) float32, labels (B,), train)`."""
 from __future__ import annotations
 
 import jax
@@ -9,7 +8,6 @@ from score_jax.models import get_model
 
 
 def create_model(config):
-    """The (unbound) Flax module of `config.model.name`, configured by `config`."""
     return get_model(config.model.name)(config=config)
 
 
@@ -23,9 +21,8 @@ def init_model(rng, config, batch_size: int = 1):
 
 
 def get_model_fn(model, variables, train: bool = False, rng=None):
-    """`model_fn(x, labels) -> output`, variables bound; `rng` drives dropout in training."""
-
     def model_fn(x, labels):
+        # `rng` drives dropout, in training only.
         rngs = {"dropout": rng} if train and rng is not None else None
         return model.apply(variables, x, labels, train=train, rngs=rngs)
 
@@ -33,8 +30,7 @@ def get_model_fn(model, variables, train: bool = False, rng=None):
 
 
 def get_score_fn(sde, model, variables, train: bool = False, continuous: bool = False, rng=None):
-    """`score_fn(x, t)`, x (B, H, W, C), t (B,) in [0, T]: the network sees
-    `sde.network_label(t, continuous)`, its output becomes a score by `sde.score_from_output`."""
+    """`score_fn(x, t)`, x (B, H, W, C), t (B,) in [0, T], by the SDE's label and output rules."""
     model_fn = get_model_fn(model, variables, train=train, rng=rng)
 
     def score_fn(x, t):
@@ -44,12 +40,10 @@ def get_score_fn(sde, model, variables, train: bool = False, continuous: bool = 
 
 
 def create_classifier(config):
-    """The (unbound) noise-conditional classifier of `config.classifier.name`."""
     return get_model(config.classifier.name)(config=config)
 
 
 def init_classifier(rng, config, batch_size: int = 1):
-    """Initial variables (`{'params': ...}`) of the config's classifier, for NHWC inputs."""
     shape = (batch_size, config.data.image_size, config.data.image_size, config.data.num_channels)
     return create_classifier(config).init(rng, jnp.zeros(shape, jnp.float32),
                                           jnp.ones((batch_size,), jnp.float32), train=False)

@@ -3,7 +3,7 @@
 `model.apply(variables, x, sigmas, train=...)`: x (B, H, W, C) float32 at any size (global
 average pooling), sigmas (B,) the noise std in x (`sde.sigma(t)`) -> logits (B, num_classes).
 WRN-(6 blocks_per_group + 4)-channel_multiplier with a Fourier embedding of log sigma added in
-every block; parameter names follow the official tree, so its checkpoint loads unchanged."""
+every block; its parameter tree is that of score_sde's released classifier checkpoint."""
 from __future__ import annotations
 
 import flax.linen as nn
