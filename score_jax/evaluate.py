@@ -18,8 +18,6 @@ import os
 import jax
 import numpy as np
 import tqdm
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
 from score_jax import datasets, losses, metrics, parallel, sampling, train_state, utils
@@ -39,7 +37,7 @@ def restore(config, workdir, step=None):
     model = mutils.create_model(config)
     mesh = parallel.make_mesh()
     ema_params, step = ckpt_lib.restore_for_sampling(workdir, step,
-                                                     sharding=NamedSharding(mesh, P()))
+                                                     sharding=parallel.replicated(mesh))
     return sde, eps, model, {"params": ema_params}, int(step), mesh
 
 
@@ -66,7 +64,7 @@ def draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn=None, wo
                  config.data.num_channels)
         sampling_fn = sampling.get_sampling_fn(config, sde, model, shape,
                                                datasets.get_data_inverse_scaler(config), eps,
-                                               sharding=NamedSharding(mesh, P("data")),
+                                               sharding=parallel.batch_sharding(mesh),
                                                workdir=workdir)
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
 
@@ -108,10 +106,10 @@ def sample(config, workdir: str) -> dict:
 
         shape = (batch, config.data.image_size, config.data.image_size, config.data.num_channels)
         classifier_variables, _ = ckpt_lib.restore_classifier(
-            config, workdir, sharding=NamedSharding(mesh, P()))
+            config, workdir, sharding=parallel.replicated(mesh))
         sampling_fn = controllable_generation.get_conditional_sampling_fn(
             config, sde, model, classifier_variables, shape,
-            datasets.get_data_inverse_scaler(config), eps, NamedSharding(mesh, P("data")))
+            datasets.get_data_inverse_scaler(config), eps, parallel.batch_sharding(mesh))
         extra = {"classifier_scale": float(config.classifier.scale),
                  "classifier_weights": utils.tree_fingerprint(classifier_variables)}
     draw = draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn, workdir)
@@ -181,7 +179,7 @@ def bpd_pass(config, sde, model, variables, mesh, repeat: int, fns: dict
     split = metrics.SPLITS[str(config.eval.bpd_dataset)]
     scaler = datasets.get_data_scaler(config)
     dims = config.data.image_size ** 2 * config.data.num_channels
-    data_sharding = NamedSharding(mesh, P("data"))
+    data_sharding = parallel.batch_sharding(mesh)
     rng = jax.random.PRNGKey(config.seed)
     # A new seed per repeat draws new dequantization noise (and a new order; one pass each).
     cfg = config.copy_and_resolve_references()
@@ -250,7 +248,7 @@ def _eval_loss(config, sde, model, variables, mesh) -> dict:
                                    opt_state=None, rng=None)
     eval_step = jax.jit(lambda x, rng: eval_fn(state, x, rng))
     scaler = datasets.get_data_scaler(config)
-    data_sharding = NamedSharding(mesh, P("data"))
+    data_sharding = parallel.batch_sharding(mesh)
     batches = datasets.get_dataset(config, split="eval", evaluation=True,
                                    batch_size=_eval_batch_size(config) // jax.process_count())
     rng = jax.random.PRNGKey(config.seed + 1)

@@ -19,8 +19,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
 from score_jax import datasets, parallel, sampling, solvers, utils
@@ -58,7 +56,7 @@ def fit_grid(config, workdir: str) -> dict:
     sde, eps = sde_lib.get_sde(config)
     model = mutils.create_model(config)
     mesh = parallel.make_mesh()
-    ema_params, step = ckpt_lib.restore_for_sampling(workdir, sharding=NamedSharding(mesh, P()))
+    ema_params, step = ckpt_lib.restore_for_sampling(workdir, sharding=parallel.replicated(mesh))
     continuous = sde.continuous_labels(config)
     net = mutils.get_score_fn(sde, model, {"params": ema_params}, train=False,
                               continuous=continuous)

@@ -26,8 +26,6 @@ import time
 import jax
 import numpy as np
 import tqdm
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
 from score_jax import datasets, parallel, sampling, solvers, utils
@@ -157,12 +155,12 @@ def nfe_sweep(config, workdir: str) -> dict:
     sde, eps = sde_lib.get_sde(config)
     model = mutils.create_model(config)
     mesh = parallel.make_mesh()
-    ema_params, step = ckpt_lib.restore_for_sampling(workdir, sharding=NamedSharding(mesh, P()))
+    ema_params, step = ckpt_lib.restore_for_sampling(workdir, sharding=parallel.replicated(mesh))
     variables = {"params": ema_params}
     batch = int(config.eval.batch_size)
     parallel.check_batch_size(batch, what="eval.batch_size")
     shape = (batch, config.data.image_size, config.data.image_size, config.data.num_channels)
-    sharding = NamedSharding(mesh, P("data"))
+    sharding = parallel.batch_sharding(mesh)
     inverse_scaler = datasets.get_data_inverse_scaler(config)
     out_dir = os.path.join(workdir, "sweep", f"ckpt_{int(step)}")
     reference = _reference(config, sde, model, variables, shape, inverse_scaler, eps, sharding,

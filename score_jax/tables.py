@@ -36,8 +36,6 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from score_jax import datasets, evaluate, parallel, sampling, utils
 from score_jax import sde as sde_lib
@@ -412,7 +410,7 @@ class _Runner:
             if sampling_fn is None:
                 sampling_fn = sampling.get_sampling_fn(
                     cfg, sde, model, shape, datasets.get_data_inverse_scaler(cfg), eps,
-                    sharding=NamedSharding(self.mesh, P("data")))
+                    sharding=parallel.batch_sharding(self.mesh))
             run_cfg = cfg.copy_and_resolve_references()
             with run_cfg.unlocked():
                 run_cfg.seed = int(cfg.seed) + r
