@@ -46,7 +46,7 @@ def check_images(images) -> None:
 
 def get_inception_fn(weights: str | None = None, batch_size: int = 100):
     """`fn(images uint8 (B, H, W, 3 or 1)) -> {'pool_3': (B, 2048), 'logits': (B, 1008) or None}`
-    (float32 numpy), jitted over all devices in chunks of `batch_size`; same on every process."""
+    (float32 numpy), jitted on all devices in `batch_size` chunks; same images on every process."""
     flat, has_logits = inception.load_params(weights)
     mesh = parallel.make_mesh()
     n_dev = jax.device_count()
