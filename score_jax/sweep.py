@@ -74,10 +74,8 @@ def _points(config, workdir=None):
 
 
 def quality_fn(config):
-    """`fn(samples in [0, 1]) -> {'fid', 'kid', 'kid_std'}` against the eval mode's reference
-    statistics (`metrics.stats_path`: `eval.fid_stats_file`, or the dataset's default file,
-    written on first use), or None when `sweep.fid` is off. Inception weights:
-    `eval.inception_weights`; KID over `eval.kid_subsets` subsets of `eval.kid_subset_size`."""
+    """`fn(samples in [0, 1]) -> {'fid', 'kid', 'kid_std'}` against `metrics.reference_stats`
+    with the `eval.*` Inception and KID settings, or None when `sweep.fid` is off."""
     if not config.sweep.fid:
         return None
     from score_jax import metrics
