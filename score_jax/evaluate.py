@@ -168,6 +168,7 @@ def bpd_pass(config, sde, model, variables, mesh, repeat: int, fns: dict
                                    uniform_dequantization=fns["dequantize"] is None)
     bpds, bounds, nfes = [], [], []
     for i, batch in enumerate(tqdm.tqdm(batches, desc=f"bpd (repeat {repeat})", unit="batch")):
+        # One key per (repeat, batch) for any split of fewer than 1,000,003 batches.
         key = jax.random.fold_in(rng, repeat * 1_000_003 + i)
         image, log_q_bpd = batch["image"], 0.0
         if fns["dequantize"] is not None:
