@@ -15,8 +15,7 @@ KEEP_XLA_FLAGS_ENV = "SCORE_JAX_KEEP_XLA_FLAGS"
 
 
 def _cpu_convolutions_without_ynnpack() -> None:
-    """Appends `_CPU_CONV_FLAG` to XLA_FLAGS unless set by the user, `KEEP_XLA_FLAGS_ENV`=1, or
-    jaxlib is not 0.10 (an XLA that does not know a flag aborts)."""
+    # Only on jaxlib 0.10: an XLA that does not know a flag aborts.
     flags = os.environ.get("XLA_FLAGS", "")
     if os.environ.get(KEEP_XLA_FLAGS_ENV) == "1" or "ynn_fusion_type" in flags:
         return

@@ -46,18 +46,11 @@ def get_dataset(config, split: str = "train", *, evaluation: bool = False,
                 start_step: int = 0, shard_index: int | None = None,
                 shard_count: int | None = None, data_dir: str | None = None,
                 uniform_dequantization: bool | None = None) -> grain.DatasetIterator:
-    """Iterator over this host's batches of `split` ('train' or 'eval') of `config.data.dataset`.
-
-    Yields dicts of numpy arrays: `'image'` float32 (B, H, W, C) in [0, 1], plus `'label'` int64
-    (B,) for CIFAR10, SVHN and DIGITS; with `additional_dim` n, a leading (n,) axis (n consecutive
-    batches; `start_step` still counts single batches). `evaluation`: one pass, last partial global
-    batch dropped, no flip, global batch `eval.batch_size`; else an endless stream of
-    `training.batch_size`. `batch_size` is per host (default global / `shard_count`); `shard_index`,
-    `shard_count` default to jax's process index and count; `data_dir` and `uniform_dequantization`
-    default to `data.*`. FFHQ and CelebA-HQ have one split, read by both names.
-    Raises ValueError for an unknown dataset or split, an image size or channel count the dataset
-    cannot produce, a global batch not divisible by the device or host count, or unprepared data
-    (the message says how to prepare it)."""
+    """Iterator over this host's batches of `split` ('train' or 'eval') of `config.data.dataset`:
+    dicts of `'image'` float32 (B, H, W, C) in [0, 1] and, for CIFAR10, SVHN and DIGITS, `'label'`
+    int64 (B,); `additional_dim` n adds a leading (n,) axis (`start_step` counts single batches).
+    `evaluation`: one pass of `eval.batch_size` batches, no flip, last partial batch dropped; else
+    endless `training.batch_size`. `batch_size` is per host. ValueError on bad/unprepared data."""
     data = config.data
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; valid: {SPLITS}")
@@ -265,9 +258,7 @@ def _tfrecords(path) -> Iterator[bytes]:
 
 def convert_tfrecords(tfrecords_path, out_path=None) -> pathlib.Path:
     """Copies the records of a TFRecord file, unchanged, into an ArrayRecord file.
-
-    Returns its path (default: the `.array_record` suffix, where `get_dataset` looks). Written
-    atomically; no TensorFlow needed."""
+    Returns its path (default: the `.array_record` suffix, where `get_dataset` looks)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     src = pathlib.Path(tfrecords_path)

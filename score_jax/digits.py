@@ -1,7 +1,6 @@
-"""`digits`: scikit-learn's bundled 8x8 handwritten digits (1,797) as a tfds dataset; nothing is
-downloaded. `image` uint8 (8, 8, 1), pixels 0..16 rescaled as (x * 255 + 8) // 16; `label` int64
-0..9. Split `test` is the first 300 of `RandomState(0).permutation(1797)`, `train` the other 1,497.
-Importing registers the builder; `score_jax.datasets.get_dataset` prepares it (array_record)."""
+"""`digits`: scikit-learn's 8x8 handwritten digits (1,797, not downloaded) as a tfds dataset:
+`image` uint8 (8, 8, 1) = (x * 255 + 8) // 16 of pixels 0..16, `label` int64 0..9; split `test` the
+first 300 of `RandomState(0).permutation(1797)`, `train` the other 1,497."""
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -16,7 +15,6 @@ def split_indices() -> dict[str, np.ndarray]:
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Rescales digits pixels 0..16 (any integer-valued dtype) to uint8 0..255, rounding half up."""
     return ((pixels.astype(np.int64) * 255 + 8) // 16).astype(np.uint8)
 
 

@@ -1,13 +1,7 @@
-"""Modes that read a checkpoint (`sample`, `likelihood`, `eval`) and `fid_stats`.
+"""Modes that read a checkpoint's EMA weights (`sample`, `likelihood`, `eval`) and `fid_stats`.
 
-`sample` and `likelihood` restore the newest checkpoint of `W` (a training run's, or official
-weights converted with `--mode convert`; `score_jax.checkpoints.restore_for_sampling`), `eval` the
-snapshots `eval.begin_ckpt..eval.end_ckpt`, and use the EMA parameters, as the official code does.
-Samples and features are keyed by what made them (`sampling.sampler_settings`): they go to
-`W/samples/ckpt_<step>/<method>_<key>/` and `W/eval/ckpt_<step>/<method>_<key>/`, each with its
-`settings.json`, so a resume only reuses work of the same settings and no setting overwrites
-another's. Every file is written atomically, so an interrupted run never leaves a partial file.
-"""
+Outputs go to folders keyed by `sampling.sampler_settings` (README: Outputs are keyed by what made
+them), each file written atomically, so a resume only reuses work of the same settings."""
 from __future__ import annotations
 
 import json
@@ -18,8 +12,6 @@ import os
 import jax
 import numpy as np
 import tqdm
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
 from score_jax import datasets, losses, metrics, parallel, sampling, train_state, utils
@@ -29,17 +21,15 @@ from score_jax.models import utils as mutils
 
 log = logging.getLogger(__name__)
 
-# eval.bpd_dataset -> our split name.
-
 
 def restore(config, workdir, step=None):
-    """(sde, eps, model, variables, step, mesh) with the EMA weights replicated on every device;
-    the newest checkpoint, or snapshot `step`."""
+    """(sde, eps, model, variables, step, mesh), the EMA weights of snapshot `step` (default: the
+    newest) replicated."""
     sde, eps = sde_lib.get_sde(config)
     model = mutils.create_model(config)
     mesh = parallel.make_mesh()
     ema_params, step = ckpt_lib.restore_for_sampling(workdir, step,
-                                                     sharding=NamedSharding(mesh, P()))
+                                                     sharding=parallel.replicated(mesh))
     return sde, eps, model, {"params": ema_params}, int(step), mesh
 
 
@@ -57,16 +47,15 @@ def _eval_batch_size(config) -> int:
 
 
 def draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn=None, workdir=None):
-    """`draw(i) -> (samples (eval.batch_size, H, W, C) in [0, 1] on the host, nfe)`: batch `i` of
-    `sampling_fn(rng, variables)` (default: the config's sampler) at checkpoint `step`, key
-    fold_in(fold_in(key(seed), step), i). Raises FloatingPointError for NaN or inf samples."""
+    """`draw(i) -> (samples (eval.batch_size, H, W, C) in [0, 1] on the host, nfe)` with key
+    fold_in(fold_in(key(seed), step), i); FloatingPointError for NaN or inf samples."""
     if sampling_fn is None:
         batch = _eval_batch_size(config)
         shape = (batch, config.data.image_size, config.data.image_size,
                  config.data.num_channels)
         sampling_fn = sampling.get_sampling_fn(config, sde, model, shape,
                                                datasets.get_data_inverse_scaler(config), eps,
-                                               sharding=NamedSharding(mesh, P("data")),
+                                               sharding=parallel.batch_sharding(mesh),
                                                workdir=workdir)
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
 
@@ -87,18 +76,9 @@ def sample_settings(config, variables, step: int, num_samples: int, workdir=None
 
 
 def sample(config, workdir: str) -> dict:
-    """Draws `eval.num_samples` samples in batches of `eval.batch_size` with the config's sampler
-    (`sampling.method`: 'pc', 'ode' or a few-step method); with `sampling.class_label` set, every
-    sample is of that class (PC sampling guided by the classifier of `W/classifier/`, see
-    `controllable_generation.get_conditional_sampling_fn`).
-
-    Writes `W/samples/ckpt_<step>/<method>_<key>/samples_<i>.{npz,png}` (float32 in [0, 1], NHWC,
-    and the batch's `nfe`; a PNG grid of each batch) and `settings.json` there, `<key>` the
-    `utils.settings_key` of `sample_settings` (sampler, class label, number of samples, seed,
-    weights). Batches already there are kept (they are what these settings draw), so a killed
-    run resumes. A batch containing NaN or inf raises FloatingPointError naming how many samples
-    are affected, and is not written. Returns `{'step', 'num_samples', 'nfe', 'dir'}`.
-    """
+    """`--mode sample`: `eval.num_samples` samples (whole batches; of `sampling.class_label` if
+    set) to `W/samples/ckpt_<step>/<method>_<key>/samples_<i>.{npz,png}` (float32 [0, 1], NHWC,
+    `nfe`). Returns `{'step', 'num_samples', 'nfe', 'dir'}`."""
     sde, eps, model, variables, step, mesh = restore(config, workdir)
     batch = _eval_batch_size(config)
     n_batches = math.ceil(int(config.eval.num_samples) / batch)
@@ -108,10 +88,10 @@ def sample(config, workdir: str) -> dict:
 
         shape = (batch, config.data.image_size, config.data.image_size, config.data.num_channels)
         classifier_variables, _ = ckpt_lib.restore_classifier(
-            config, workdir, sharding=NamedSharding(mesh, P()))
+            config, workdir, sharding=parallel.replicated(mesh))
         sampling_fn = controllable_generation.get_conditional_sampling_fn(
             config, sde, model, classifier_variables, shape,
-            datasets.get_data_inverse_scaler(config), eps, NamedSharding(mesh, P("data")))
+            datasets.get_data_inverse_scaler(config), eps, parallel.batch_sharding(mesh))
         extra = {"classifier_scale": float(config.classifier.scale),
                  "classifier_weights": utils.tree_fingerprint(classifier_variables)}
     draw = draw_fn(config, sde, eps, model, variables, step, mesh, sampling_fn, workdir)
@@ -122,6 +102,7 @@ def sample(config, workdir: str) -> dict:
     nfes = []
     for i in tqdm.trange(n_batches, desc=f"sampling ({config.sampling.method})", unit="batch"):
         stem = os.path.join(out_dir, f"samples_{i}")
+        # A batch already there is what these settings draw: keep it (resume).
         if os.path.exists(stem + ".npz") and os.path.exists(stem + ".png"):
             with np.load(stem + ".npz") as f:
                 if "nfe" in f:
@@ -139,9 +120,7 @@ def sample(config, workdir: str) -> dict:
 
 
 def bpd_repeats(config) -> int:
-    """How many passes `bits_per_dim` makes over `eval.bpd_dataset`: `eval.bpd_num_repeats`
-    (official: 5) for the test split, 1 for the train split. Raises ValueError for an unknown
-    split."""
+    """Passes over `eval.bpd_dataset`: `eval.bpd_num_repeats` (5) on the test split, else 1."""
     split = metrics.SPLITS.get(str(config.eval.bpd_dataset))
     if split is None:
         raise ValueError(f"eval.bpd_dataset={config.eval.bpd_dataset!r}; valid: "
@@ -171,17 +150,14 @@ def bpd_fns(config, sde, model, workdir: str | None = None, step: int | None = N
 
 def bpd_pass(config, sde, model, variables, mesh, repeat: int, fns: dict
              ) -> tuple[np.ndarray, list[int], np.ndarray | None]:
-    """Pass `repeat` of `bits_per_dim` with `bpd_fns`' functions: (bits/dim of every example of
-    `eval.bpd_dataset`, the NFE of each batch, the bound of every example or None). Each pass
-    draws its own dequantization noise (seed + repeat) and Hutchinson probes
-    (fold_in(key(seed), repeat * 1000003 + batch)); a variational dequantizer's log q(u|x) is
-    added to both values."""
+    """Pass `repeat`: (bits/dim per example, NFE per batch, bound per example or None), each with
+    its own dequantization noise and probes; a variational log q(u|x) is added to both."""
     from score_jax import dequantizer as deq_lib
 
     split = metrics.SPLITS[str(config.eval.bpd_dataset)]
     scaler = datasets.get_data_scaler(config)
     dims = config.data.image_size ** 2 * config.data.num_channels
-    data_sharding = NamedSharding(mesh, P("data"))
+    data_sharding = parallel.batch_sharding(mesh)
     rng = jax.random.PRNGKey(config.seed)
     # A new seed per repeat draws new dequantization noise (and a new order; one pass each).
     cfg = config.copy_and_resolve_references()
@@ -192,6 +168,7 @@ def bpd_pass(config, sde, model, variables, mesh, repeat: int, fns: dict
                                    uniform_dequantization=fns["dequantize"] is None)
     bpds, bounds, nfes = [], [], []
     for i, batch in enumerate(tqdm.tqdm(batches, desc=f"bpd (repeat {repeat})", unit="batch")):
+        # One key per (repeat, batch) for any split of fewer than 1,000,003 batches.
         key = jax.random.fold_in(rng, repeat * 1_000_003 + i)
         image, log_q_bpd = batch["image"], 0.0
         if fns["dequantize"] is not None:
@@ -218,11 +195,8 @@ def bpd_pass(config, sde, model, variables, mesh, repeat: int, fns: dict
 
 def bits_per_dim(config, sde, model, variables, mesh, workdir: str | None = None,
                  step: int | None = None) -> dict:
-    """Bits/dim over `eval.bpd_dataset`: `bpd_repeats(config)` passes of `bpd_pass`, dequantized
-    by `eval.dequantizer` ('uniform', as official, or 'variational': `W/dequantizer/` of
-    `workdir`, trained for checkpoint `step`). Returns {'bpd', 'bpd_stderr', 'bpd_examples',
-    'bpd_mean_nfe', 'bpd_dequantizer'} and, with `eval.bound_num_t` > 0, the variational bound
-    beside the exact ODE value ('bpd_bound', 'bpd_bound_stderr', 'bpd_bound_num_t')."""
+    """Bits/dim over `eval.bpd_dataset` (`bpd_repeats` passes): {'bpd', 'bpd_stderr',
+    'bpd_examples', 'bpd_mean_nfe', 'bpd_dequantizer'}, and 'bpd_bound*' if `eval.bound_num_t`."""
     fns = bpd_fns(config, sde, model, workdir, step)
     passes = [bpd_pass(config, sde, model, variables, mesh, r, fns)
               for r in range(bpd_repeats(config))]
@@ -240,7 +214,7 @@ def bits_per_dim(config, sde, model, variables, mesh, workdir: str | None = None
 
 
 def _eval_loss(config, sde, model, variables, mesh) -> dict:
-    """Mean EMA-model loss over the eval split (official `eval_step`)."""
+    """Mean EMA-model loss over the eval split."""
     t = config.training
     eval_fn = losses.get_step_fn(sde, model, train=False, reduce_mean=t.reduce_mean,
                                  continuous=t.continuous,
@@ -250,7 +224,7 @@ def _eval_loss(config, sde, model, variables, mesh) -> dict:
                                    opt_state=None, rng=None)
     eval_step = jax.jit(lambda x, rng: eval_fn(state, x, rng))
     scaler = datasets.get_data_scaler(config)
-    data_sharding = NamedSharding(mesh, P("data"))
+    data_sharding = parallel.batch_sharding(mesh)
     batches = datasets.get_dataset(config, split="eval", evaluation=True,
                                    batch_size=_eval_batch_size(config) // jax.process_count())
     rng = jax.random.PRNGKey(config.seed + 1)
@@ -265,8 +239,7 @@ def _eval_loss(config, sde, model, variables, mesh) -> dict:
 
 
 def likelihood(config, workdir: str) -> dict:
-    """Bits/dim of the newest checkpoint on `eval.bpd_dataset`; writes
-    `W/eval/bpd_ckpt_<step>.json` and returns `{'step', 'bpd', 'bpd_stderr', ...}`."""
+    """`--mode likelihood`: `bits_per_dim` of the newest checkpoint to W/eval/bpd_ckpt_<N>.json."""
     from score_jax import dequantizer as deq_lib
 
     deq_lib.check_dequantizer_name(config)  # before the checkpoint is read
@@ -278,8 +251,7 @@ def likelihood(config, workdir: str) -> dict:
 
 
 def fid_stats(config, workdir: str | None = None) -> dict:
-    """`--mode fid_stats`: `metrics.dataset_stats` (Inception statistics of
-    `eval.fid_stats_split`, written to `metrics.stats_path(config)`). `workdir` is not used."""
+    """`--mode fid_stats`: `metrics.dataset_stats` (`workdir` is not used)."""
     del workdir
     result = metrics.dataset_stats(config)
     log.info("wrote the Inception statistics of %d images to %s", result["num_images"],
@@ -289,8 +261,7 @@ def fid_stats(config, workdir: str | None = None) -> dict:
 
 
 def check_num_samples(config) -> int:
-    """`eval.num_samples`; raises ValueError unless it is a whole number of `eval.batch_size`
-    batches."""
+    """`eval.num_samples`; ValueError unless a whole number of `eval.batch_size` batches."""
     batch, num = _eval_batch_size(config), int(config.eval.num_samples)
     if num % batch:
         raise ValueError(f"eval.num_samples={num} is not a multiple of eval.batch_size={batch}")
@@ -299,21 +270,15 @@ def check_num_samples(config) -> int:
 
 def sample_quality(config, step: int, draw, feature_dir: str, sample_dir: str | None = None,
                    progress=None) -> dict:
-    """FID, KID and IS of `eval.num_samples` samples against the reference statistics.
-
-    Samples are drawn in rounds of `eval.batch_size` by `draw(i)` (see `draw_fn`); round i writes
-    `sample_dir/samples_<i>.{npz,png}` (unless `sample_dir` is None) and then, atomically, its
-    Inception features `feature_dir/features_<i>.npz` (`pool_3`, `logits` if the weights have
-    them, `nfe`). Rounds whose features exist are skipped, so a killed evaluation resumes where
-    it stopped and gives the result an uninterrupted one gives: `feature_dir` must be keyed by
-    the settings of `draw` (`utils.settings_dir`). `progress`: a tqdm bar to advance by one per
-    round drawn (default: a bar of its own). Returns `{'fid', 'kid', 'kid_std', 'is', 'is_std',
-    'num_samples', 'mean_nfe', 'fid_stats_file'}`; IS is None without logits.
-    """
+    """FID, KID and IS of `eval.num_samples` samples of `draw(i)` (`draw_fn`): {'fid', 'kid',
+    'kid_std', 'is', 'is_std', 'num_samples', 'mean_nfe', 'fid_stats_file'}, IS None without
+    logits. Round i writes `sample_dir/samples_<i>` and `feature_dir/features_<i>.npz`
+    (`pool_3`, `logits`, `nfe`); `feature_dir` must be keyed by the settings of `draw`."""
     batch, num = _eval_batch_size(config), check_num_samples(config)
     stats = metrics.reference_stats(config)
     inception_fn = None
     paths = [os.path.join(feature_dir, f"features_{i}.npz") for i in range(num // batch)]
+    # Rounds with features are done: a killed evaluation resumes and ends as an uninterrupted one.
     missing = [i for i, p in enumerate(paths) if not os.path.exists(p)]
     bar = progress if progress is not None else tqdm.tqdm(
         total=len(paths), initial=len(paths) - len(missing), desc=f"eval ckpt {step}",
@@ -357,8 +322,7 @@ def eval_settings(config, variables, step: int, workdir=None) -> dict:
 
 
 def eval_steps(config, workdir: str) -> list[int]:
-    """The snapshots `eval` evaluates: the steps of `W/checkpoints/` whose official checkpoint
-    number, step // training.snapshot_freq, lies in [eval.begin_ckpt, eval.end_ckpt]."""
+    """The steps of `W/checkpoints/` with eval.begin_ckpt <= step // snapshot_freq <= end_ckpt."""
     freq = int(config.training.snapshot_freq)
     begin, end = int(config.eval.begin_ckpt), int(config.eval.end_ckpt)
     folder = os.path.join(workdir, ckpt_lib.SNAPSHOT_DIR)
@@ -373,14 +337,9 @@ def eval_steps(config, workdir: str) -> list[int]:
 
 
 def evaluate(config, workdir: str, step: int | None = None) -> dict:
-    """What `eval.enable_loss`, `eval.enable_bpd` and `eval.enable_sampling` (samples, FID, KID,
-    IS) ask for, on snapshot `step`, or on each of `eval_steps`.
-
-    Per checkpoint, everything goes to `W/eval/ckpt_<step>/<method>_<key>/` (`eval_settings`:
-    the sampler's settings, the weights and the eval keys): `settings.json`, the features of
-    each round and the result `eval.json`; the samples to `sample`'s folder for the same
-    settings. `W/eval/ckpt_<step>.json` is a copy of the newest result for that checkpoint
-    (with its `dir`). Returns the last checkpoint's result."""
+    """`--mode eval`: loss, bits/dim and sample quality as `eval.enable_*` ask, on snapshot `step`
+    or each of `eval_steps`, to `W/eval/ckpt_<step>/<method>_<key>/eval.json` (and a copy in
+    `W/eval/ckpt_<step>.json`). Returns the last checkpoint's result."""
     if config.eval.enable_sampling:
         check_num_samples(config)  # before anything runs
     result = None

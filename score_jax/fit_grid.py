@@ -1,14 +1,7 @@
-"""`--mode fit_grid`: the time grid of a few-step solver fitted to one checkpoint.
-
-For `sampling.method` at budget `sampling.nfe` (with `sampling.order`, `variant`,
-`noise_removal`), the newest checkpoint's EMA weights map `fit_grid.num_fit` latents to eps with
-`solvers.fit_time_grid`, which moves the grid's points to minimise the mean squared distance to the
-probability-flow solution (dopri5 at rtol = atol = `fit_grid.reference_tol`); the error is reported
-on `fit_grid.num_validation` other latents. The grid goes to `W/grids/<method>_<nfe>.json`
-(`sampling.grid_file`) with the checkpoint step, the settings it is valid for
-(`sampling.grid_settings`: SDE, eps, nfe, method, solver settings) and the RMS errors in pixel
-units ([0, 1]) of the start grid and the fitted one, on the fit and validation latents.
-`sampling.time_grid='fitted'` then makes `sample`, `eval` and `nfe_sweep` use it.
+"""`--mode fit_grid`: the time grid of `sampling.method` at `sampling.nfe` fitted to the newest
+checkpoint (`solvers.fit_time_grid`: mean squared distance to dopri5 at `fit_grid.reference_tol`
+from `fit_grid.num_fit` latents). Writes `sampling.grid_file` with the step, `grid_settings` and
+the RMS errors ([0, 1] pixels) of the start and fitted grids on fit and `num_validation` latents.
 """
 from __future__ import annotations
 
@@ -19,8 +12,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
 from score_jax import datasets, parallel, sampling, solvers, utils
@@ -58,7 +49,7 @@ def fit_grid(config, workdir: str) -> dict:
     sde, eps = sde_lib.get_sde(config)
     model = mutils.create_model(config)
     mesh = parallel.make_mesh()
-    ema_params, step = ckpt_lib.restore_for_sampling(workdir, sharding=NamedSharding(mesh, P()))
+    ema_params, step = ckpt_lib.restore_for_sampling(workdir, sharding=parallel.replicated(mesh))
     continuous = sde.continuous_labels(config)
     net = mutils.get_score_fn(sde, model, {"params": ema_params}, train=False,
                               continuous=continuous)

@@ -1,25 +1,9 @@
-"""Training objectives and the one-step update of Song et al. (2021).
-
-Semantics follow the official `losses.py` (score_sde_pytorch):
-
-* continuous SDE loss (denoising score matching over t ~ U(eps, T), eps = 1e-5): with
-  x_t = mean(t) x_0 + std(t) z, the loss is |score(x_t, t) std + z|^2 (the paper's weighting
-  lambda(t) = std^2), or |score + z/std|^2 g(t)^2 with `likelihood_weighting`; with
-  `importance_weighting` as well, t is drawn with density g(t)^2/std(t)^2 / Z on [eps, T] and the
-  loss is |std score + z|^2 Z/(T - eps), the same expectation with far less variance (Song, Durkan,
-  Murray, Ermon 2021, "Maximum Likelihood Training of Score-Based Diffusion Models");
-* SMLD (discrete VE): noise levels drawn uniformly from the N sigmas, loss
-  |score + noise/sigma^2|^2 sigma^2 on the integer level label;
-* DDPM (discrete VP): integer timesteps, loss |eps_theta(x_i, i) - z|^2;
-
-each reduced over the data dimensions by a mean (`reduce_mean`) or half a sum, then averaged over
-the batch. The optimizer and the EMA are `score_jax.train_state`'s.
-
-Random draws: every loss draws its randomness in `draw_noise(rng, x)` (a dict with the uniform
-times `u` before the `u (T - eps) + eps` map, or the integer `labels`, and the unit Gaussian `z`),
-and `loss_fn(params, x, rng, noise=None)` accepts them injected, which is how the parity tests feed
-the official code's torch draws.
-"""
+"""Training objectives of Song et al. (2021) and the one-step update. Each `get_*_loss_fn` returns
+`(draw_noise, loss_fn)`: `draw_noise(rng, x) -> {'u' or 'labels': (B,), 'z': x.shape}` and
+`loss_fn(params, x, rng, noise=None) -> scalar`, which takes injected draws (parity tests).
+With x_t = mean(t) x_0 + std(t) z: continuous |std score + z|^2, or |score + z/std|^2 g^2 with
+`likelihood_weighting`; SMLD |score + z/sigma|^2 sigma^2; DDPM |eps_theta(x_i, i) - z|^2; each
+reduced over the data dimensions, then averaged over the batch."""
 from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
@@ -37,7 +21,7 @@ PyTree = Any
 
 
 def _reduce_op(reduce_mean: bool):
-    """Per-example reduction over the data dimensions: mean, or half the sum (as official)."""
+    """Per-example mean, or half sum, over the data dimensions."""
     if reduce_mean:
         return lambda v: jnp.mean(v.reshape(v.shape[0], -1), axis=-1)
     return lambda v: 0.5 * jnp.sum(v.reshape(v.shape[0], -1), axis=-1)
@@ -48,11 +32,8 @@ def _variables(params):
 
 
 def likelihood_importance_normalizer(sde, eps: float = 1e-5) -> float:
-    """Z = int_eps^T g(t)^2 / std(t)^2 dt = 2 (lambda(eps) - lambda(T)), lambda the half log-SNR.
-
-    g^2 = d std^2/dt - 2 std^2 d log(alpha)/dt for all three SDEs, so g^2/std^2 = -2 dlambda/dt:
-    the likelihood weighting's importance density is uniform in lambda (for VE, uniform in t).
-    """
+    """Z = int_eps^T g(t)^2 / std(t)^2 dt = 2 (lambda(eps) - lambda(T)), lambda the half log-SNR."""
+    # g^2 = d std^2/dt - 2 std^2 d log(alpha)/dt for all three SDEs, so g^2/std^2 = -2 dlambda/dt.
     check_importance_sampling(sde)
     with jax.ensure_compile_time_eval():  # a constant, also when called under jit
         lam = np.asarray(sde.log_snr(np.asarray([eps, sde.T], np.float64)), np.float64)
@@ -69,8 +50,8 @@ def check_importance_sampling(sde) -> None:
 
 
 def importance_sampled_time(sde, u, eps: float = 1e-5):
-    """t on [eps, T] with density g(t)^2/std(t)^2 / Z from uniforms `u` in [0, 1) (shape kept):
-    the inverse CDF, lambda = lambda(eps) - u (lambda(eps) - lambda(T)), t = t(lambda)."""
+    """t on [eps, T] with density g(t)^2/std(t)^2 / Z from uniforms `u` in [0, 1) (shape kept)."""
+    # Inverse CDF: the density is uniform in lambda.
     lam_eps, lam_T = sde.log_snr(jnp.float32(eps)), sde.log_snr(jnp.float32(sde.T))
     t = sde.t_from_log_snr(lam_eps - u * (lam_eps - lam_T))
     return jnp.clip(t, eps, sde.T)
@@ -79,13 +60,8 @@ def importance_sampled_time(sde, u, eps: float = 1e-5):
 def get_sde_loss_fn(sde, model, train: bool, reduce_mean: bool = True, continuous: bool = True,
                     likelihood_weighting: bool = True, eps: float = 1e-5,
                     importance_weighting: bool = False):
-    """Denoising score matching with t ~ U(eps, T) for any SDE (with `importance_weighting`,
-    t importance-sampled for the likelihood weighting, which it requires).
-
-    Returns `(draw_noise, loss_fn)`: `draw_noise(rng, x) -> {'u': (B,), 'z': x.shape}` and
-    `loss_fn(params, x, rng, noise=None) -> scalar` (x: (B, H, W, C) scaled data; `rng` drives
-    the draws when `noise` is None, and dropout when `train`).
-    """
+    """Denoising score matching, t ~ U(eps, T) or, with `importance_weighting`, g^2/std^2 / Z;
+    x: (B, H, W, C) scaled data; `rng` drives the draws (unless `noise`) and dropout."""
     reduce_op = _reduce_op(reduce_mean)
     if importance_weighting:
         if not likelihood_weighting:
@@ -117,7 +93,7 @@ def get_sde_loss_fn(sde, model, train: bool, reduce_mean: bool = True, continuou
         elif likelihood_weighting:
             g2 = sde.sde(jnp.zeros_like(x), t)[1] ** 2
             losses = reduce_op(jnp.square(score + sde_lib.batch_mul(1.0 / std, z))) * g2
-        else:
+        else:  # the paper's weighting lambda(t) = std^2
             losses = reduce_op(jnp.square(sde_lib.batch_mul(std, score) + z))
         return jnp.mean(losses)
 
@@ -134,8 +110,7 @@ def _draw_labels_and_z(n_levels: int):
 
 
 def get_smld_loss_fn(vesde, model, train: bool, reduce_mean: bool = False):
-    """The NCSN objective on the N discrete noise levels of a VE SDE (labels index the levels from
-    sigma_max down to sigma_min, as the SMLD networks expect). Returns `(draw_noise, loss_fn)`."""
+    """The NCSN objective on the N noise levels of a VE SDE; label 0 is sigma_max."""
     if vesde.discrete_loss != "smld":
         raise ValueError("SMLD training only works for VESDEs.")
     smld_sigmas = jnp.asarray(vesde.discrete_sigmas[::-1].copy())
@@ -158,8 +133,7 @@ def get_smld_loss_fn(vesde, model, train: bool, reduce_mean: bool = False):
 
 
 def get_ddpm_loss_fn(vpsde, model, train: bool, reduce_mean: bool = True):
-    """The DDPM objective (predict the noise) on the N discrete timesteps of a VP SDE. Returns
-    `(draw_noise, loss_fn)`."""
+    """The DDPM objective (predict the noise) on the N discrete timesteps of a VP SDE."""
     if vpsde.discrete_loss != "ddpm":
         raise ValueError("DDPM training only works for VPSDEs.")
     sqrt_ab = jnp.asarray(vpsde.sqrt_alphas_cumprod)
@@ -181,8 +155,7 @@ def get_ddpm_loss_fn(vpsde, model, train: bool, reduce_mean: bool = True):
 
 def get_loss_fn(sde, model, train: bool, reduce_mean: bool = False, continuous: bool = True,
                 likelihood_weighting: bool = False, importance_weighting: bool = False):
-    """The official choice of objective: the SDE loss when `continuous`, else SMLD for VE and DDPM
-    for VP. Discrete sub-VP raises ValueError (as official). Returns `(draw_noise, loss_fn)`."""
+    """The SDE loss when `continuous`, else SMLD for VE, DDPM for VP (ValueError for sub-VP)."""
     if continuous:
         return get_sde_loss_fn(sde, model, train, reduce_mean=reduce_mean, continuous=True,
                                likelihood_weighting=likelihood_weighting,
@@ -209,15 +182,8 @@ def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformati
                 reduce_mean: bool = False, continuous: bool = True,
                 likelihood_weighting: bool = False, ema_rate: float = 0.999,
                 lr_fn: Callable | None = None, importance_weighting: bool = False):
-    """One training update (`train`) or one evaluation of the EMA model's loss.
-
-    Train: `step_fn(state, x) -> (new_state, StepMetrics)`: the gradient of the loss with the
-    step's randomness `fold_in(state.rng, state.step)` (dropout on), then
-    `train_state.apply_update` (optimizer, EMA, non-finite guard: `StepMetrics.finite`).
-    Eval: `step_fn(state, x, rng) -> loss` of
-    the EMA parameters in eval mode (no dropout), its draws from `rng`.
-    `x` is (B, H, W, C) scaled data. Pure and traceable: jit it, scan it, shard its batch.
-    """
+    """Train: `step_fn(state, x) -> (state, StepMetrics)` (`train_state.apply_update`). Eval:
+    `step_fn(state, x, rng) -> loss` of the EMA parameters. x: (B, H, W, C) scaled data."""
     _, loss_fn = get_loss_fn(sde, model, train, reduce_mean=reduce_mean, continuous=continuous,
                              likelihood_weighting=likelihood_weighting,
                              importance_weighting=importance_weighting)
@@ -232,6 +198,7 @@ def get_step_fn(sde, model, train: bool, optimize_fn: optax.GradientTransformati
         raise ValueError("a training step needs optimize_fn (an optax transformation)")
 
     def train_step(state, x):
+        # fold_in by step: a resumed run continues the same stream.
         rng = jax.random.fold_in(state.rng, state.step)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, x, rng)
         new_state, grad_norm, finite = apply_update(state, grads, loss, optimize_fn, ema_rate)

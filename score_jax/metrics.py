@@ -1,8 +1,6 @@
-"""Sample quality: Inception features, FID, KID, Inception Score, and reference statistics files.
-
-Distances are computed on the host in float64. A statistics `.npz` holds `pool_3` (N, 2048) and
-optionally `mu` (2048,), `sigma` (2048, 2048), `logits` (N, 1008); the official score_sde files
-read the same way."""
+"""Sample quality: Inception features, FID, KID, IS (on the host, float64) and statistics files:
+`.npz` with `pool_3` (N, 2048) and optionally `mu` (2048,), `sigma` (2048, 2048), `logits`
+(N, 1008), the format of score_sde's files."""
 from __future__ import annotations
 
 import os
@@ -47,11 +45,8 @@ def check_images(images) -> None:
 
 
 def get_inception_fn(weights: str | None = None, batch_size: int = 100):
-    """`fn(images) -> {'pool_3': (B, 2048), 'logits': (B, 1008) or None}` (float32 numpy).
-
-    `images` uint8 (B, H, W, 3 or 1), the same on every process; `weights` as
-    `inception.load_params` (the default has no classifier: `logits` None). Runs jitted over all
-    devices in chunks of at most `batch_size`. Raises ValueError for another dtype or channels."""
+    """`fn(images uint8 (B, H, W, 3 or 1)) -> {'pool_3': (B, 2048), 'logits': (B, 1008) or None}`
+    (float32 numpy), jitted on all devices in `batch_size` chunks; same images on every process."""
     flat, has_logits = inception.load_params(weights)
     mesh = parallel.make_mesh()
     n_dev = jax.device_count()
@@ -101,9 +96,8 @@ def save_stats(path: str, pool_3: np.ndarray) -> dict:
 
 
 def load_stats(path: str) -> dict:
-    """`{mu, sigma, pool_3[, logits]}` of a statistics file. Raises FileNotFoundError, or
-    ValueError naming the file and key without `pool_3` (N, 2048), N >= 2, or with a wrongly shaped
-    mu/sigma."""
+    """`{mu, sigma, pool_3[, logits]}` of a statistics file; ValueError naming the file and key
+    without `pool_3` (N >= 2, 2048) or with misshaped mu/sigma."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"FID statistics file {path!r} does not exist; write it with "
                                 "--mode fid_stats")
@@ -159,9 +153,8 @@ def _check_features(name, f, dim=None):
 
 def kernel_inception_distance(f1, f2, subsets: int = 100, subset_size: int = 1000,
                               seed: int = 0) -> tuple[float, float]:
-    """(mean, std) over `subsets` of the unbiased MMD^2, kernel (x.y / D + 1)^3, on
-    m = min(subset_size, N1, N2) rows of `f1` (N1, D) and `f2` (N2, D) drawn without replacement
-    (numpy `seed`)."""
+    """(mean, std) over `subsets` of the unbiased MMD^2, kernel (x.y / D + 1)^3, of
+    min(subset_size, N1, N2) rows of `f1` (N1, D), `f2` (N2, D) drawn without replacement."""
     f1 = _check_features("f1", f1)
     f2 = _check_features("f2", f2, f1.shape[1])
     m = min(subset_size, len(f1), len(f2))
@@ -182,8 +175,7 @@ def kernel_inception_distance(f1, f2, subsets: int = 100, subset_size: int = 100
 
 
 def inception_score(logits, splits: int = 10) -> tuple[float, float]:
-    """(mean, std) over `splits` equal parts of exp(E_x KL(p(y|x) || p(y))), p = softmax(logits)
-    (N, C), p(y) the part's mean prediction."""
+    """(mean, std) over `splits` parts of exp(E_x KL(p(y|x) || p(y))), p = softmax(logits)."""
     logits = _check_features("logits", logits)
     if not 1 <= splits <= len(logits):
         raise ValueError(f"splits={splits} must be between 1 and the number of logits "
@@ -201,9 +193,8 @@ SPLITS = {"test": "eval", "eval": "eval", "train": "train"}
 
 
 def stats_path(config) -> str:
-    """`eval.fid_stats_file`, or by default
-    `<cache>/stats/<dataset>[_<category>]_<size>_<split>.npz` (`score_jax.inception.cache_dir`;
-    split `eval.fid_stats_split`)."""
+    """`eval.fid_stats_file`, or `<cache>/stats/<dataset>[_<category>]_<size>_<split>.npz`
+    (`inception.cache_dir`, split `eval.fid_stats_split`)."""
     if config.eval.get("fid_stats_file"):
         return os.path.expanduser(config.eval.fid_stats_file)
     parts = [config.data.dataset.lower(), config.data.get("category"), config.data.image_size,
@@ -253,8 +244,7 @@ def dataset_stats(config) -> dict:
 
 
 def reference_stats(config) -> dict:
-    """The statistics file sample quality is measured against; the default file is computed on
-    first use (`dataset_stats`), an explicit `eval.fid_stats_file` must exist."""
+    """The reference statistics; the default file is made on first use, a given one must exist."""
     path = stats_path(config)
     if not os.path.exists(path) and not config.eval.get("fid_stats_file"):
         dataset_stats(config)

@@ -1,23 +1,8 @@
-"""Samplers of Song et al. (2021): predictor-corrector (PC) sampling and the probability-flow ODE.
-
-Everything runs on device inside one jitted function: the PC sampler is a `jax.lax.scan` over the
-N noise levels, the ODE sampler a diffrax solve (no host round trip per step, unlike the official
-scipy solver). `get_solver_sampler` wraps the few-step solvers of `score_jax.solvers` the same way.
-
-Building blocks, each usable on its own (e.g. one update of a real network with injected noise):
-
-* predictors `predictor(sde, score_fn, x, t, z, probability_flow) -> (x, x_mean)` with `z` a
-  standard normal draw shaped like `x`: `euler_maruyama`, `reverse_diffusion`,
-  `ancestral_sampling`, `none` (`get_predictor(name)`);
-* correctors `corrector(sde, score_fn, x, t, z, snr) -> (x, x_mean)` with `z` of shape
-  `(n_steps,) + x.shape` (one draw per Langevin step): `langevin`, `ald`, `none`
-  (`get_corrector(name)`);
-* `pc_loop`, the PC loop with replaceable noise (the ODE solve itself lives in `score_jax.ode`).
-
-Semantics are the official ones (`score_sde_pytorch/sampling.py`); where the official code crashes,
-ours runs and the function says what it computes (Euler-Maruyama with `probability_flow=True`,
-Langevin/ALD on sub-VP, float64 scores). Arrays are NHWC, `t` has shape (batch,).
-"""
+"""Samplers of Song et al. (2021), each one jitted function: PC sampling (a lax.scan over the N
+noise levels), the probability-flow ODE (`score_jax.ode`) and the few-step `score_jax.solvers`.
+Predictors `(sde, score_fn, x, t, z, probability_flow) -> (x, x_mean)`, z shaped like x;
+correctors `(sde, score_fn, x, t, z, snr) -> (x, x_mean)`, z of shape (n_steps,) + x.shape.
+Arrays are NHWC, `t` has shape (batch,)."""
 from __future__ import annotations
 
 import json
@@ -38,11 +23,7 @@ Array = jax.Array
 
 
 def euler_maruyama(sde, score_fn, x, t, z, probability_flow=False):
-    """Euler-Maruyama step of the reverse SDE with dt = -1/N.
-
-    With `probability_flow=True` it is the Euler step of the probability-flow ODE (the diffusion is
-    0, so x = x_mean); the official code crashes there.
-    """
+    """Euler-Maruyama step of the reverse SDE (or, with `probability_flow`, ODE) with dt = -1/N."""
     dt = -1.0 / sde.N
     drift, diffusion = sde.reverse(score_fn, probability_flow).sde(x, t)
     x_mean = x + drift * dt
@@ -50,18 +31,14 @@ def euler_maruyama(sde, score_fn, x, t, z, probability_flow=False):
 
 
 def reverse_diffusion(sde, score_fn, x, t, z, probability_flow=False):
-    """Reverse-diffusion step: the forward discretization run backwards, x - f + G z.
-
-    With `probability_flow=True`, f is the discretized probability-flow drift and G = 0."""
+    """Reverse-diffusion step x - f + G z: the forward discretization run backwards."""
     f, g = sde.reverse(score_fn, probability_flow).discretize(x, t)
     x_mean = x - f
     return x_mean + batch_mul(g, z), x_mean
 
 
 def ancestral_sampling(sde, score_fn, x, t, z, probability_flow=False):
-    """Ancestral sampling of SMLD (VE) and DDPM (VP) on the discrete noise tables
-    (`sde.ancestral_step`). Not defined for sub-VP (no discrete Markov chain) nor for the
-    probability flow: both raise ValueError."""
+    """Ancestral sampling of SMLD (VE) and DDPM (VP); ValueError on sub-VP or probability flow."""
     _check_ancestral(sde, probability_flow)
     x_mean, std = sde.ancestral_step(x, score_fn(x, t), t)
     return x_mean + batch_mul(std, z), x_mean
@@ -77,17 +54,15 @@ def _check_ancestral(sde, probability_flow):
 
 
 def none_predictor(sde, score_fn, x, t, z, probability_flow=False):
-    """No update (corrector-only sampling): returns (x, x)."""
     return x, x
 
 
 def _batch_norm(v):
-    """Mean over the (whole, possibly sharded) batch of the per-example L2 norms."""
     return jnp.mean(jnp.linalg.norm(v.reshape(v.shape[0], -1), axis=-1))
 
 
 def _langevin_loop(score_fn, x, t, z, step_size_fn):
-    """`z.shape[0]` Langevin steps x <- x + e grad + sqrt(2 e) z with e = step_size_fn(grad, z)."""
+    """`z.shape[0]` steps x <- x + e score + sqrt(2 e) z, e = step_size_fn(score, z)."""
 
     def step(carry, z_i):
         x, _ = carry
@@ -101,27 +76,24 @@ def _langevin_loop(score_fn, x, t, z, step_size_fn):
 
 
 def langevin(sde, score_fn, x, t, z, snr):
-    """Langevin corrector (paper Alg. 4/5): step size 2 alpha (snr ||z|| / ||score||)^2, the norms
-    averaged over the whole batch as the official code (so a sharded batch reduces across
-    devices). `z`: (n_steps,) + x.shape."""
+    """Langevin corrector (paper Alg. 4/5): step size 2 alpha (snr ||z|| / ||score||)^2."""
     alpha = sde.langevin_alpha(t)
 
     def step_size(grad, z_i):
+        # Norms averaged over the whole batch: a sharded batch reduces across devices.
         return (snr * _batch_norm(z_i) / _batch_norm(grad)) ** 2 * 2 * alpha
 
     return _langevin_loop(score_fn, x, t, z, step_size)
 
 
 def ald(sde, score_fn, x, t, z, snr):
-    """Annealed Langevin dynamics of NCSN: step size 2 alpha (snr std(t))^2.
-    `z`: (n_steps,) + x.shape."""
+    """Annealed Langevin dynamics of NCSN: step size 2 alpha (snr std(t))^2."""
     alpha = sde.langevin_alpha(t)
     std = sde.marginal_prob(x, t)[1]
     return _langevin_loop(score_fn, x, t, z, lambda grad, z_i: (snr * std) ** 2 * 2 * alpha)
 
 
 def none_corrector(sde, score_fn, x, t, z, snr):
-    """No update (predictor-only sampling): returns (x, x)."""
     return x, x
 
 
@@ -150,11 +122,8 @@ def _lookup(registry, name, kind):
 
 
 class StepNoise(NamedTuple):
-    """Standard normal draws consumed by one PC step (predictor/corrector/'none' ignore theirs).
-
-    corrector: (n_steps,) + shape; predictor: shape; `*_proj`: shape, the draws of the
-    controllable-generation projections that follow each update (see controllable_generation).
-    """
+    """Normal draws of one PC step: corrector (n_steps,) + shape, the others shape; `*_proj` feed
+    the projection after each update (controllable_generation)."""
 
     corrector: Array
     corrector_proj: Array
@@ -163,7 +132,6 @@ class StepNoise(NamedTuple):
 
 
 def normal_step_noise(key, shape, n_steps: int, dtype=jnp.float32) -> StepNoise:
-    """The default noise of one PC step: independent normals from `key`."""
     k = jax.random.split(key, 4)
     return StepNoise(jax.random.normal(k[0], (n_steps,) + tuple(shape), dtype),
                      jax.random.normal(k[1], shape, dtype), jax.random.normal(k[2], shape, dtype),
@@ -171,24 +139,16 @@ def normal_step_noise(key, shape, n_steps: int, dtype=jnp.float32) -> StepNoise:
 
 
 def timesteps(sde, eps: float) -> np.ndarray:
-    """The PC time grid linspace(T, eps, N), float32 as torch computes it (so the discrete table
-    index floor(t (N-1)/T) of every step equals the official one)."""
+    """The PC time grid linspace(T, eps, N) in float32."""
+    # float32 as torch computes it, so the table index floor(t (N-1)/T) matches PyTorch's.
     return sde_lib.linspace32(sde.T, eps, sde.N)
 
 
 def pc_loop(sde, score_fn, x, step_inputs, draw, *, predictor, corrector, snr, n_steps=1,
             probability_flow=False, eps=1e-3, project=None):
-    """Runs the N PC steps from `x` (at time T): at each t of `timesteps(sde, eps)` the corrector,
-    then the predictor (official order). Returns the last `(x, x_mean)`.
-
-    Args:
-      step_inputs: pytree with leading axis N; step i uses `draw(step_inputs[i])` -> `StepNoise`.
-        The samplers pass N PRNG keys and `normal_step_noise`; tests pass stored noises and
-        `draw=lambda n: n` to replay an official run.
-      predictor, corrector: names or functions of this module.
-      project: optional `(x, x_mean, t, z) -> (x, x_mean)` applied after every corrector and
-        predictor update (inpainting/colorization), `z` its own standard normal draw.
-    """
+    """The N PC steps from x_T, corrector then predictor at each t; returns the last (x, x_mean).
+    Step i uses `draw(step_inputs[i]) -> StepNoise`; `project(x, x_mean, t, z) -> (x, x_mean)`
+    follows every update (inpainting, colorization)."""
     check_pc_args(sde, predictor, corrector, probability_flow, n_steps)
     predictor_fn, corrector_fn = get_predictor(predictor), get_corrector(corrector)
     score_fn = _dtype_stable(score_fn, x.dtype)
@@ -212,10 +172,8 @@ def pc_loop(sde, score_fn, x, step_inputs, draw, *, predictor, corrector, snr, n
 
 
 def check_pc_args(sde, predictor, corrector, probability_flow, n_steps) -> None:
-    """Raises ValueError on unknown predictor/corrector names, ancestral sampling where it is not
-    defined (sub-VP, probability flow), Langevin/ALD/ancestral sampling on VP/sub-VP with
-    N <= beta_max (negative alpha_i: all samples NaN, also officially), and n_steps that is not a
-    positive integer."""
+    """ValueError on unknown names, undefined ancestral sampling, n_steps < 1, and N <= beta_max
+    for steps that use alpha_i (negative: all samples NaN)."""
     uses_alphas = [name for name, uses in (
         (corrector, get_corrector(corrector) in (langevin, ald)),
         (predictor, get_predictor(predictor) is ancestral_sampling)) if uses]
@@ -229,8 +187,7 @@ def check_pc_args(sde, predictor, corrector, probability_flow, n_steps) -> None:
 
 
 def _dtype_stable(score_fn, dtype):
-    """Casts scores to the state's dtype: a float64 score (discrete-VE networks with a float64 sigma
-    table under x64) must not promote the state, where the official sampler then crashes."""
+    # A float64 score (discrete VE under x64: float64 sigma table) must not promote the state.
     return lambda x, t: score_fn(x, t).astype(dtype)
 
 
@@ -251,23 +208,8 @@ def check_model_shape(score_fn, shape) -> None:
 def get_pc_sampler(sde, model, shape, predictor, corrector, inverse_scaler, snr, n_steps=1,
                    probability_flow=False, continuous=False, denoise=True, eps=1e-3,
                    sharding: NamedSharding | None = None):
-    """A jitted PC sampler `(rng, variables) -> (samples, nfe)`.
-
-    Draws x_T from the prior, runs `pc_loop` over linspace(T, eps, N) and returns
-    `inverse_scaler(x_mean if denoise else x)` of the last step (denoising = the last predictor's
-    noise-free mean, as official) and `nfe = N (n_steps + 1)` (int32), the official count: it
-    counts a 'none' predictor or corrector as if it evaluated the network.
-
-    Args:
-      model: Flax module applied as `model.apply(variables, x, labels, train=False)`; the score is
-        `models.utils.get_score_fn(sde, model, variables, continuous=continuous)`.
-      shape: (batch, H, W, C) of the samples.
-      predictor, corrector: registry names (`get_predictor`, `get_corrector`).
-      snr, n_steps: the corrector's signal-to-noise ratio and steps per noise level.
-      probability_flow: the predictor discretizes the probability-flow ODE instead of the SDE.
-      sharding: optional `NamedSharding` of the batch (e.g. `P('data')` on a device mesh); the
-        batch must divide evenly. Samples are returned with that sharding.
-    """
+    """A jitted PC sampler `(rng, variables) -> (samples, nfe)`: `inverse_scaler` of the last
+    x_mean (`denoise`) or x, shaped `shape`; nfe = N (n_steps + 1) (int32, 'none' steps counted)."""
     shape = tuple(int(s) for s in shape)
     check_pc_args(sde, predictor, corrector, probability_flow, n_steps)
     parallel.check_sharding(shape, sharding)
@@ -289,8 +231,7 @@ def get_pc_sampler(sde, model, shape, predictor, corrector, inverse_scaler, snr,
 
 
 def _score_and_latent(sde, model, variables, shape, continuous, sharding, key, z):
-    """The float32 score function of `variables` and the deterministic samplers' start x_T: `z`
-    (checked against `shape`) or a prior draw from `key`, sharded as `sharding`."""
+    """The float32 score function and x_T: `z` (checked against `shape`) or a prior draw."""
     score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
     check_model_shape(score_fn, shape)
     score_fn = _dtype_stable(score_fn, jnp.float32)
@@ -338,7 +279,7 @@ def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5,
 
 
 def sde_description(sde) -> dict:
-    """{'name', 'T', and the noise scales} of an SDE: what a fitted grid depends on."""
+    """{'name', 'T', noise scales}: what a fitted grid depends on."""
     keys = ("sigma_min", "sigma_max") if isinstance(sde, sde_lib.VESDE) else ("beta_min",
                                                                               "beta_max")
     return {"name": type(sde).__name__, "T": float(sde.T),
@@ -346,14 +287,12 @@ def sde_description(sde) -> dict:
 
 
 def grid_file(workdir: str, method: str, nfe: int) -> str:
-    """Where `--mode fit_grid` writes the grid of `method` at budget `nfe`:
-    W/grids/<method>_<nfe>.json."""
+    """W/grids/<method>_<nfe>.json, where `--mode fit_grid` writes."""
     return os.path.join(workdir, "grids", f"{method}_{int(nfe)}.json")
 
 
 def grid_settings(sde, method, nfe, eps, order=3, variant="bh2", denoise=False) -> dict:
-    """The settings a fitted grid is valid for (stored in the grid file, compared on reading):
-    SDE, eps, nfe, method and the solver settings that change its table."""
+    """The settings a fitted grid is valid for (stored in the file, compared on reading)."""
     settings = {"sde": sde_description(sde), "eps": float(eps), "nfe": int(nfe),
                 "method": method, "noise_removal": bool(denoise)}
     if method in solvers.ORDERS:
@@ -381,8 +320,7 @@ def _mismatch(stored: dict, wanted: dict) -> list[str]:
 
 def read_grid_file(path: str, sde, method, nfe, eps, order=3, variant="bh2",
                    denoise=False) -> np.ndarray:
-    """The grid (float64, T to eps) of a `--mode fit_grid` file; ValueError naming the file and
-    every setting (SDE, eps, nfe, method, order, variant, noise_removal) it was not fitted for."""
+    """The grid (float64, T to eps) of a grid file; ValueError naming each mismatched setting."""
     if not os.path.isfile(path):
         raise ValueError(f"sampling.time_grid: the grid file {path!r} does not exist (write it "
                          "with --mode fit_grid)")
@@ -405,10 +343,8 @@ def read_grid_file(path: str, sde, method, nfe, eps, order=3, variant="bh2",
 
 def resolve_time_grid(time_grid, sde, method, nfe, eps, *, order=3, variant="bh2",
                       denoise=False, workdir: str | None = None):
-    """`sampling.time_grid` as `solvers.table` takes it (the one place sample, eval, nfe_sweep and
-    the snapshots resolve it): None or a grid name unchanged; an array (list, tuple) of times as
-    float64; 'fitted' the grid of `grid_file(workdir, method, nfe)`; another string the path of a
-    grid file. A file is read by `read_grid_file` (refused unless fitted for these settings)."""
+    """`sampling.time_grid` as `solvers.table` takes it: a name or None unchanged, times as
+    float64, 'fitted' (`grid_file(workdir, ...)`) or a path read by `read_grid_file`."""
     if time_grid is None or (isinstance(time_grid, str) and time_grid in solvers.TIME_GRIDS):
         return time_grid
     if not isinstance(time_grid, str):
@@ -431,15 +367,8 @@ def get_solver_sampler(sde, model, shape, inverse_scaler, method, nfe=20, time_g
                        order=3, variant="bh2", rtol=0.05, atol=0.0078, denoise=False, eps=1e-3,
                        continuous=True, sharding: NamedSharding | None = None,
                        workdir: str | None = None):
-    """A jitted few-step sampler `(rng, variables, z=None) -> (samples, nfe)` (score_jax.solvers).
-
-    ODE methods ('ddim', 'dpm_solver', 'dpm_solver++', 'unipc', 'edm_heun') map x_T = `z` (or a
-    prior draw from `rng`) deterministically to eps in at most `nfe` evaluations on `time_grid`
-    (a name, an array, 'fitted' (the grid of `workdir`) or a grid file: `resolve_time_grid`);
-    'adaptive_sde' solves the reverse SDE with noise from `rng` to tolerances `rtol`, `atol`.
-    `denoise` ends with x = D(x, eps) (one evaluation, counted). The returned nfe (int32) is
-    exact. `continuous` as `get_ode_sampler`.
-    """
+    """A jitted few-step sampler `(rng, variables, z=None) -> (samples, nfe)`, nfe exact (int32):
+    x_T = `z` or a prior draw, `time_grid` as `resolve_time_grid`; 'adaptive_sde' to rtol, atol."""
     shape = tuple(int(s) for s in shape)
     if method != "adaptive_sde":
         time_grid = resolve_time_grid(time_grid, sde, method, nfe, eps, order=order,
@@ -467,15 +396,7 @@ def get_solver_sampler(sde, model, shape, inverse_scaler, method, nfe=20, time_g
 def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
                     sharding: NamedSharding | None = None, workdir: str | None = None):
     """The sampler of `config.sampling.method`: `(rng, variables) -> (samples, nfe)`; 'ode' and the
-    few-step methods also take a latent `z`.
-
-    'pc' reads `sampling.{predictor, corrector, snr, n_steps_each, probability_flow,
-    noise_removal}` and `training.continuous`; 'ode' reads `sampling.noise_removal`; the few-step
-    methods of `solvers.METHODS` read `sampling.{nfe, time_grid, order, variant, rtol, atol,
-    noise_removal}` (`sampling.time_grid='fitted'` reads the grid of `workdir`). 'ode' and the
-    few-step methods use continuous-time labels as the official ODE sampler, except for discrete
-    VE networks (which index a noise table) that get their own.
-    """
+    few-step methods also take a latent `z`."""
     s = config.sampling
     method = str(s.method).lower()
     if method == "pc":
@@ -498,16 +419,10 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
 
 def sampler_settings(config, *, step: int, weights: str, num_samples: int,
                      workdir: str | None = None, **extra) -> dict:
-    """What decides the samples `--mode sample` and `eval` draw with `get_sampling_fn(config)`,
-    as {name: value}: every `sampling.*` value (whatever its type: an array or a file path is
-    keyed by its value, see `utils.settings_key`), the SDE (`training.sde`, its noise scales and
-    `model.num_scales`, `training.continuous`), `eval.batch_size` (batch i uses key
-    fold_in(fold_in(key(seed), step), i)), `num_samples`, `seed`, the checkpoint `step`, a
-    fingerprint of the `weights` (`utils.tree_fingerprint`), and `extra` (e.g. the classifier's
-    scale and weights for `sampling.class_label`). Outputs are keyed by it
-    (`utils.settings_dir`). `sampling.time_grid='fitted'` is keyed by the contents of the grid file
-    of `workdir` (a refit grid is another setting)."""
+    """{name: value} of all that decides the samples of `--mode sample`/`eval` (sampling.*, SDE,
+    batch size, seed, step, the `weights` fingerprint, `extra`); outputs are keyed by it."""
     values = config.sampling.to_dict()
+    # Keyed by the grid file, whose contents `utils.settings_key` hashes: a refit is a new setting.
     if values.get("time_grid") == "fitted" and workdir is not None:
         values["time_grid"] = grid_file(workdir, str(config.sampling.method).lower(),
                                         int(config.sampling.nfe))
@@ -521,7 +436,7 @@ def sampler_settings(config, *, step: int, weights: str, num_samples: int,
 
 
 def check_finite(samples) -> None:
-    """Raises FloatingPointError naming how many samples (of the batch) contain NaN or inf."""
+    """FloatingPointError naming how many samples of the batch contain NaN or inf."""
     flat = np.asarray(jax.device_get(samples)).reshape(len(samples), -1)
     bad = ~np.isfinite(flat).all(axis=1)
     if bad.any():

@@ -26,8 +26,6 @@ import time
 import jax
 import numpy as np
 import tqdm
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
 from score_jax import datasets, parallel, sampling, solvers, utils
@@ -76,10 +74,8 @@ def _points(config, workdir=None):
 
 
 def quality_fn(config):
-    """`fn(samples in [0, 1]) -> {'fid', 'kid', 'kid_std'}` against the eval mode's reference
-    statistics (`metrics.stats_path`: `eval.fid_stats_file`, or the dataset's default file,
-    written on first use), or None when `sweep.fid` is off. Inception weights:
-    `eval.inception_weights`; KID over `eval.kid_subsets` subsets of `eval.kid_subset_size`."""
+    """`fn(samples in [0, 1]) -> {'fid', 'kid', 'kid_std'}` against `metrics.reference_stats`
+    with the `eval.*` Inception and KID settings, or None when `sweep.fid` is off."""
     if not config.sweep.fid:
         return None
     from score_jax import metrics
@@ -157,12 +153,12 @@ def nfe_sweep(config, workdir: str) -> dict:
     sde, eps = sde_lib.get_sde(config)
     model = mutils.create_model(config)
     mesh = parallel.make_mesh()
-    ema_params, step = ckpt_lib.restore_for_sampling(workdir, sharding=NamedSharding(mesh, P()))
+    ema_params, step = ckpt_lib.restore_for_sampling(workdir, sharding=parallel.replicated(mesh))
     variables = {"params": ema_params}
     batch = int(config.eval.batch_size)
     parallel.check_batch_size(batch, what="eval.batch_size")
     shape = (batch, config.data.image_size, config.data.image_size, config.data.num_channels)
-    sharding = NamedSharding(mesh, P("data"))
+    sharding = parallel.batch_sharding(mesh)
     inverse_scaler = datasets.get_data_inverse_scaler(config)
     out_dir = os.path.join(workdir, "sweep", f"ckpt_{int(step)}")
     reference = _reference(config, sde, model, variables, shape, inverse_scaler, eps, sharding,

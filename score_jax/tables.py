@@ -36,8 +36,6 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from score_jax import datasets, evaluate, parallel, sampling, utils
 from score_jax import sde as sde_lib
@@ -57,35 +55,21 @@ TABLE5_SNR = {
               "probability_flow": 0.04},
 }
 
-# Published values (mean, std or None), by the row of the paper a config is (`paper_row`).
-# Table 1 (P2000 linear) and Table 4 (P2000 rounding): CIFAR-10, DDPM network, discrete SMLD / DDPM
-# objectives, 5 runs of 50,000 samples. C2000 is one cell per SDE.
-_T1_COMMON = {
-    "vesde": {("ancestral_sampling", "P1000"): (4.98, .06),
-              ("reverse_diffusion", "P1000"): (4.79, .07),
-              ("probability_flow", "P1000"): (15.41, .15),
-              ("ancestral_sampling", "PC1000"): (3.62, .03),
-              ("reverse_diffusion", "PC1000"): (3.60, .02),
-              ("probability_flow", "PC1000"): (3.51, .04),
-              (None, "C2000"): (20.43, .07)},
-    "vpsde": {("ancestral_sampling", "P1000"): (3.24, .02),
-              ("reverse_diffusion", "P1000"): (3.21, .02),
-              ("probability_flow", "P1000"): (3.59, .04),
-              ("ancestral_sampling", "PC1000"): (3.21, .02),
-              ("reverse_diffusion", "PC1000"): (3.18, .01),
-              ("probability_flow", "PC1000"): (3.06, .03),
-              (None, "C2000"): (19.06, .06)},
+# Published FID (mean, std) of Table 1 and Table 4 (its P2000 'rounding' column) for the rows of
+# the paper a config is (`paper_row`): CIFAR-10, DDPM network, discrete SMLD / DDPM objectives,
+# 5 runs of 50,000 samples. A row per predictor, in each column a value per SDE (VE, VP); C2000
+# (the corrector alone) has no predictor.
+_T1_SDES = ("vesde", "vpsde")
+_T1_COLUMNS = ("P1000", "P2000 linear", "P2000 rounding", "PC1000")
+_TABLE1 = {
+    "ancestral_sampling": (((4.98, .06), (3.24, .02)), ((4.88, .06), (3.24, .02)),
+                           ((4.92, .02), (3.11, .03)), ((3.62, .03), (3.21, .02))),
+    "reverse_diffusion": (((4.79, .07), (3.21, .02)), ((4.74, .08), (3.19, .02)),
+                          ((4.72, .07), (3.10, .03)), ((3.60, .02), (3.18, .01))),
+    "probability_flow": (((15.41, .15), (3.59, .04)), ((10.54, .08), (3.23, .03)),
+                         ((12.87, .09), (3.25, .04)), ((3.51, .04), (3.06, .03))),
 }
-_T1_P2000 = {
-    ("vesde", "linear"): {"ancestral_sampling": (4.88, .06), "reverse_diffusion": (4.74, .08),
-                          "probability_flow": (10.54, .08)},
-    ("vesde", "rounding"): {"ancestral_sampling": (4.92, .02), "reverse_diffusion": (4.72, .07),
-                            "probability_flow": (12.87, .09)},
-    ("vpsde", "linear"): {"ancestral_sampling": (3.24, .02), "reverse_diffusion": (3.19, .02),
-                          "probability_flow": (3.23, .03)},
-    ("vpsde", "rounding"): {"ancestral_sampling": (3.11, .03), "reverse_diffusion": (3.10, .03),
-                            "probability_flow": (3.25, .04)},
-}
+_T1_C2000 = ((20.43, .07), (19.06, .06))
 # Table 2: (test bits/dim, FID of ODE samples), last checkpoint.
 # Table 3: (FID, IS), best checkpoint.
 TABLE2 = {"DDPM": (3.28, 3.37), "DDPM cont. (VP)": (3.21, 3.69),
@@ -127,9 +111,12 @@ def paper_pc_solvers(config, predictor: str | None, column: str, p2000: str):
     sde = {"SMLD (DDPM network)": "vesde", "DDPM": "vpsde"}.get(row)
     if sde is None:
         return None
-    if column == "P2000":
-        return _T1_P2000[(sde, p2000)].get(predictor)
-    return _T1_COMMON[sde].get((None if column == "C2000" else predictor, column))
+    if column == "C2000":
+        return _T1_C2000[_T1_SDES.index(sde)]
+    column = f"P2000 {p2000}" if column == "P2000" else column
+    if predictor not in _TABLE1 or column not in _T1_COLUMNS:
+        return None
+    return _TABLE1[predictor][_T1_COLUMNS.index(column)][_T1_SDES.index(sde)]
 
 
 @dataclasses.dataclass
@@ -412,7 +399,7 @@ class _Runner:
             if sampling_fn is None:
                 sampling_fn = sampling.get_sampling_fn(
                     cfg, sde, model, shape, datasets.get_data_inverse_scaler(cfg), eps,
-                    sharding=NamedSharding(self.mesh, P("data")))
+                    sharding=parallel.batch_sharding(self.mesh))
             run_cfg = cfg.copy_and_resolve_references()
             with run_cfg.unlocked():
                 run_cfg.seed = int(cfg.seed) + r

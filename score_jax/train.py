@@ -1,28 +1,9 @@
-"""Training: `python main.py --config C --workdir W --mode train`.
+"""Training: `python main.py --config C --workdir W --mode train` (outputs and faults: README).
 
-One jitted, data-parallel update function: the global batch is sharded over a one-axis device mesh
-('data') and the `TrainState` is replicated, so the same code runs on one CPU, on every GPU of a
-host, and on a multi-host pod (there, every process runs this function after
-`parallel.initialize`, which main.py calls first). `training.n_jitted_steps`
-updates are fused per device call with `jax.lax.scan` (on CPU: traced back to back, see
-`get_train_fns`). The randomness of update s is
-`fold_in(key(config.seed), s)` and the data pipeline is a function of (seed, step), so a resumed
-run computes exactly what an uninterrupted one would.
-
-Outputs in W: `checkpoints/` and `checkpoints-meta/` (see `score_jax.checkpoints`),
-`tensorboard/` (loss, learning rate, grad norm, steps/s, images/s, eval loss), `metrics.jsonl`
-(one JSON object per logged step), and `samples/iter_<step>.{png,npz}` at every snapshot when
-`training.snapshot_sampling`. (`training.final_eval`, which chains `--mode eval` after a completed
-run, is main.py's.)
-
-Faults (`score_jax.loop`, shared with `--mode train_classifier`): a step whose loss, gradients or
-new parameters are not finite is not applied; the run stops naming it and the newest finite
-checkpoint, or skips it when `training.skip_nonfinite` (the rows of `metrics.jsonl` count the skips
-in `nonfinite_skipped`). A checkpoint that cannot be written stops the run at once
-(`checkpoints.CheckpointWriteError`). SIGTERM or SIGINT stops the run after the current step with
-a preemption checkpoint (`loop.Preempted`). `W/train.lock` keeps a second training run out of the
-workdir.
-"""
+One jitted update with the batch sharded over the 'data' mesh and the `TrainState` replicated,
+`training.n_jitted_steps` of them per device call, run by `score_jax.loop`. Update s draws from
+fold_in(key(seed), s) and the data is a function of (seed, step): a resumed run computes exactly
+what an uninterrupted one would."""
 from __future__ import annotations
 
 import logging
@@ -53,11 +34,7 @@ def create_train_state(config, mesh):
 
 def get_train_fns(config, model, mesh, use_scan: bool | None = None):
     """Jitted `(state, x (n_jitted_steps, B, H, W, C)) -> (state, StepMetrics of (n_jitted_steps,))`
-    and `(state, x (B, H, W, C), rng) -> eval loss`, with the batch sharded over 'data'.
-
-    The fused steps run in a `jax.lax.scan` (`use_scan`, default: on accelerators) or are traced
-    back to back (default on CPU, where XLA runs the step ~10x slower inside the scan's while loop:
-    measured 1.9 s vs 0.16 s per DDPM step); both compute the same numbers."""
+    and `(state, x (B, H, W, C), rng) -> eval loss`; `use_scan`: fuse by lax.scan (same numbers)."""
     sde, _ = sde_lib.get_sde(config)
     t = config.training
     kwargs = dict(reduce_mean=t.reduce_mean, continuous=t.continuous,
@@ -70,6 +47,7 @@ def get_train_fns(config, model, mesh, use_scan: bool | None = None):
     eval_fn = losses.get_step_fn(sde, model, train=False, **kwargs)
 
     if use_scan is None:
+        # XLA:CPU runs the step ~10x slower inside the scan's while loop (1.9 s vs 0.16 s, DDPM).
         use_scan = jax.default_backend() != "cpu"
 
     def multi_step(state, xs):
@@ -90,10 +68,8 @@ def get_train_fns(config, model, mesh, use_scan: bool | None = None):
 
 
 def _data_iterators(config, start_step: int, local_batch: int):
-    """(train iterator of (n_jitted_steps, local_batch, H, W, C) float32 in [0, 1] from update
-    `start_step` on, eval iterator of (local_batch, H, W, C)). Both are functions of the step: the
-    eval stream advances one batch per evaluation, so a resumed run evaluates on the same
-    batches as an uninterrupted one."""
+    """Train iterator of (n_jitted_steps, local_batch, H, W, C) float32 in [0, 1] from update
+    `start_step`, and eval iterator of (local_batch, H, W, C), one batch per evaluation."""
     from score_jax import datasets
 
     t = config.training
@@ -101,6 +77,7 @@ def _data_iterators(config, start_step: int, local_batch: int):
                                     start_step=start_step, additional_dim=int(t.n_jitted_steps))
     eval_it = datasets.get_dataset(
         config, split="eval", batch_size=local_batch,
+        # Skip the evaluations already done: a resumed run evaluates on the same batches.
         start_step=loop.evals_before(start_step, int(t.n_jitted_steps), t.eval_freq))
     return train_it, eval_it
 
@@ -114,24 +91,21 @@ def _check_images(x: np.ndarray, config) -> None:
 
 
 def _write_snapshot_samples(samples, workdir: str, step: int) -> None:
-    """`W/samples/iter_<step>.{npz,png}`; a grid with NaN/inf is logged and not written (the
-    training run goes on: a bad sample grid early in training is not a reason to stop)."""
+    """`W/samples/iter_<step>.{npz,png}`; a grid with NaN/inf is logged, not written."""
     from score_jax import sampling
 
     samples = np.asarray(jax.device_get(samples))
     try:
         sampling.check_finite(samples)
-    except FloatingPointError as e:
+    except FloatingPointError as e:  # a bad grid early in training is no reason to stop
         logging.getLogger(__name__).warning("step %d: sample grid not written: %s", step, e)
         return
     utils.save_samples(samples, os.path.join(workdir, "samples", f"iter_{step}"))
 
 
 def train(config, workdir: str) -> dict:
-    """Trains `config` in `workdir` until `training.n_iters` updates, resuming from the newest
-    intact checkpoint there (`score_jax.loop`). Returns the last logged metrics and `updates`, the
-    number of updates done. Holds `W/train.lock` while it runs (process 0); raises
-    `loop.Preempted` on SIGTERM/SIGINT."""
+    """Trains until `training.n_iters` updates, resuming from W's newest intact checkpoint; returns
+    the last logged metrics and `updates` done. Raises `loop.Preempted` on SIGTERM/SIGINT."""
     from score_jax import datasets
 
     utils.check_workdir(workdir)
@@ -174,8 +148,7 @@ def train(config, workdir: str) -> dict:
 
 
 def _snapshot_writer(config, model, inverse_scaler, workdir: str, rng):
-    """`(state, step) -> None`: samples with the config's sampler and the EMA weights (batch
-    training.batch_size, as official), written to `W/samples/iter_<step>` by process 0."""
+    """`(state, step) -> None`: training.batch_size samples of the EMA weights to W/samples."""
     from score_jax import sampling
 
     sde, eps = sde_lib.get_sde(config)

@@ -1,5 +1,4 @@
-"""Training state, optimizer (torch's Adam with warm-up and clipping, one optax transformation),
-EMA decay, and `apply_update`, the guarded update of every training step."""
+"""Training state, optimizer (torch's Adam as one optax transformation), EMA, `apply_update`."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -32,8 +31,7 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
 
 
 def get_optimizer(config) -> optax.GradientTransformation:
-    """torch.optim.Adam(lr, betas=(beta1, 0.999), eps, weight_decay) with warm-up and clipping
-    (when grad_clip >= 0); raises ValueError for another `optim.optimizer`."""
+    """torch.optim.Adam(lr, (beta1, 0.999), eps, weight_decay), warm-up, clip if grad_clip >= 0."""
     if config.optim.optimizer != "Adam":
         raise ValueError(f"optim.optimizer={config.optim.optimizer!r} is not supported; "
                          "valid: Adam")
@@ -57,8 +55,8 @@ def ema_decay(ema_rate: float, num_updates: jax.Array) -> jax.Array:
 
 def apply_update(state: "TrainState", grads: PyTree, loss: jax.Array,
                  optimizer: optax.GradientTransformation, ema_rate: float):
-    """`(new state, grad_norm, finite)`: optimizer step, step + 1, EMA. A non-finite loss, gradient
-    norm or update norm drops the update on device (only the step advances); `finite` is False."""
+    """`(new state, grad_norm, finite)`: optimizer step, step + 1, EMA; a non-finite loss, gradient
+    or update is dropped on device (only the step advances)."""
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step = state.step + 1
@@ -76,8 +74,7 @@ def apply_update(state: "TrainState", grads: PyTree, loss: jax.Array,
 
 
 class TrainState(flax.struct.PyTreeNode):
-    """`params`, `ema_params`, optax `opt_state`, int32 `step` (updates applied) and the run's
-    base key `rng` (uint32 (2,)); update s draws from `fold_in(rng, s)` (resumes continue it)."""
+    """int32 `step`: updates applied; update s draws from `fold_in(rng, s)`, rng uint32 (2,)."""
 
     params: PyTree
     ema_params: PyTree

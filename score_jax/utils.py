@@ -28,13 +28,8 @@ def default_compilation_cache_dir() -> str:
 
 
 def enable_compilation_cache(path: str | None = None) -> str | None:
-    """Turns on jax's persistent compilation cache, so that a second run of the same program
-    (same config, shapes and jax version) loads its compiled executables instead of compiling.
-
-    `path`: the cache directory; None means `default_compilation_cache_dir()`; '' disables the
-    cache. Every compilation is cached, however short. Call once, before the first compilation.
-    Returns the directory in use, or None when disabled.
-    """
+    """Turns on jax's persistent compilation cache in `path` (None: the default dir, '': off) for
+    every compilation; call before the first one. Returns the directory in use, or None."""
     path = default_compilation_cache_dir() if path is None else path
     if not path:
         return None
@@ -48,10 +43,8 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
 
 @contextlib.contextmanager
 def atomic_path(path: str):
-    """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds.
-
-    A crash or an exception leaves `path` untouched (the old file, or none) and no partial file.
-    """
+    """Yields a temporary path beside `path`, renamed onto it only if the block succeeds (else
+    `path` is untouched and no partial file is left)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
@@ -81,9 +74,8 @@ def image_grid(images: np.ndarray, pad: int = 1, cols: int | None = None) -> np.
 
 
 def save_samples(samples: np.ndarray, path_stem: str, **arrays) -> None:
-    """`samples` (B, H, W, C) in [0, 1] -> `<stem>.npz` (float32 `samples`, clipped to [0, 1], and
-    `arrays`, e.g. the batch's nfe) and `<stem>.png`, a grid scaled up (nearest neighbour) to about
-    512 px on its longer side. Each file is written atomically."""
+    """`samples` (B, H, W, C) -> `<stem>.npz` (float32 clipped to [0, 1], and `arrays`) and
+    `<stem>.png` (a grid, nearest-neighbour upscaled to about 512 px), each atomically."""
     from PIL import Image
 
     samples = np.clip(np.asarray(samples, np.float32), 0.0, 1.0)
@@ -132,12 +124,8 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def workdir_lock(workdir: str):
-    """Holds `W/train.lock` (JSON {host, pid, since}) for the block.
-
-    Raises RuntimeError naming the holder's host and pid when another live process holds it. A
-    lock left by a process of this host that no longer runs is taken over (with a warning); one
-    from another host cannot be checked: the message says to delete it if that run is gone.
-    """
+    """Holds `W/train.lock` (JSON {host, pid, since}) for the block; RuntimeError naming the host
+    and pid of a live holder. A dead holder of this host is taken over with a warning."""
     path = os.path.join(workdir, LOCK_FILE)
     me = {"host": socket.gethostname(), "pid": os.getpid(),
           "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
@@ -204,10 +192,8 @@ def settings_key(settings: dict) -> str:
 
 
 def settings_dir(parent: str, prefix: str, settings: dict, write: bool = True) -> str:
-    """`parent/<prefix>_<settings_key(settings)>`: the folder of the outputs made with `settings`;
-    with `write`, `settings.json` (the values, as `_jsonable` stores them) is written there
-    atomically if missing. Two settings never share a folder, so a resume only ever finds work
-    made by the same settings."""
+    """`parent/<prefix>_<settings_key(settings)>`, the outputs made with `settings`; with `write`,
+    `settings.json` there (atomically, if missing)."""
     path = os.path.join(parent, f"{prefix}_{settings_key(settings)}")
     record = os.path.join(path, "settings.json")
     if write and not os.path.exists(record):

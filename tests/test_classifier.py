@@ -177,9 +177,8 @@ def trained(tmp_path_factory):
     state = train_state.TrainState.create(model_params, train_state.get_optimizer(config),
                                           jax.random.PRNGKey(0))
     ck = ckpt_lib.Checkpointer(workdir)
-    ck.save(jax.device_put(state.replace(step=jnp.asarray(5, jnp.int32)),
-                           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())),
-            preemption=False)
+    state = state.replace(step=jnp.asarray(5, jnp.int32))
+    ck.save(jax.device_put(state, parallel.replicated(mesh)), preemption=False)
     ck.wait()
     ck.close()
     result = train_classifier.train_classifier(config, workdir)

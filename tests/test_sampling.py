@@ -10,10 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 from conftest import DATA
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from score_jax import convert, ode, sampling
+from score_jax import convert, ode, parallel, sampling
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
 from score_jax.models.utils import get_score_fn
@@ -235,13 +233,13 @@ def test_sharded_batch_matches_unsharded():
     assert jax.device_count() >= 2
     sde = sde_lib.VESDE(N=20)
     mesh = jax.make_mesh((2,), ("data",))
-    sharding = NamedSharding(mesh, P("data"))
+    sharding = parallel.batch_sharding(mesh)
     args = (sde, AnalyticScore(sde), (4, 4, 4, 1), "reverse_diffusion", "langevin", identity, 0.16)
     kw = dict(eps=1e-5, continuous=True, n_steps=2)
     plain, _ = sampling.get_pc_sampler(*args, **kw)(jax.random.key(3), variables("diag"))
     sharded, nfe = sampling.get_pc_sampler(*args, sharding=sharding, **kw)(jax.random.key(3),
                                                                            variables("diag"))
-    assert sharded.sharding.spec == P("data")
+    assert sharded.sharding.spec == sharding.spec
     assert int(nfe) == 20 * 3
     np.testing.assert_allclose(sharded, plain, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="batch size 3 is not divisible by the 2 devices"):

@@ -12,8 +12,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from score_jax import checkpoints as ckpt_lib
 from score_jax import config_lib, parallel, train
@@ -56,8 +54,8 @@ def _run_steps(config, devices, xs):
 
     state = train.create_train_state(config, mesh)
     train_step, eval_step = train.get_train_fns(config, mutils.create_model(config), mesh)
-    state, metrics = train_step(state, jax.device_put(xs, NamedSharding(mesh, P(None, "data"))))
-    ev = eval_step(state, jax.device_put(xs[0], NamedSharding(mesh, P("data"))),
+    state, metrics = train_step(state, jax.device_put(xs, parallel.batch_sharding(mesh, 1)))
+    ev = eval_step(state, jax.device_put(xs[0], parallel.batch_sharding(mesh)),
                    jax.random.PRNGKey(5))
     return jax.device_get((state, metrics, ev))
 

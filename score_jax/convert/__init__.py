@@ -91,7 +91,8 @@ def all_modules_to_flax(state: dict, config):
     """`torch_to_flax` of NCSN++ / DDPM++ / DDPM: the i-th parameterised `all_modules` entry is
     our i-th parameterised top-level submodule in call order; inner names match (except
     `Combine.Conv` -> `Conv_0`)."""
-    template = _variable_template(config)["params"]
+    variables = _variable_template(config)
+    template = variables["params"]
     flax_modules = [n for n in _top_level_call_order(config) if n in template]
     groups: dict[int, list[str]] = {}
     for key in state:
@@ -117,12 +118,8 @@ def all_modules_to_flax(state: dict, config):
                 continue
             leaf, array = _torch_leaf_to_flax((flax_name,) + sub, parts[-1], state[key])
             path = ("params", flax_name) + sub + (leaf,)
-            expected = _lookup(template, path[1:])
-            if expected is None or tuple(expected.shape) != array.shape:
-                raise ValueError(
-                    f"checkpoint tensor {key} (shape {state[key].shape}, as Flax "
-                    f"{'/'.join(path)} {array.shape}) does not fit the network of this config "
-                    f"(expects {None if expected is None else tuple(expected.shape)})")
+            _check_fits(variables, path, array,
+                        f"checkpoint tensor {key} (shape {state[key].shape})", "this config")
             mapping[path] = array
     return mapping, dropped
 
@@ -146,6 +143,15 @@ def _lookup(tree, path):
             return None
         tree = tree[p]
     return tree
+
+
+def _check_fits(template: dict, path: tuple, array: np.ndarray, tensor: str, network: str):
+    """ValueError naming `tensor`, `path` and both shapes unless `template`'s leaf there fits."""
+    expected = _lookup(template, path)
+    if expected is None or tuple(expected.shape) != array.shape:
+        raise ValueError(f"{tensor}, as Flax {'/'.join(path)} {array.shape}, does not fit the "
+                         f"network of {network} (expects "
+                         f"{None if expected is None else tuple(expected.shape)})")
 
 
 def _torch_to_flax_fn(config):

@@ -464,12 +464,7 @@ def diffusers_to_flax(state: dict, config, family: str, layout: dict, path) -> d
         for sub, array in _leaves(prefix, kind, params[name], take,
                                   layout["flip_sin_to_cos"]).items():
             key = ("params", name) + sub
-            expected = convert._lookup(template, key)
-            if expected is None or tuple(expected.shape) != array.shape:
-                raise ValueError(
-                    f"{path}: tensor {prefix} (as Flax {'/'.join(key)} {array.shape}) does not "
-                    f"fit the network of config.json (expects "
-                    f"{None if expected is None else tuple(expected.shape)})")
+            convert._check_fits(template, key, array, f"{path}: tensor {prefix}", "config.json")
             mapping[key] = array
     if state:
         extra = sorted(state)
