@@ -9,6 +9,7 @@ EMA parameters and the record of what they fit, in one atomic file.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import time
@@ -139,8 +140,8 @@ def train_dequantizer(config, workdir: str) -> dict:
     """Fits q(u|x) to the frozen EMA score model of W's newest checkpoint: `deq.n_iters` Adam steps
     (lr `deq.lr`, batch `deq.batch_size` of the train split) holding `W/train.lock`, checkpointed
     every `deq.snapshot_freq` steps and on SIGTERM in `W/dequantizer/train_<key>/` (`loop.run`),
-    so a rerun resumes. Returns {'updates', 'score_step', 'bound_bpd' (mean logged training bound
-    over the run's last fifth), 'path', 'seconds'}."""
+    so a rerun resumes. Returns {'updates', 'score_step', 'bound_bpd' (mean training bound of the
+    last `deq.log_freq` steps run; None if none ran), 'path', 'seconds'}."""
     from score_jax import checkpoints as ckpt_lib
     from score_jax import datasets, likelihood, loop, train_state
     from score_jax import sde as sde_lib
@@ -186,10 +187,12 @@ def train_dequantizer(config, workdir: str) -> dict:
 
             def device_call(state):
                 state, metrics = train_step(state, discrete_centers(next(batches)["image"]))
+                recent.append(metrics["loss"])
                 return state, jax.tree.map(lambda v: v[None], metrics)
 
             return loop.Task(device_call)
 
+        recent = collections.deque(maxlen=int(d.log_freq))  # losses of the last steps run
         init_rng, state_rng = jax.random.split(jax.random.fold_in(
             jax.random.PRNGKey(config.seed), 11))
         state = train_state.TrainState.create(_init_params(config, init_rng), optimizer,
@@ -204,11 +207,8 @@ def train_dequantizer(config, workdir: str) -> dict:
             f.write(flax.serialization.msgpack_serialize({
                 "record": {**record, "updates": updates},
                 "params": flax.serialization.to_state_dict(jax.device_get(params))}))
-    with open(os.path.join(directory, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    tail = [r["loss"] for r in rows if r["step"] >= 0.8 * (updates - 1)] or [rows[-1]["loss"]]
     result = {"updates": updates, "score_step": int(score_step),
-              "bound_bpd": float(np.mean(tail)), "path": path,
+              "bound_bpd": float(np.mean(recent)) if recent else None, "path": path,
               "seconds": time.perf_counter() - begin}
     print(json.dumps(result))
     return result
