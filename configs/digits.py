@@ -132,6 +132,7 @@ def get_config():
     deq.lr = 1e-3
     deq.ema_rate = 0.99
     deq.log_freq = 50
+    deq.snapshot_freq = 100  # checkpoints of its training, to resume after a kill
 
     config.seed = 0
     return config

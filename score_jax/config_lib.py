@@ -122,6 +122,7 @@ _RULES = {
     "deq.n_iters": _int(1),
     "deq.batch_size": _int(1),
     "deq.log_freq": _int(1),
+    "deq.snapshot_freq": _int(0),
     "deq.lr": _real(0, lo_open=True),
     "deq.ema_rate": _real(0, 1, hi_open=True),
     "data.image_size": _int(1),

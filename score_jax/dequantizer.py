@@ -1,32 +1,16 @@
-"""Variational dequantization (Ho et al. 2019, Flow++; used by Song, Durkan, Murray, Ermon 2021):
-a small conditional flow q(u | x) over the offsets u in (0, 1)^D inside each intensity bin, and the
-bound it gives on the discrete data's bits/dim,
+"""Variational dequantization (Ho et al. 2019; Song, Durkan, Murray, Ermon 2021): a flow q(u | x)
+over the offsets u in (0, 1)^D inside each intensity bin, and the bound on discrete bits/dim
+-log P(x) <= E_{u ~ q}[-log p((x + u)/256) + log q(u | x)].
 
-    -log P(x) <= E_{u ~ q(u|x)}[-log p((x + u)/256) + log q(u | x)]   (in [0, 1] units, D log 256
-                                                                        folded into the offset)
-
-where uniform dequantization is q = 1. `python main.py --config C --workdir W --mode
-train_dequantizer` trains it on the frozen score model of W (its EMA weights), minimising that
-bound with -log p replaced by the score model's variational bound (`likelihood.elbo_nats`, one t
-per example): cheap and differentiable in u, where the exact ODE likelihood is neither. It is
-trained after the score model, not jointly: the bound it minimises is then exactly the one
-`--mode likelihood` reports, and training it needs no change to the score model's training loop.
-`--mode likelihood` with `eval.dequantizer='variational'` evaluates the exact ODE likelihood (and
-the bound) at u ~ q(u|x).
-
-The flow, for discrete x (scaled like the data) and eps ~ N(0, I): h = CNN(x); y = mu(h) +
-exp(s(h)) eps; `deq.num_layers` affine couplings on y with checkerboard masks, conditioned on h;
-u = sigmoid(y). log q(u|x) = log N(eps) - sum s - sum of the couplings' log-scales - sum log
-sigmoid'(y).
-
-Outputs in `W/dequantizer/`: `params.msgpack` (the EMA parameters) and `dequantizer.json` (what
-they were trained for: the `deq.*` architecture, data shape and scaling, the score checkpoint
-step; checked on restore).
+h = CNN(x); y = mu(h) + exp(s(h)) eps; `deq.num_layers` affine checkerboard couplings on y given h;
+u = sigmoid(y). `--mode train_dequantizer` fits it on the frozen score model (-log p replaced by
+`likelihood.elbo_nats`, one t per example) and writes `W/dequantizer/dequantizer.msgpack`: the
+EMA parameters and the record of what they fit, in one atomic file.
 """
 from __future__ import annotations
 
+import collections
 import json
-import logging
 import os
 import time
 
@@ -40,10 +24,8 @@ import optax
 from score_jax import utils
 
 DEQ_DIR = "dequantizer"
-_META = "dequantizer.json"
-_PARAMS = "params.msgpack"
+DEQ_FILE = "dequantizer.msgpack"
 DEQUANTIZERS = ("uniform", "variational")
-log = logging.getLogger(__name__)
 
 
 def _checkerboard(shape, parity: int) -> jax.Array:
@@ -53,8 +35,8 @@ def _checkerboard(shape, parity: int) -> jax.Array:
 
 
 class Dequantizer(nn.Module):
-    """`(x, eps) -> (u, log_q)`: x (B, H, W, C) discrete data scaled like the training data,
-    eps (B, H, W, C) standard normal; u in (0, 1) of x's shape, log q(u | x) (B,) in nats."""
+    """`(x, eps) -> (u, log q(u|x))`: x (B, H, W, C) bins scaled like the data, eps ~ N(0, I)
+    of x's shape; u in (0, 1) of x's shape, log q (B,) in nats."""
 
     nf: int = 32
     num_layers: int = 2
@@ -104,9 +86,11 @@ def create_dequantizer(config) -> Dequantizer:
     return Dequantizer(nf=int(d.nf), num_layers=int(d.num_layers))
 
 
-def _meta(config, score_step: int) -> dict:
+def _record(config, score_step: int) -> dict:
+    """What a trained dequantizer must match to be used with `config` and the score checkpoint."""
     d = _settings(config)
     return {"deq.nf": int(d.nf), "deq.num_layers": int(d.num_layers),
+            "data.dataset": str(config.data.dataset),
             "data.image_size": int(config.data.image_size),
             "data.num_channels": int(config.data.num_channels),
             "data.centered": bool(config.data.centered), "score_step": int(score_step)}
@@ -129,25 +113,22 @@ def dequantize(config, params, rng, bins):
 
 
 def restore_dequantizer(config, workdir: str, score_step: int):
-    """The trained dequantizer's parameters from `W/dequantizer/`. FileNotFoundError naming the
-    folder when there is none; ValueError naming the key and the file when it was trained for
-    another config (architecture, data shape or scaling) or another score checkpoint."""
-    directory = os.path.join(workdir, DEQ_DIR)
-    meta_path, params_path = os.path.join(directory, _META), os.path.join(directory, _PARAMS)
-    if not (os.path.exists(meta_path) and os.path.exists(params_path)):
+    """The parameters of `W/dequantizer/dequantizer.msgpack`. FileNotFoundError naming the file
+    if missing; ValueError naming the key and the file if it fits another config or checkpoint."""
+    path = os.path.join(workdir, DEQ_DIR, DEQ_FILE)
+    if not os.path.exists(path):
         raise FileNotFoundError(
-            f"eval.dequantizer='variational' needs a trained dequantizer in {directory} (no "
-            f"{_META} / {_PARAMS}); train one with --mode train_dequantizer in the same --workdir")
-    with open(meta_path) as f:
-        saved = json.load(f)
-    for key, want in _meta(config, score_step).items():
-        if saved.get(key) != want:
-            raise ValueError(f"the dequantizer in {meta_path} was trained with {key}="
-                             f"{saved.get(key)!r}, but the config and checkpoint here give "
-                             f"{key}={want!r}; retrain it with --mode train_dequantizer")
-    template = _init_params(config, jax.random.PRNGKey(0))
-    with open(params_path, "rb") as f:
-        return flax.serialization.from_bytes(template, f.read())
+            f"eval.dequantizer='variational' needs a trained dequantizer, {path}, which does not "
+            "exist; train one with --mode train_dequantizer in the same --workdir")
+    with open(path, "rb") as f:
+        saved = flax.serialization.msgpack_restore(f.read())
+    for key, want in _record(config, score_step).items():
+        if saved["record"].get(key) != want:
+            raise ValueError(f"the dequantizer in {path} was trained with {key}="
+                             f"{saved['record'].get(key)!r}, but the config and checkpoint here "
+                             f"give {key}={want!r}; retrain it with --mode train_dequantizer")
+    return flax.serialization.from_state_dict(_init_params(config, jax.random.PRNGKey(0)),
+                                              saved["params"])
 
 
 def _init_params(config, rng):
@@ -156,12 +137,13 @@ def _init_params(config, rng):
 
 
 def train_dequantizer(config, workdir: str) -> dict:
-    """Trains q(u|x) on the frozen score model of `W` (newest checkpoint, EMA weights) for
-    `deq.n_iters` Adam steps (lr `deq.lr`, batch `deq.batch_size` of the train split) minimising
-    the bound on bits/dim; writes `W/dequantizer/` atomically at the end and returns
-    `{'updates', 'bound_bpd' (mean of the last `deq.log_freq` steps), 'seconds'}`."""
+    """Fits q(u|x) to the frozen EMA score model of W's newest checkpoint: `deq.n_iters` Adam steps
+    (lr `deq.lr`, batch `deq.batch_size` of the train split) holding `W/train.lock`, checkpointed
+    every `deq.snapshot_freq` steps and on SIGTERM in `W/dequantizer/train_<key>/` (`loop.run`),
+    so a rerun resumes. Returns {'updates', 'score_step', 'bound_bpd' (mean training bound of the
+    last `deq.log_freq` steps run; None if none ran), 'path', 'seconds'}."""
     from score_jax import checkpoints as ckpt_lib
-    from score_jax import datasets, likelihood
+    from score_jax import datasets, likelihood, loop, train_state
     from score_jax import sde as sde_lib
     from score_jax.models import utils as mutils
 
@@ -169,57 +151,64 @@ def train_dequantizer(config, workdir: str) -> dict:
     if jax.process_count() > 1:
         raise ValueError("--mode train_dequantizer runs in one process (a small flow on one "
                          f"host); got {jax.process_count()} processes")
-    sde, _ = sde_lib.get_sde(config)
-    model = mutils.create_model(config)
-    ema_params, score_step = ckpt_lib.restore_for_sampling(workdir)
-    score_vars = {"params": ema_params}
-    inverse_scaler = datasets.get_data_inverse_scaler(config)
-    scaler = datasets.get_data_scaler(config)
-    offset = 7.0 - float(inverse_scaler(-1.0))
-    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 11)
-    params = _init_params(config, jax.random.fold_in(rng, 0))
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(float(d.lr)))
-    opt_state = optimizer.init(params)
-    ema = params
+    begin = time.perf_counter()
+    with utils.workdir_lock(workdir):
+        ema_params, score_step = ckpt_lib.restore_for_sampling(workdir)
+        record = _record(config, score_step)
+        # A run resumes only work of the same score weights and training settings.
+        directory = utils.settings_dir(os.path.join(workdir, DEQ_DIR), "train", {
+            **record, "score_weights": utils.tree_fingerprint(ema_params), "seed": config.seed,
+            **{f"deq.{k}": d[k] for k in ("lr", "batch_size", "ema_rate")}})
+        sde, _ = sde_lib.get_sde(config)
+        score_fn = mutils.get_score_fn(sde, mutils.create_model(config), {"params": ema_params},
+                                       train=False, continuous=True)
+        scaler = datasets.get_data_scaler(config)
+        offset = 7.0 - float(datasets.get_data_inverse_scaler(config)(-1.0))
+        optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(float(d.lr)))
 
-    def loss_fn(params, bins, key):
-        deq_key, elbo_key = jax.random.split(key)
-        data, log_q = dequantize(config, params, deq_key, bins)
-        score_fn = mutils.get_score_fn(sde, model, score_vars, train=False, continuous=True)
-        nll = likelihood.elbo_nats(sde, score_fn, elbo_key, scaler(data), num_t=1)
-        dims = int(np.prod(bins.shape[1:]))
-        return jnp.mean((nll + log_q) / np.log(2.0) / dims) + offset
+        def loss_fn(params, bins, key):
+            deq_key, elbo_key = jax.random.split(key)
+            data, log_q = dequantize(config, params, deq_key, bins)
+            nll = likelihood.elbo_nats(sde, score_fn, elbo_key, scaler(data), num_t=1)
+            dims = int(np.prod(bins.shape[1:]))
+            return jnp.mean((nll + log_q) / np.log(2.0) / dims) + offset
 
-    @jax.jit
-    def step(params, opt_state, ema, bins, key):
-        loss, grads = jax.value_and_grad(loss_fn)(params, bins, key)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        ema = jax.tree.map(lambda e, p: e - (1.0 - float(d.ema_rate)) * (e - p), ema, params)
-        return params, opt_state, ema, loss
+        @jax.jit
+        def train_step(state, bins):
+            loss, grads = jax.value_and_grad(loss_fn)(
+                state.params, bins, jax.random.fold_in(state.rng, state.step))
+            state, grad_norm, finite = train_state.apply_update(state, grads, loss, optimizer,
+                                                                float(d.ema_rate))
+            return state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
-    train_it = datasets.get_dataset(config, split="train", batch_size=int(d.batch_size),
-                                    uniform_dequantization=False)
-    losses, start = [], time.perf_counter()
-    for i in range(int(d.n_iters)):
-        bins = jnp.asarray(discrete_centers(next(train_it)["image"]))
-        params, opt_state, ema, loss = step(params, opt_state, ema, bins,
-                                            jax.random.fold_in(rng, i + 1))
-        losses.append(float(loss))
-        if not np.isfinite(losses[-1]):
-            raise FloatingPointError(f"dequantizer loss is {losses[-1]} at step {i}; nothing "
-                                     "written. Lower deq.lr")
-        if (i + 1) % int(d.log_freq) == 0:
-            log.info("dequantizer step %d: bound %.4f bits/dim", i + 1,
-                     np.mean(losses[-int(d.log_freq):]))
-    directory = os.path.join(workdir, DEQ_DIR)
-    os.makedirs(directory, exist_ok=True)
-    with utils.atomic_path(os.path.join(directory, _PARAMS)) as tmp, open(tmp, "wb") as f:
-        f.write(flax.serialization.to_bytes(ema))
-    with utils.atomic_path(os.path.join(directory, _META)) as tmp, open(tmp, "w") as f:
-        json.dump(_meta(config, int(score_step)), f, indent=1)
-    result = {"updates": int(d.n_iters), "score_step": int(score_step),
-              "bound_bpd": float(np.mean(losses[-int(d.log_freq):])),
-              "seconds": time.perf_counter() - start}
+        def start(step: int, restored: bool) -> loop.Task:
+            batches = datasets.get_dataset(config, split="train", batch_size=int(d.batch_size),
+                                           uniform_dequantization=False, start_step=step)
+
+            def device_call(state):
+                state, metrics = train_step(state, discrete_centers(next(batches)["image"]))
+                recent.append(metrics["loss"])
+                return state, jax.tree.map(lambda v: v[None], metrics)
+
+            return loop.Task(device_call)
+
+        recent = collections.deque(maxlen=int(d.log_freq))  # losses of the last steps run
+        init_rng, state_rng = jax.random.split(jax.random.fold_in(
+            jax.random.PRNGKey(config.seed), 11))
+        state = train_state.TrainState.create(_init_params(config, init_rng), optimizer,
+                                              state_rng)
+        schedule = loop.Schedule(int(d.n_iters), int(d.log_freq), eval_freq=0, snapshot_freq=0,
+                                 preemption_freq=int(d.snapshot_freq))
+        loop.run(directory, state, schedule, start, batch_size=int(d.batch_size),
+                 what="dequantizer step")
+        params, updates = ckpt_lib.restore_for_sampling(directory)
+        path = os.path.join(workdir, DEQ_DIR, DEQ_FILE)
+        with utils.atomic_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(flax.serialization.msgpack_serialize({
+                "record": {**record, "updates": updates},
+                "params": flax.serialization.to_state_dict(jax.device_get(params))}))
+    result = {"updates": updates, "score_step": int(score_step),
+              "bound_bpd": float(np.mean(recent)) if recent else None, "path": path,
+              "seconds": time.perf_counter() - begin}
     print(json.dumps(result))
     return result

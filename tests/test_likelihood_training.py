@@ -1,6 +1,8 @@
 """Likelihood training and bounds: importance-sampled t for the likelihood-weighted loss (against
 its closed-form density and a quadrature of the loss's expectation), the ELBO against the exact
 likelihood of Gaussian data, and the variational dequantizer."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -260,6 +262,59 @@ def test_likelihood_mode_bound_and_variational_dequantizer(tmp_path):
     config.eval.dequantizer = "flowpp"
     with pytest.raises(ValueError, match="eval.dequantizer"):
         main.run("likelihood", config, workdir)
+
+
+def _dequantizer_file(workdir):
+    import flax.serialization
+
+    from score_jax import dequantizer
+
+    with open(os.path.join(workdir, dequantizer.DEQ_DIR, dequantizer.DEQ_FILE), "rb") as f:
+        return flax.serialization.msgpack_restore(f.read())
+
+
+def test_train_dequantizer_resumes_after_a_kill_and_holds_the_workdir_lock(tmp_path, monkeypatch):
+    """A run killed at step 3 (last checkpoint: step 2, `deq.snapshot_freq`) and rerun resumes at
+    step 2 and ends with the parameters of an uninterrupted run, bit for bit; parameters and record
+    are one file; a workdir whose `train.lock` is held is refused before any work."""
+    from test_evaluate import digits_config, write_checkpoint
+
+    import main
+    from score_jax import datasets, utils
+
+    config = digits_config(tmp_path)
+    config.deq.update(n_iters=4, log_freq=1, batch_size=8, snapshot_freq=2, nf=8)
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    for workdir in (straight, killed):
+        write_checkpoint(config, workdir, lambda p: p)
+    with utils.workdir_lock(straight), pytest.raises(RuntimeError, match="in use"):
+        main.run("train_dequantizer", config, straight)
+    assert not os.path.exists(os.path.join(straight, "dequantizer"))
+    main.run("train_dequantizer", config, straight)
+
+    real, starts = datasets.get_dataset, []
+
+    def dies_at_step_3(*args, **kwargs):
+        starts.append(kwargs["start_step"])
+        for i, batch in enumerate(real(*args, **kwargs)):
+            if i == 3:
+                raise KeyboardInterrupt("killed")
+            yield batch
+
+    monkeypatch.setattr(datasets, "get_dataset", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        main.run("train_dequantizer", config, killed)
+    (run_dir,) = [d for d in os.listdir(os.path.join(killed, "dequantizer"))]
+    assert os.listdir(os.path.join(killed, "dequantizer", run_dir, "checkpoints-meta")) == ["2"]
+    result = main.run("train_dequantizer", config, killed)
+    assert starts == [0, 2] and result["updates"] == 4 and np.isfinite(result["bound_bpd"])
+    assert sorted(os.listdir(os.path.join(killed, "dequantizer"))) == ["dequantizer.msgpack",
+                                                                       run_dir]
+    a, b = _dequantizer_file(straight), _dequantizer_file(killed)
+    assert a["record"] == b["record"] and a["record"]["score_step"] == 7
+    assert a["record"]["updates"] == 4
+    assert np.any(a["params"]["base"]["kernel"] != 0)  # trained: the zero-initialised head moved
+    jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
 
 
 @pytest.mark.parametrize("method,pcoeff,icoeff", [("tsit5", 0.0, 1.0), ("dopri5", 0.4, 0.3),

@@ -31,5 +31,6 @@ def get_config():
     config.eval.enable_bpd = True
     config.deq = ml_collections.ConfigDict(
         {"nf": 64, "num_layers": 4, "n_iters": 100_000, "batch_size": 128, "lr": 1e-3,
-         "ema_rate": 0.999, "log_freq": 100})
+         "ema_rate": 0.999, "log_freq": 100,
+         "snapshot_freq": 5000})
     return config
