@@ -64,7 +64,8 @@ def bits_per_dim(sde, z, delta_logp, inverse_scaler):
 
 def get_likelihood_fn(sde, model, inverse_scaler, hutchinson_type="Rademacher", rtol=1e-5,
                       atol=1e-5, method="dopri5", eps=1e-5, exact_trace=False, continuous=True,
-                      fixed_nfe: int | None = None, pcoeff: float = 0.0, icoeff: float = 1.0):
+                      fixed_nfe: int | None = None, pcoeff: float = 0.0, icoeff: float = 1.0,
+                      variable: str = "t"):
     """A jitted `(rng, variables, data, eps_noise=None) -> (bpd, z, nfe)`.
 
     Args:
@@ -74,7 +75,7 @@ def get_likelihood_fn(sde, model, inverse_scaler, hutchinson_type="Rademacher", 
       hutchinson_type: 'Rademacher' or 'Gaussian', drawn once per call from `rng` (one probe for
         the whole solve, as official); ignored with `exact_trace`.
       method, rtol, atol, fixed_nfe, pcoeff, icoeff: the ODE solver (`ode.solve_ode`), from eps
-        to T.
+        to T, in `variable` (`ode.probability_flow`).
       exact_trace: the exact divergence (dimension-many jvps per evaluation) instead of Hutchinson.
 
     The returned function takes `data` (batch, H, W, C), already dequantized and scaled, and
@@ -88,28 +89,34 @@ def get_likelihood_fn(sde, model, inverse_scaler, hutchinson_type="Rademacher", 
             f"unknown hutchinson_type {hutchinson_type!r}; valid: {list(HUTCHINSON_TYPES)}")
     if method not in ode.ODE_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; valid: {list(ode.ODE_METHODS)}")
+    ode.check_variable(variable)
 
     def likelihood_fn(rng, variables, data, eps_noise=None):
         data = jnp.asarray(data, jnp.float32)
         score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
         sampling.check_model_shape(score_fn, data.shape)
-        drift = ode.probability_flow_drift(sde, score_fn)
+        flow = ode.probability_flow(sde, score_fn, variable)
         if eps_noise is None:
             eps_noise = hutchinson_noise(rng, data.shape, hutchinson_type)
         elif eps_noise.shape != data.shape:
             raise ValueError(f"eps_noise has shape {eps_noise.shape}, data {data.shape}")
 
-        def ode_fn(t, state):
-            x, _ = state
-            fn = lambda y: drift(t, y)
+        def ode_fn(s, state):
+            y, _ = state
+            fn = lambda v: flow.drift(s, v)
             if exact_trace:
-                return exact_divergence(fn, x)
-            return hutchinson_divergence(fn, x, eps_noise)
+                return exact_divergence(fn, y)
+            return hutchinson_divergence(fn, y, eps_noise)
 
-        init = (data, jnp.zeros((data.shape[0],), jnp.float32))
-        (z, delta_logp), nfe = ode.solve_ode(ode_fn, init, eps, sde.T, method=method,
-                                                  rtol=rtol, atol=atol, fixed_nfe=fixed_nfe,
-                                                  pcoeff=pcoeff, icoeff=icoeff)
+        # x = scale y: log p_x(x) = log p_y(y) - D log scale at both ends.
+        batch, dims = data.shape[0], int(np.prod(data.shape[1:]))
+        scale_0, scale_T = (flow.scale(jnp.full((batch,), t, jnp.float32)) for t in (eps, sde.T))
+        init = (sde_lib.batch_mul(1.0 / scale_0, data), jnp.zeros((batch,), jnp.float32))
+        (y, delta_logp), nfe = ode.solve_ode(ode_fn, init, flow.s_of_t(eps), flow.s_of_t(sde.T),
+                                             method=method, rtol=rtol, atol=atol,
+                                             fixed_nfe=fixed_nfe, pcoeff=pcoeff, icoeff=icoeff)
+        z = sde_lib.batch_mul(scale_T, y)
+        delta_logp = delta_logp + dims * (jnp.log(scale_T) - jnp.log(scale_0))
         return bits_per_dim(sde, z, delta_logp, inverse_scaler), z, nfe
 
     return jax.jit(likelihood_fn)

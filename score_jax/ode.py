@@ -2,14 +2,19 @@
 likelihood.
 
 `probability_flow_drift(sde, score_fn)` is dx/dt = f(x, t) - g(t)^2 score(x, t) / 2;
+`probability_flow(sde, score_fn, variable)` is the same ODE in another variable;
 `solve_ode(fn, y0, t0, t1, ...)` integrates any pytree state with an exact count of vector-field
 evaluations.
 """
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import diffrax
 import jax
 import jax.numpy as jnp
+
+from score_jax import sde as sde_lib
 
 _FIXED_STEP = {"euler": (diffrax.Euler, 1), "heun": (diffrax.Heun, 2)}
 _ADAPTIVE = {"dopri5": diffrax.Dopri5, "tsit5": diffrax.Tsit5}
@@ -114,3 +119,61 @@ def probability_flow_drift(sde, score_fn):
     """`drift(t, x)` of the probability-flow ODE, t a scalar (taken in x's dtype)."""
     rsde = sde.reverse(score_fn, probability_flow=True)
     return lambda t, x: rsde.sde(x, jnp.full((x.shape[0],), t, x.dtype))[0]
+
+
+ODE_VARIABLES = ("t", "sigma", "log_snr", "snr")
+
+
+class Flow(NamedTuple):
+    """The probability-flow ODE dy/ds = drift(s, y) in a variable s, with x_t = scale(t) y."""
+
+    drift: Callable  # (s scalar, y (batch, ...)) -> dy/ds
+    s_of_t: Callable  # t (host float) -> s (host float)
+    scale: Callable  # t (batch,) -> scale (batch,)
+
+
+def check_variable(variable: str, key: str = "variable") -> str:
+    if variable not in ODE_VARIABLES:
+        raise ValueError(f"{key}={variable!r} is unknown; valid: {list(ODE_VARIABLES)}")
+    return variable
+
+
+def probability_flow(sde, score_fn, variable: str = "t") -> Flow:
+    """The probability-flow ODE of `sde` in `variable`, with x_t = alpha_t x_0 + std_t z,
+    lambda = log(alpha/std) (`sde.log_snr`) and eps = -std score:
+
+    * 't': x against t (`probability_flow_drift`).
+    * 'sigma': y = x/alpha against sigma = std/alpha = e^-lambda: dy/dsigma = eps.
+    * 'log_snr': y = x/alpha against lambda: dy/dlambda = -sigma eps.
+    * 'snr': w = x/std against e^lambda = alpha/std: dw/de^lambda = x0 = (x - std eps)/alpha.
+
+    All follow from g^2 = d(std^2)/dt - 2 f std^2 (true of VE, VP and sub-VP). t(s) is
+    `sde.t_from_log_snr`, on device.
+    """
+    check_variable(variable)
+    if variable == "t":
+        return Flow(probability_flow_drift(sde, score_fn), float, jnp.ones_like)
+    to_lam, from_lam = {"sigma": (lambda s: -jnp.log(s), lambda lam: jnp.exp(-lam)),
+                        "log_snr": (lambda s: s, lambda lam: lam),
+                        "snr": (jnp.log, jnp.exp)}[variable]
+
+    def drift(s, y):
+        t = jnp.full((y.shape[0],), sde.t_from_log_snr(to_lam(s)), y.dtype)
+        alpha, std = sde.alpha(t), sde.sigma(t)
+        scale = std if variable == "snr" else alpha
+        x = sde_lib.batch_mul(scale, y)
+        eps = -sde_lib.batch_mul(std, score_fn(x, t))
+        if variable == "sigma":
+            return eps
+        if variable == "log_snr":
+            return -sde_lib.batch_mul(std / alpha, eps)
+        return sde_lib.batch_mul(1.0 / alpha, x - sde_lib.batch_mul(std, eps))
+
+    def s_of_t(t):
+        with jax.ensure_compile_time_eval():  # host floats, also when called under jit
+            return float(from_lam(sde.log_snr(jnp.float32(t))))
+
+    def scale(t):
+        return sde.sigma(t) if variable == "snr" else sde.alpha(t)
+
+    return Flow(drift, s_of_t, scale)
