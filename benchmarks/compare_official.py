@@ -168,6 +168,15 @@ def digits_images(size: int, channels: int) -> np.ndarray:
     return images.clamp(0, 1).repeat(1, channels, 1, 1).numpy()
 
 
+def digits_bpd_data(config, n: int, rng) -> np.ndarray:
+    """The first `n` upscaled digits, uniformly dequantized with `rng` and scaled as the input
+    pipeline does: (n, size, size, channels) float32, NHWC."""
+    size, channels = config.data.image_size, config.data.num_channels
+    bins = np.floor(digits_images(size, channels)[:n].transpose(0, 2, 3, 1) * 255.0 + 0.5)
+    pixels = (bins + rng.uniform(size=bins.shape)) / 256.0
+    return ((2.0 * pixels - 1.0) if config.data.centered else pixels).astype(np.float32)
+
+
 def train_official(args, official, config, net) -> pathlib.Path:
     """Trains the official network `net` in place for `--train_steps` steps of the config's loss
     (official `losses.get_step_fn`) on upscaled digits, Adam at `--train_lr` without warm-up,
@@ -468,11 +477,8 @@ def main():
         # after our torch.manual_seed(0) (Rademacher: randint_like(0, 2) * 2 - 1), so it is redrawn
         # here the same way and handed to ours. With one probe both sides estimate the same
         # number, so a tight solve of ours (--bpd_reference_tol) is the reference of both.
-        if args.bpd_data == "digits":  # dequantized, as the input pipeline does
-            bins = digits_images(size, channels)[:b].transpose(0, 2, 3, 1) * 255.0
-            bins = np.floor(bins + 0.5)
-            pixels = (bins + rng.uniform(size=bins.shape)) / 256.0
-            bpd_x = ((2.0 * pixels - 1.0) if config.data.centered else pixels).astype(np.float32)
+        if args.bpd_data == "digits":
+            bpd_x = digits_bpd_data(config, b, rng)
         else:
             bpd_x = data
         bpd_t = torch.from_numpy(bpd_x.transpose(0, 3, 1, 2).copy())

@@ -122,6 +122,28 @@ def probability_flow_drift(sde, score_fn):
 
 
 ODE_VARIABLES = ("t", "sigma", "log_snr", "snr")
+# Step-size controllers: diffrax PID (pcoeff, icoeff).
+CONTROLLERS = {"I": (0.0, 1.0), "PI": (0.4, 0.3)}
+# The `ode_*` keys of the `sampling` and `eval` config blocks, and their values when absent.
+DEFAULT_OPTIONS = {"ode_method": "dopri5", "ode_rtol": 1e-5, "ode_atol": 1e-5,
+                   "ode_controller": "I", "ode_variable": "t"}
+
+
+def solver_options(block, prefix: str) -> dict:
+    """`method`, `rtol`, `atol`, `pcoeff`, `icoeff`, `variable` from the `ode_*` keys of a config
+    block (`prefix` 'sampling' or 'eval'); ValueError naming the first bad key."""
+    v = {k: block.get(k, d) if block is not None else d for k, d in DEFAULT_OPTIONS.items()}
+    valid = {"ode_method": list(_ADAPTIVE), "ode_controller": list(CONTROLLERS),
+             "ode_variable": list(ODE_VARIABLES)}
+    for key, values in valid.items():
+        if v[key] not in values:
+            raise ValueError(f"{prefix}.{key}={v[key]!r} is invalid: expected one of {values}")
+    for key in ("ode_rtol", "ode_atol"):
+        if isinstance(v[key], bool) or not isinstance(v[key], (int, float)) or not v[key] > 0:
+            raise ValueError(f"{prefix}.{key}={v[key]!r} is invalid: expected a number > 0")
+    pcoeff, icoeff = CONTROLLERS[v["ode_controller"]]
+    return dict(method=v["ode_method"], rtol=float(v["ode_rtol"]), atol=float(v["ode_atol"]),
+                pcoeff=pcoeff, icoeff=icoeff, variable=v["ode_variable"])
 
 
 class Flow(NamedTuple):

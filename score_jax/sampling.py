@@ -475,7 +475,8 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
     few-step methods also take a latent `z`.
 
     'pc' reads `sampling.{predictor, corrector, snr, n_steps_each, probability_flow,
-    noise_removal}` and `training.continuous`; 'ode' reads `sampling.noise_removal`; the few-step
+    noise_removal}` and `training.continuous`; 'ode' reads `sampling.{noise_removal, ode_method,
+    ode_rtol, ode_atol, ode_controller, ode_variable}` (`ode.solver_options`); the few-step
     methods of `solvers.METHODS` read `sampling.{nfe, time_grid, order, variant, rtol, atol,
     noise_removal}` (`sampling.time_grid='fitted'` reads the grid of `workdir`). 'ode' and the
     few-step methods use continuous-time labels as the official ODE sampler, except for discrete
@@ -491,7 +492,8 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
     continuous = sde.continuous_labels(config)
     if method == "ode":
         return get_ode_sampler(sde, model, shape, inverse_scaler, denoise=s.noise_removal, eps=eps,
-                               continuous=continuous, sharding=sharding)
+                               continuous=continuous, sharding=sharding,
+                               **ode.solver_options(s, "sampling"))
     if method not in solvers.METHODS:
         raise ValueError(f"sampling.method={s.method!r} is unknown; valid: "
                          f"{['pc', 'ode', *solvers.METHODS]}")
