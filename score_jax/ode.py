@@ -1,11 +1,4 @@
-"""The probability-flow ODE and its on-device solve (diffrax), shared by the ODE sampler and the
-likelihood.
-
-`probability_flow_drift(sde, score_fn)` is dx/dt = f(x, t) - g(t)^2 score(x, t) / 2;
-`probability_flow(sde, score_fn, variable)` is the same ODE in another variable;
-`solve_ode(fn, y0, t0, t1, ...)` integrates any pytree state with an exact count of vector-field
-evaluations.
-"""
+"""The probability-flow ODE (in t or another variable) and its on-device solve (diffrax)."""
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
@@ -28,7 +21,7 @@ def _rms(tree):
 
 
 def _initial_step(fn, t0, y0, f0, direction, interval, rtol, atol, order=4):
-    """Hairer's initial step size (as scipy's RK45, one extra evaluation). Returns |h|."""
+    """Hairer's initial step size (one extra evaluation). Returns |h|."""
     scale = jax.tree_util.tree_map(lambda y: atol + jnp.abs(y) * rtol, y0)
     ratio = lambda a: jax.tree_util.tree_map(lambda u, s: u / s, a, scale)
     d0, d1 = _rms(ratio(y0)), _rms(ratio(f0))
@@ -43,28 +36,11 @@ def _initial_step(fn, t0, y0, f0, direction, interval, rtol, atol, order=4):
 
 def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=1e-5,
               fixed_nfe: int | None = None, max_steps: int = 4096,
-              adjoint=None, pcoeff: float = 0.0, icoeff: float = 1.0):
-    """Integrates dy/dt = fn(t, y) from t0 to t1 on device; returns `(y(t1), nfe)`.
-
-    `y0` is any pytree of arrays; `fn(t, y)` gets a scalar time. Methods:
-
-    * 'dopri5': adaptive Dormand-Prince 5(4) (the paper's RK45) with an I-controller on the RMS norm
-      of the error scaled by atol + rtol max(|y0|, |y1|) over the whole state (as scipy). The
-      initial step is Hairer's heuristic (as scipy). nfe is exact: 2 evaluations for the initial
-      step (f(t0, y0) is then handed to the solver as its first-same-as-last stage), plus 6 per
-      attempted step, rejected ones included (the official scipy count has the same structure).
-    * 'tsit5': Tsitouras 5(4), the same controller, initial step and count (7 stages, FSAL).
-    * 'euler', 'heun': fixed steps spending `fixed_nfe` evaluations (1 resp. 2 per step).
-
-    `pcoeff`, `icoeff`: diffrax's PID coefficients of the step-size controller (default 0, 1: the
-    I-controller above); e.g. 0.4, 0.3 for a PI controller (`benchmarks/ode_options.py`).
-
-    `adjoint` is diffrax's (default: its standard one); counting tests pass `DirectAdjoint()`.
-    An adaptive solve that needs more than `max_steps` steps returns NaN rather than an unfinished
-    state (the samplers and the likelihood refuse non-finite results). Not diffrax's run-time
-    error: that is a host callback, and jax does not put executables with host callbacks in the
-    persistent compilation cache (`utils.enable_compilation_cache`).
-    """
+              adjoint=None, pcoeff: float = 0.0, icoeff: float = 1.0, norm=None):
+    """Integrates dy/dt = fn(t, y) (y any pytree, t a scalar) from t0 to t1 on device; returns
+    `(y(t1), nfe)`, nfe (int32) the exact number of `fn` calls. 'dopri5', 'tsit5': adaptive, RMS
+    error norm over the whole state, PID coefficients `pcoeff`, `icoeff` (0, 1: I-controller);
+    'euler', 'heun': `fixed_nfe` evaluations. More than `max_steps` steps gives NaN."""
     term = diffrax.ODETerm(lambda t, y, args: fn(t, y))
     saveat = diffrax.SaveAt(t1=True)
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
@@ -84,10 +60,13 @@ def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=
     t0_arr = jnp.asarray(t0, jnp.float32)
     f0 = fn(t0_arr, y0)
     first_step = _initial_step(fn, t0_arr, y0, f0, direction, abs(t1 - t0), rtol, atol)
+    # throw=False: NaN, not diffrax's run-time error (a host callback, which keeps the executable
+    # out of the persistent compilation cache).
     sol = diffrax.diffeqsolve(
         term, _ADAPTIVE[method](), t0, t1, None, y0, saveat=saveat,
         stepsize_controller=_FirstStepPID(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff,
-                                          first_step=first_step),
+                                          first_step=first_step,
+                                          **({} if norm is None else {"norm": norm})),
         max_steps=max_steps,
         # diffrax's FSAL state (first_step, f0): the first step reuses our f(t0, y0).
         solver_state=(jnp.array(False), f0), adjoint=adjoint, throw=False)
@@ -96,12 +75,10 @@ def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=
 
 
 class _FirstStepPID(diffrax.PIDController):
-    """diffrax's PIDController whose first step is `first_step` (> 0, a traced value).
+    """diffrax's PIDController whose first step is `first_step` (> 0, a traced value)."""
 
-    Passed here rather than as `dt0`, it keeps diffrax's sign check of `dt0` (a host callback
-    when dt0 is traced) out of the program. diffrax integrates t1 < t0 in negated time, so the
-    step is positive either way.
-    """
+    # Not `dt0`: a traced dt0 gets a sign check by host callback. diffrax integrates t1 < t0 in
+    # negated time, so the step is positive either way.
 
     first_step: jax.Array = None
 
@@ -130,8 +107,8 @@ DEFAULT_OPTIONS = {"ode_method": "dopri5", "ode_rtol": 1e-5, "ode_atol": 1e-5,
 
 
 def solver_options(block, prefix: str) -> dict:
-    """`method`, `rtol`, `atol`, `pcoeff`, `icoeff`, `variable` from the `ode_*` keys of a config
-    block (`prefix` 'sampling' or 'eval'); ValueError naming the first bad key."""
+    """Keyword arguments of the ODE sampler/likelihood from the `ode_*` keys of config block
+    `prefix` ('sampling', 'eval'); ValueError naming the first bad key."""
     v = {k: block.get(k, d) if block is not None else d for k, d in DEFAULT_OPTIONS.items()}
     valid = {"ode_method": list(_ADAPTIVE), "ode_controller": list(CONTROLLERS),
              "ode_variable": list(ODE_VARIABLES)}
@@ -147,7 +124,7 @@ def solver_options(block, prefix: str) -> dict:
 
 
 class Flow(NamedTuple):
-    """The probability-flow ODE dy/ds = drift(s, y) in a variable s, with x_t = scale(t) y."""
+    """dy/ds = drift(s, y) in a variable s, with x_t = scale(t) y."""
 
     drift: Callable  # (s scalar, y (batch, ...)) -> dy/ds
     s_of_t: Callable  # t (host float) -> s (host float)
@@ -161,17 +138,11 @@ def check_variable(variable: str, key: str = "variable") -> str:
 
 
 def probability_flow(sde, score_fn, variable: str = "t") -> Flow:
-    """The probability-flow ODE of `sde` in `variable`, with x_t = alpha_t x_0 + std_t z,
-    lambda = log(alpha/std) (`sde.log_snr`) and eps = -std score:
-
-    * 't': x against t (`probability_flow_drift`).
-    * 'sigma': y = x/alpha against sigma = std/alpha = e^-lambda: dy/dsigma = eps.
-    * 'log_snr': y = x/alpha against lambda: dy/dlambda = -sigma eps.
-    * 'snr': w = x/std against e^lambda = alpha/std: dw/de^lambda = x0 = (x - std eps)/alpha.
-
-    All follow from g^2 = d(std^2)/dt - 2 f std^2 (true of VE, VP and sub-VP). t(s) is
-    `sde.t_from_log_snr`, on device.
-    """
+    """The probability-flow ODE of `sde` in `variable` (README "Choosing the ODE solver"): 't'
+    (x against t), 'sigma' (x/alpha against std/alpha), 'log_snr' (x/alpha against lambda =
+    log(alpha/std)), 'snr' (x/std against alpha/std). t(s) is `sde.t_from_log_snr`, on device."""
+    # x_t = alpha x_0 + std z and g^2 = d(std^2)/dt - 2 f std^2 (VE, VP, sub-VP) give, with
+    # eps = -std score: dy/dsigma = eps, dy/dlambda = -sigma eps, d(x/std)/d(alpha/std) = x0.
     check_variable(variable)
     if variable == "t":
         return Flow(probability_flow_drift(sde, score_fn), float, jnp.ones_like)
