@@ -36,7 +36,7 @@ def _initial_step(fn, t0, y0, f0, direction, interval, rtol, atol, order=4):
 
 def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=1e-5,
               fixed_nfe: int | None = None, max_steps: int = 4096,
-              adjoint=None, pcoeff: float = 0.0, icoeff: float = 1.0, norm=None):
+              adjoint=None, pcoeff: float = 0.0, icoeff: float = 1.0):
     """Integrates dy/dt = fn(t, y) (y any pytree, t a scalar) from t0 to t1 on device; returns
     `(y(t1), nfe)`, nfe (int32) the exact number of `fn` calls. 'dopri5', 'tsit5': adaptive, RMS
     error norm over the whole state, PID coefficients `pcoeff`, `icoeff` (0, 1: I-controller);
@@ -65,8 +65,7 @@ def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=
     sol = diffrax.diffeqsolve(
         term, _ADAPTIVE[method](), t0, t1, None, y0, saveat=saveat,
         stepsize_controller=_FirstStepPID(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff,
-                                          first_step=first_step,
-                                          **({} if norm is None else {"norm": norm})),
+                                          first_step=first_step),
         max_steps=max_steps,
         # diffrax's FSAL state (first_step, f0): the first step reuses our f(t0, y0).
         solver_state=(jnp.array(False), f0), adjoint=adjoint, throw=False)
