@@ -28,7 +28,9 @@ of our samplers in `--match` whose error is at most the official's, timed agains
 (likelihood at each of `--bpd_tols`, same data (`--bpd_data`) and Hutchinson probe; the error
 columns hold each side's mean bits/dim, or with `--bpd_reference_tol` each side's RMS distance to
 our tight solve with the same probe, and ours at tighter tolerances when it is farther than the
-official), `pc` (reverse diffusion + Langevin with `--pc_N` noise levels).
+official), `pc` (reverse diffusion + Langevin with `--pc_N` noise levels). `--ode_variable` is the
+variable of our probability-flow ODE in the `ode` and `bpd` rows (`ode.probability_flow`; the tight
+references stay in t).
 Every timing interleaves the two implementations, `--repeats` times, and reports medians (each
 call after a 50 ms pause, see QUIET_S); our compile time is reported separately (first call minus
 the median). JAX runs on the CPU with its default thread pool, torch with
@@ -64,6 +66,7 @@ from score_jax import (  # noqa: E402
     convert,
     datasets,
     likelihood,
+    ode,
     parallel,
     sampling,
     train,
@@ -239,7 +242,8 @@ def cheapest_match(args, sde, model, shape, eps, variables, z, rms, target):
         if method == "dopri5":
             for tol in 10.0 ** -np.arange(2.0, 6.5, 0.5):
                 ok, hit = probe(f"dopri5 {tol:.1e}", lambda: sampling.get_ode_sampler(
-                    sde, model, shape, lambda v: v, rtol=tol, atol=tol, eps=eps))
+                    sde, model, shape, lambda v: v, rtol=tol, atol=tol, eps=eps,
+                    variable=args.ode_variable))
                 if ok:
                     found.append(hit)
                     break
@@ -311,6 +315,8 @@ def main():
     parser.add_argument("--bpd_data", default="uniform", choices=("uniform", "digits"),
                         help="bits/dim of uniform noise or of dequantized digits (upscaled)")
     parser.add_argument("--pc_N", type=int, default=100)
+    parser.add_argument("--ode_variable", default="t", choices=ode.ODE_VARIABLES,
+                        help="our ODE's variable (ode.probability_flow), ode and bpd rows")
     args = parser.parse_args()
     rows = set(args.only.split(","))
 
@@ -432,7 +438,8 @@ def main():
                 tsde, shape=(b, channels, size, size), inverse_scaler=lambda v: v, denoise=False,
                 rtol=tol, atol=tol, eps=eps, device="cpu")
             j_sampler = sampling.get_ode_sampler(sde, model, shape, lambda v: v, denoise=False,
-                                                 rtol=tol, atol=tol, eps=eps)
+                                                 rtol=tol, atol=tol, eps=eps,
+                                                 variable=args.ode_variable)
             nfe, out = {}, {}
 
             def run_official():
@@ -487,14 +494,15 @@ def main():
         probe = jnp.asarray(probe.transpose(0, 2, 3, 1))
         data_j = jnp.asarray(bpd_x)
 
-        def ours_at(tol):
+        def ours_at(tol, variable=args.ode_variable):
             return likelihood.get_likelihood_fn(sde, model, inverse_scaler, rtol=tol, atol=tol,
-                                                eps=1e-5)
+                                                eps=1e-5, variable=variable)
 
         reference = None
         if args.bpd_reference_tol:
             start = time.perf_counter()
-            reference, _, n = ours_at(args.bpd_reference_tol)(None, variables, data_j, probe)
+            reference, _, n = ours_at(args.bpd_reference_tol, "t")(None, variables, data_j,
+                                                                   probe)
             reference = np.asarray(reference)
             print(f"# tight bits/dim (ours, {args.bpd_reference_tol:g}): mean "
                   f"{reference.mean():.5f}, {int(n)} NFE, {time.perf_counter() - start:.0f} s",
