@@ -28,7 +28,9 @@ of our samplers in `--match` whose error is at most the official's, timed agains
 (likelihood at each of `--bpd_tols`, same data (`--bpd_data`) and Hutchinson probe; the error
 columns hold each side's mean bits/dim, or with `--bpd_reference_tol` each side's RMS distance to
 our tight solve with the same probe, and ours at tighter tolerances when it is farther than the
-official), `pc` (reverse diffusion + Langevin with `--pc_N` noise levels).
+official), `pc` (reverse diffusion + Langevin with `--pc_N` noise levels). `--ode_variable` is the
+variable of our probability-flow ODE in the `ode` and `bpd` rows (`ode.probability_flow`; the tight
+references stay in t).
 Every timing interleaves the two implementations, `--repeats` times, and reports medians (each
 call after a 50 ms pause, see QUIET_S); our compile time is reported separately (first call minus
 the median). JAX runs on the CPU with its default thread pool, torch with
@@ -68,6 +70,7 @@ from score_jax import (  # noqa: E402
     convert,
     datasets,
     likelihood,
+    ode,
     parallel,
     sampling,
     train,
@@ -177,6 +180,15 @@ def digits_images(size: int, channels: int) -> np.ndarray:
     return images.clamp(0, 1).repeat(1, channels, 1, 1).numpy()
 
 
+def digits_bpd_data(config, n: int, rng) -> np.ndarray:
+    """The first `n` upscaled digits, uniformly dequantized with `rng` and scaled as the input
+    pipeline does: (n, size, size, channels) float32, NHWC."""
+    size, channels = config.data.image_size, config.data.num_channels
+    bins = np.floor(digits_images(size, channels)[:n].transpose(0, 2, 3, 1) * 255.0 + 0.5)
+    pixels = (bins + rng.uniform(size=bins.shape)) / 256.0
+    return ((2.0 * pixels - 1.0) if config.data.centered else pixels).astype(np.float32)
+
+
 def train_official(args, official, config, net) -> pathlib.Path:
     """Trains the official network `net` in place for `--train_steps` steps of the config's loss
     (official `losses.get_step_fn`) on upscaled digits, Adam at `--train_lr` without warm-up,
@@ -246,7 +258,8 @@ def cheapest_match(args, sde, model, shape, eps, variables, z, rms, target):
             tols = [float(v) for v in only.split("/")] if only else None
             for tol in tols or 10.0 ** -np.arange(2.0, 6.5, 0.5):
                 ok, hit = probe(f"dopri5 {tol:.1e}", lambda: sampling.get_ode_sampler(
-                    sde, model, shape, lambda v: v, rtol=tol, atol=tol, eps=eps))
+                    sde, model, shape, lambda v: v, rtol=tol, atol=tol, eps=eps,
+                    variable=args.ode_variable))
                 if ok:
                     found.append(hit)
                     break
@@ -330,6 +343,8 @@ def main():
     parser.add_argument("--bpd_data", default="uniform", choices=("uniform", "digits"),
                         help="bits/dim of uniform noise or of dequantized digits (upscaled)")
     parser.add_argument("--pc_N", type=int, default=100)
+    parser.add_argument("--ode_variable", default="t", choices=ode.ODE_VARIABLES,
+                        help="our ODE's variable (ode.probability_flow), ode and bpd rows")
     args = parser.parse_args()
     rows = set(args.only.split(","))
 
@@ -457,7 +472,8 @@ def main():
                 tsde, shape=(b, channels, size, size), inverse_scaler=lambda v: v, denoise=False,
                 rtol=tol, atol=tol, eps=eps, device=dev)
             j_sampler = sampling.get_ode_sampler(sde, model, shape, lambda v: v, denoise=False,
-                                                 rtol=tol, atol=tol, eps=eps)
+                                                 rtol=tol, atol=tol, eps=eps,
+                                                 variable=args.ode_variable)
             nfe, out = {}, {}
 
             def run_official():
@@ -502,11 +518,8 @@ def main():
         # after our torch.manual_seed(0) (Rademacher: randint_like(0, 2) * 2 - 1), so it is redrawn
         # here the same way and handed to ours. With one probe both sides estimate the same
         # number, so a tight solve of ours (--bpd_reference_tol) is the reference of both.
-        if args.bpd_data == "digits":  # dequantized, as the input pipeline does
-            bins = digits_images(size, channels)[:b].transpose(0, 2, 3, 1) * 255.0
-            bins = np.floor(bins + 0.5)
-            pixels = (bins + rng.uniform(size=bins.shape)) / 256.0
-            bpd_x = ((2.0 * pixels - 1.0) if config.data.centered else pixels).astype(np.float32)
+        if args.bpd_data == "digits":
+            bpd_x = digits_bpd_data(config, b, rng)
         else:
             bpd_x = data
         bpd_t = torch.from_numpy(bpd_x.transpose(0, 3, 1, 2).copy()).to(dev)
@@ -515,14 +528,15 @@ def main():
         probe = jnp.asarray(probe.transpose(0, 2, 3, 1))
         data_j = jnp.asarray(bpd_x)
 
-        def ours_at(tol):
+        def ours_at(tol, variable=args.ode_variable):
             return likelihood.get_likelihood_fn(sde, model, inverse_scaler, rtol=tol, atol=tol,
-                                                eps=1e-5)
+                                                eps=1e-5, variable=variable)
 
         reference = None
         if args.bpd_reference_tol:
             start = time.perf_counter()
-            reference, _, n = ours_at(args.bpd_reference_tol)(None, variables, data_j, probe)
+            reference, _, n = ours_at(args.bpd_reference_tol, "t")(None, variables, data_j,
+                                                                   probe)
             reference = np.asarray(reference)
             print(f"# tight bits/dim (ours, {args.bpd_reference_tol:g}): mean "
                   f"{reference.mean():.5f}, {int(n)} NFE, {time.perf_counter() - start:.0f} s",

@@ -23,6 +23,12 @@ def add_score_jax_keys(config: ml_collections.ConfigDict) -> ml_collections.Conf
     sampling.variant = 'bh2'  # unipc: 'bh1' or 'bh2'
     sampling.rtol = 0.05  # adaptive_sde tolerances (Jolicoeur-Martineau et al. 2021)
     sampling.atol = 0.0078
+    # sampling.method='ode' (README "Choosing the ODE solver")
+    sampling.ode_method = 'dopri5'  # or 'tsit5'
+    sampling.ode_rtol = 1e-5
+    sampling.ode_atol = 1e-5
+    sampling.ode_controller = 'I'  # or 'PI'
+    sampling.ode_variable = 't'  # or 'sigma', 'log_snr', 'snr' (score_jax.ode.probability_flow)
 
     # sample quality (README "Sample quality")
     evaluate = config.eval
@@ -32,6 +38,12 @@ def add_score_jax_keys(config: ml_collections.ConfigDict) -> ml_collections.Conf
     evaluate.kid_subsets = 100
     evaluate.kid_subset_size = 1000
     evaluate.is_splits = 1  # as official: one score over all samples
+    # the likelihood's ODE solver (bits/dim); keys as sampling.ode_*
+    evaluate.ode_method = 'dopri5'
+    evaluate.ode_rtol = 1e-5
+    evaluate.ode_atol = 1e-5
+    evaluate.ode_controller = 'I'
+    evaluate.ode_variable = 't'
 
     # --mode nfe_sweep
     config.sweep = sweep = ml_collections.ConfigDict()

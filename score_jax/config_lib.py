@@ -186,6 +186,11 @@ def validate(config) -> None:
         if dataset not in datasets.DATASETS:
             raise ValueError(f"data.dataset={dataset!r} is invalid: expected one of "
                              f"{list(datasets.DATASETS)}")
+    from score_jax import ode
+
+    for block in ("sampling", "eval"):
+        if _get(config, block) is not _MISSING:
+            ode.solver_options(config[block], block)
     if _get(config, "training.sde") is not _MISSING:
         from score_jax import sde as sde_lib
 

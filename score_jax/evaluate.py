@@ -14,7 +14,7 @@ import numpy as np
 import tqdm
 
 from score_jax import checkpoints as ckpt_lib
-from score_jax import datasets, losses, metrics, parallel, sampling, train_state, utils
+from score_jax import datasets, losses, metrics, ode, parallel, sampling, train_state, utils
 from score_jax import likelihood as likelihood_lib
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
@@ -129,15 +129,17 @@ def bpd_repeats(config) -> int:
 
 
 def bpd_fns(config, sde, model, workdir: str | None = None, step: int | None = None) -> dict:
-    """What a bits/dim pass calls: 'likelihood' (`likelihood.get_likelihood_fn`), 'elbo' (the
-    variational bound with `eval.bound_num_t` t per example, None when that is 0) and
-    'dequantize' (`(rng, bins) -> (u, log q(u|x))` of `W/dequantizer/` for
+    """What a bits/dim pass calls: 'likelihood' (`likelihood.get_likelihood_fn`, solver of
+    `eval.ode_*`), 'elbo' (the variational bound with `eval.bound_num_t` t per example, None
+    when that is 0) and 'dequantize' (`(rng, bins) -> (u, log q(u|x))` of `W/dequantizer/` for
     `eval.dequantizer='variational'`, else None: uniform dequantization)."""
     from score_jax import dequantizer as deq_lib
 
     inverse_scaler = datasets.get_data_inverse_scaler(config)
     num_t = int(config.eval.get("bound_num_t", 0))
-    fns = {"likelihood": likelihood_lib.get_likelihood_fn(sde, model, inverse_scaler, eps=1e-5),
+    solver = ode.solver_options(config.eval, "eval")
+    fns = {"likelihood": likelihood_lib.get_likelihood_fn(sde, model, inverse_scaler, eps=1e-5,
+                                                          **solver),
            "elbo": (likelihood_lib.get_elbo_fn(sde, model, inverse_scaler, eps=1e-5, num_t=num_t)
                     if num_t > 0 else None),
            "dequantize": None}

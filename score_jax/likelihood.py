@@ -1,17 +1,6 @@
-"""Exact likelihood of score models through the probability-flow ODE (Song et al. 2021, Sec. 4.3).
-
-log p_0(x) = log p_T(z) + int_0^T div f~(x(t), t) dt, with f~ the probability-flow drift and
-z = x(T).
-The state (x, delta_logp) is integrated on device from eps to T with `ode.solve_ode`; the
-divergence is the Hutchinson-Skilling estimate eps^T (df~/dx) eps with one noise draw per solve
-(Gaussian or Rademacher), or the exact trace for small dimensions. Drift and divergence come from
-one `jax.jvp` per evaluation (the official code runs the network twice: once for the drift, once
-under autograd).
-
-Data must be dequantized by the input pipeline (uniform noise on the 256 bins, then scaled like the
-training data); the bits/dim here are those of the official code: the continuous density of the
-scaled data plus the bin offset `7 - inverse_scaler(-1.)` (8 for data in [0, 1], 7 for [-1, 1]).
-"""
+"""Exact likelihood through the probability-flow ODE (Song et al. 2021, Sec. 4.3) and the
+variational bound of Song, Durkan, Murray, Ermon (2021). Data are dequantized and scaled by the
+input pipeline; bits/dim add the bin offset `7 - inverse_scaler(-1.)`."""
 from __future__ import annotations
 
 import jax
@@ -26,7 +15,7 @@ HUTCHINSON_TYPES = ("Rademacher", "Gaussian")
 
 
 def hutchinson_noise(rng, shape, hutchinson_type: str) -> jax.Array:
-    """The Hutchinson probe: standard normal, or +-1 with equal probability (float32)."""
+    """Standard normal or +-1 (float32)."""
     if hutchinson_type == "Gaussian":
         return jax.random.normal(rng, shape)
     if hutchinson_type == "Rademacher":
@@ -46,8 +35,7 @@ def hutchinson_divergence(fn, x, noise):
 
 
 def exact_divergence(fn, x):
-    """`(fn(x), trace J_fn(x))` per example, with one jvp per input dimension (vmapped): for small
-    images only. Assumes `fn` treats examples independently (a network in eval mode)."""
+    """`(fn(x), trace J_fn(x))` per example, one jvp per dimension (`fn` per-example)."""
     dims = int(np.prod(x.shape[1:]))
     basis = jnp.eye(dims, dtype=x.dtype).reshape((dims, 1) + x.shape[1:])
     out, lin = jax.linearize(fn, x)
@@ -56,7 +44,7 @@ def exact_divergence(fn, x):
 
 
 def bits_per_dim(sde, z, delta_logp, inverse_scaler):
-    """Official bits/dim: -(log p_T(z) + delta_logp) / (D log 2) + 7 - inverse_scaler(-1)."""
+    """Bits/dim: -(log p_T(z) + delta_logp) / (D log 2) + 7 - inverse_scaler(-1)."""
     dims = np.prod(z.shape[1:])
     bpd = -(sde.prior_logp(z) + delta_logp) / np.log(2.0) / dims
     return bpd + (7.0 - inverse_scaler(-1.0))
@@ -64,84 +52,62 @@ def bits_per_dim(sde, z, delta_logp, inverse_scaler):
 
 def get_likelihood_fn(sde, model, inverse_scaler, hutchinson_type="Rademacher", rtol=1e-5,
                       atol=1e-5, method="dopri5", eps=1e-5, exact_trace=False, continuous=True,
-                      fixed_nfe: int | None = None, pcoeff: float = 0.0, icoeff: float = 1.0):
-    """A jitted `(rng, variables, data, eps_noise=None) -> (bpd, z, nfe)`.
-
-    Args:
-      model: Flax module; the score is `get_score_fn(sde, model, variables, continuous=continuous)`
-        (continuous-time labels by default, as the official code).
-      inverse_scaler: the data's inverse scaler; only `inverse_scaler(-1.)` is used (bin offset).
-      hutchinson_type: 'Rademacher' or 'Gaussian', drawn once per call from `rng` (one probe for
-        the whole solve, as official); ignored with `exact_trace`.
-      method, rtol, atol, fixed_nfe, pcoeff, icoeff: the ODE solver (`ode.solve_ode`), from eps
-        to T.
-      exact_trace: the exact divergence (dimension-many jvps per evaluation) instead of Hutchinson.
-
-    The returned function takes `data` (batch, H, W, C), already dequantized and scaled, and
-    optionally `eps_noise`, a fixed Hutchinson probe shaped like `data` (then `rng` is unused).
-    Returns bits/dim (batch,), the latent code z = x(T) (shape of data) and the exact number of
-    drift-and-divergence evaluations (int32; each is one network jvp, or dimension-many with
-    `exact_trace`).
-    """
+                      fixed_nfe: int | None = None, pcoeff: float = 0.0, icoeff: float = 1.0,
+                      variable: str = "t"):
+    """A jitted `(rng, variables, data (B, H, W, C), eps_noise=None) -> (bpd (B,), z = x(T), nfe)`:
+    the ODE of `ode.probability_flow(variable)` solved from eps to T (`ode.solve_ode`) with one
+    Hutchinson probe per call (`eps_noise`, or drawn from `rng`), or `exact_trace`."""
     if hutchinson_type not in HUTCHINSON_TYPES:
         raise ValueError(
             f"unknown hutchinson_type {hutchinson_type!r}; valid: {list(HUTCHINSON_TYPES)}")
     if method not in ode.ODE_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; valid: {list(ode.ODE_METHODS)}")
+    ode.check_variable(variable)
 
     def likelihood_fn(rng, variables, data, eps_noise=None):
         data = jnp.asarray(data, jnp.float32)
         score_fn = mutils.get_score_fn(sde, model, variables, train=False, continuous=continuous)
         sampling.check_model_shape(score_fn, data.shape)
-        drift = ode.probability_flow_drift(sde, score_fn)
+        flow = ode.probability_flow(sde, score_fn, variable)
         if eps_noise is None:
             eps_noise = hutchinson_noise(rng, data.shape, hutchinson_type)
         elif eps_noise.shape != data.shape:
             raise ValueError(f"eps_noise has shape {eps_noise.shape}, data {data.shape}")
 
-        def ode_fn(t, state):
-            x, _ = state
-            fn = lambda y: drift(t, y)
+        def ode_fn(s, state):
+            y, _ = state
+            fn = lambda v: flow.drift(s, v)
             if exact_trace:
-                return exact_divergence(fn, x)
-            return hutchinson_divergence(fn, x, eps_noise)
+                return exact_divergence(fn, y)
+            return hutchinson_divergence(fn, y, eps_noise)
 
-        init = (data, jnp.zeros((data.shape[0],), jnp.float32))
-        (z, delta_logp), nfe = ode.solve_ode(ode_fn, init, eps, sde.T, method=method,
-                                                  rtol=rtol, atol=atol, fixed_nfe=fixed_nfe,
-                                                  pcoeff=pcoeff, icoeff=icoeff)
+        # x = scale y: log p_x(x) = log p_y(y) - D log scale at both ends.
+        batch, dims = data.shape[0], int(np.prod(data.shape[1:]))
+        scale_0, scale_T = (flow.scale(jnp.full((batch,), t, jnp.float32)) for t in (eps, sde.T))
+        init = (sde_lib.batch_mul(1.0 / scale_0, data), jnp.zeros((batch,), jnp.float32))
+        (y, delta_logp), nfe = ode.solve_ode(ode_fn, init, flow.s_of_t(eps), flow.s_of_t(sde.T),
+                                             method=method, rtol=rtol, atol=atol,
+                                             fixed_nfe=fixed_nfe, pcoeff=pcoeff, icoeff=icoeff)
+        z = sde_lib.batch_mul(scale_T, y)
+        delta_logp = delta_logp + dims * (jnp.log(scale_T) - jnp.log(scale_0))
         return bits_per_dim(sde, z, delta_logp, inverse_scaler), z, nfe
 
     return jax.jit(likelihood_fn)
 
 
 def _prior_inverse_variance(sde, shape) -> jax.Array:
-    """1/c^2 of the Gaussian prior N(0, c^2 I) of every SDE here, read off `prior_logp`:
-    log p(0) - log p(e_1) = 1/(2 c^2)."""
+    """1/c^2 of the prior N(0, c^2 I): log p(0) - log p(e_1) = 1/(2 c^2)."""
     zero = jnp.zeros((1,) + tuple(shape), jnp.float32)
     e1 = zero.reshape(1, -1).at[0, 0].set(1.0).reshape(zero.shape)
     return 2.0 * (sde.prior_logp(zero)[0] - sde.prior_logp(e1)[0])
 
 
 def get_elbo_fn(sde, model, inverse_scaler, eps=1e-5, num_t: int = 16, continuous=True):
-    """A jitted `(rng, variables, data) -> (bpd_bound, nfe)`: the variational upper bound on
-    bits/dim of Song, Durkan, Murray, Ermon (2021), Theorem 1, from denoising score matching.
-
-    For x_0 = data (dequantized and scaled as for `get_likelihood_fn`), D dimensions:
-
-        -log p(x_0) <= E[-log pi(x_T)] + Z/2 E_{t ~ q, z}[|std_t s(x_t, t) + z|^2 - D]
-                       - D log alpha_T,
-
-    with x_t = alpha_t x_0 + std_t z, q(t) = g^2/std^2 / Z on [eps, T] (`losses`' importance
-    sampler, the likelihood weighting's own density) and Z its normaliser; D is estimated by |z|^2
-    of the same draw (a control variate). The last term is
-    -int_eps^T div f dt plus the decoder p(x_0 | x_eps) = N(x_eps/alpha_eps, std_eps^2/alpha_eps^2):
-    the model whose density this bounds is the SDE's p_eps followed by that decoder, which differs
-    from the ODE's p_eps at x_0 by O(std_eps). The prior term is exact (pi is Gaussian); the t
-    integral takes `num_t` stratified draws of u per example (one z each), so each call costs
-    `num_t` network passes on the batch. Returns bits/dim (batch,) with the offset of
-    `bits_per_dim`, and nfe = num_t.
-    """
+    """A jitted `(rng, variables, data) -> (bpd_bound (B,), nfe = num_t)`: the variational bound
+    on bits/dim (README "The bound and variational dequantization"), t importance-sampled,
+    `num_t` stratified draws per example."""
+    # -log p(x_0) <= E[-log pi(x_T)] + Z/2 E_{t~q,z}[|std s(x_t, t) + z|^2 - D] - D log alpha_T,
+    # q = g^2/std^2 / Z on [eps, T]; the last term holds the decoder N(x_eps/alpha, (std/alpha)^2).
     losses.check_importance_sampling(sde)
     if int(num_t) < 1:
         raise ValueError(f"num_t must be >= 1 (eval.bound_num_t), got {num_t}")
@@ -158,8 +124,7 @@ def get_elbo_fn(sde, model, inverse_scaler, eps=1e-5, num_t: int = 16, continuou
 
 
 def elbo_nats(sde, score_fn, rng, data, num_t: int = 1, eps: float = 1e-5) -> jax.Array:
-    """The bound of `get_elbo_fn` in nats (batch,) for `score_fn(x, t)`; differentiable in `data`
-    and in the score's parameters (the variational dequantizer trains on it)."""
+    """The bound of `get_elbo_fn` in nats (batch,); differentiable in `data` and the score."""
     normalizer = losses.likelihood_importance_normalizer(sde, eps)
     batch, dims = data.shape[0], int(np.prod(data.shape[1:]))
     u_rng, z_rng = jax.random.split(rng)

@@ -1,15 +1,13 @@
-"""The probability-flow ODE and its on-device solve (diffrax), shared by the ODE sampler and the
-likelihood.
-
-`probability_flow_drift(sde, score_fn)` is dx/dt = f(x, t) - g(t)^2 score(x, t) / 2;
-`solve_ode(fn, y0, t0, t1, ...)` integrates any pytree state with an exact count of vector-field
-evaluations.
-"""
+"""The probability-flow ODE (in t or another variable) and its on-device solve (diffrax)."""
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import diffrax
 import jax
 import jax.numpy as jnp
+
+from score_jax import sde as sde_lib
 
 _FIXED_STEP = {"euler": (diffrax.Euler, 1), "heun": (diffrax.Heun, 2)}
 _ADAPTIVE = {"dopri5": diffrax.Dopri5, "tsit5": diffrax.Tsit5}
@@ -23,7 +21,7 @@ def _rms(tree):
 
 
 def _initial_step(fn, t0, y0, f0, direction, interval, rtol, atol, order=4):
-    """Hairer's initial step size (as scipy's RK45, one extra evaluation). Returns |h|."""
+    """Hairer's initial step size (one extra evaluation). Returns |h|."""
     scale = jax.tree_util.tree_map(lambda y: atol + jnp.abs(y) * rtol, y0)
     ratio = lambda a: jax.tree_util.tree_map(lambda u, s: u / s, a, scale)
     d0, d1 = _rms(ratio(y0)), _rms(ratio(f0))
@@ -39,27 +37,10 @@ def _initial_step(fn, t0, y0, f0, direction, interval, rtol, atol, order=4):
 def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=1e-5,
               fixed_nfe: int | None = None, max_steps: int = 4096,
               adjoint=None, pcoeff: float = 0.0, icoeff: float = 1.0):
-    """Integrates dy/dt = fn(t, y) from t0 to t1 on device; returns `(y(t1), nfe)`.
-
-    `y0` is any pytree of arrays; `fn(t, y)` gets a scalar time. Methods:
-
-    * 'dopri5': adaptive Dormand-Prince 5(4) (the paper's RK45) with an I-controller on the RMS norm
-      of the error scaled by atol + rtol max(|y0|, |y1|) over the whole state (as scipy). The
-      initial step is Hairer's heuristic (as scipy). nfe is exact: 2 evaluations for the initial
-      step (f(t0, y0) is then handed to the solver as its first-same-as-last stage), plus 6 per
-      attempted step, rejected ones included (the official scipy count has the same structure).
-    * 'tsit5': Tsitouras 5(4), the same controller, initial step and count (7 stages, FSAL).
-    * 'euler', 'heun': fixed steps spending `fixed_nfe` evaluations (1 resp. 2 per step).
-
-    `pcoeff`, `icoeff`: diffrax's PID coefficients of the step-size controller (default 0, 1: the
-    I-controller above); e.g. 0.4, 0.3 for a PI controller (`benchmarks/ode_options.py`).
-
-    `adjoint` is diffrax's (default: its standard one); counting tests pass `DirectAdjoint()`.
-    An adaptive solve that needs more than `max_steps` steps returns NaN rather than an unfinished
-    state (the samplers and the likelihood refuse non-finite results). Not diffrax's run-time
-    error: that is a host callback, and jax does not put executables with host callbacks in the
-    persistent compilation cache (`utils.enable_compilation_cache`).
-    """
+    """Integrates dy/dt = fn(t, y) (y any pytree, t a scalar) from t0 to t1 on device; returns
+    `(y(t1), nfe)`, nfe (int32) the exact number of `fn` calls. 'dopri5', 'tsit5': adaptive, RMS
+    error norm over the whole state, PID coefficients `pcoeff`, `icoeff` (0, 1: I-controller);
+    'euler', 'heun': `fixed_nfe` evaluations. More than `max_steps` steps gives NaN."""
     term = diffrax.ODETerm(lambda t, y, args: fn(t, y))
     saveat = diffrax.SaveAt(t1=True)
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
@@ -79,6 +60,8 @@ def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=
     t0_arr = jnp.asarray(t0, jnp.float32)
     f0 = fn(t0_arr, y0)
     first_step = _initial_step(fn, t0_arr, y0, f0, direction, abs(t1 - t0), rtol, atol)
+    # throw=False: NaN, not diffrax's run-time error (a host callback, which keeps the executable
+    # out of the persistent compilation cache).
     sol = diffrax.diffeqsolve(
         term, _ADAPTIVE[method](), t0, t1, None, y0, saveat=saveat,
         stepsize_controller=_FirstStepPID(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff,
@@ -91,12 +74,10 @@ def solve_ode(fn, y0, t0: float, t1: float, *, method="dopri5", rtol=1e-5, atol=
 
 
 class _FirstStepPID(diffrax.PIDController):
-    """diffrax's PIDController whose first step is `first_step` (> 0, a traced value).
+    """diffrax's PIDController whose first step is `first_step` (> 0, a traced value)."""
 
-    Passed here rather than as `dt0`, it keeps diffrax's sign check of `dt0` (a host callback
-    when dt0 is traced) out of the program. diffrax integrates t1 < t0 in negated time, so the
-    step is positive either way.
-    """
+    # Not `dt0`: a traced dt0 gets a sign check by host callback. diffrax integrates t1 < t0 in
+    # negated time, so the step is positive either way.
 
     first_step: jax.Array = None
 
@@ -114,3 +95,77 @@ def probability_flow_drift(sde, score_fn):
     """`drift(t, x)` of the probability-flow ODE, t a scalar (taken in x's dtype)."""
     rsde = sde.reverse(score_fn, probability_flow=True)
     return lambda t, x: rsde.sde(x, jnp.full((x.shape[0],), t, x.dtype))[0]
+
+
+ODE_VARIABLES = ("t", "sigma", "log_snr", "snr")
+# Step-size controllers: diffrax PID (pcoeff, icoeff).
+CONTROLLERS = {"I": (0.0, 1.0), "PI": (0.4, 0.3)}
+# The `ode_*` keys of the `sampling` and `eval` config blocks, and their values when absent.
+DEFAULT_OPTIONS = {"ode_method": "dopri5", "ode_rtol": 1e-5, "ode_atol": 1e-5,
+                   "ode_controller": "I", "ode_variable": "t"}
+
+
+def solver_options(block, prefix: str) -> dict:
+    """Keyword arguments of the ODE sampler/likelihood from the `ode_*` keys of config block
+    `prefix` ('sampling', 'eval'); ValueError naming the first bad key."""
+    v = {k: block.get(k, d) if block is not None else d for k, d in DEFAULT_OPTIONS.items()}
+    valid = {"ode_method": list(_ADAPTIVE), "ode_controller": list(CONTROLLERS),
+             "ode_variable": list(ODE_VARIABLES)}
+    for key, values in valid.items():
+        if v[key] not in values:
+            raise ValueError(f"{prefix}.{key}={v[key]!r} is invalid: expected one of {values}")
+    for key in ("ode_rtol", "ode_atol"):
+        if isinstance(v[key], bool) or not isinstance(v[key], (int, float)) or not v[key] > 0:
+            raise ValueError(f"{prefix}.{key}={v[key]!r} is invalid: expected a number > 0")
+    pcoeff, icoeff = CONTROLLERS[v["ode_controller"]]
+    return dict(method=v["ode_method"], rtol=float(v["ode_rtol"]), atol=float(v["ode_atol"]),
+                pcoeff=pcoeff, icoeff=icoeff, variable=v["ode_variable"])
+
+
+class Flow(NamedTuple):
+    """dy/ds = drift(s, y) in a variable s, with x_t = scale(t) y."""
+
+    drift: Callable  # (s scalar, y (batch, ...)) -> dy/ds
+    s_of_t: Callable  # t (host float) -> s (host float)
+    scale: Callable  # t (batch,) -> scale (batch,)
+
+
+def check_variable(variable: str, key: str = "variable") -> str:
+    if variable not in ODE_VARIABLES:
+        raise ValueError(f"{key}={variable!r} is unknown; valid: {list(ODE_VARIABLES)}")
+    return variable
+
+
+def probability_flow(sde, score_fn, variable: str = "t") -> Flow:
+    """The probability-flow ODE of `sde` in `variable` (README "Choosing the ODE solver"): 't'
+    (x against t), 'sigma' (x/alpha against std/alpha), 'log_snr' (x/alpha against lambda =
+    log(alpha/std)), 'snr' (x/std against alpha/std). t(s) is `sde.t_from_log_snr`, on device."""
+    # x_t = alpha x_0 + std z and g^2 = d(std^2)/dt - 2 f std^2 (VE, VP, sub-VP) give, with
+    # eps = -std score: dy/dsigma = eps, dy/dlambda = -sigma eps, d(x/std)/d(alpha/std) = x0.
+    check_variable(variable)
+    if variable == "t":
+        return Flow(probability_flow_drift(sde, score_fn), float, jnp.ones_like)
+    to_lam, from_lam = {"sigma": (lambda s: -jnp.log(s), lambda lam: jnp.exp(-lam)),
+                        "log_snr": (lambda s: s, lambda lam: lam),
+                        "snr": (jnp.log, jnp.exp)}[variable]
+
+    def drift(s, y):
+        t = jnp.full((y.shape[0],), sde.t_from_log_snr(to_lam(s)), y.dtype)
+        alpha, std = sde.alpha(t), sde.sigma(t)
+        scale = std if variable == "snr" else alpha
+        x = sde_lib.batch_mul(scale, y)
+        eps = -sde_lib.batch_mul(std, score_fn(x, t))
+        if variable == "sigma":
+            return eps
+        if variable == "log_snr":
+            return -sde_lib.batch_mul(std / alpha, eps)
+        return sde_lib.batch_mul(1.0 / alpha, x - sde_lib.batch_mul(std, eps))
+
+    def s_of_t(t):
+        with jax.ensure_compile_time_eval():  # host floats, also when called under jit
+            return float(from_lam(sde.log_snr(jnp.float32(t))))
+
+    def scale(t):
+        return sde.sigma(t) if variable == "snr" else sde.alpha(t)
+
+    return Flow(drift, s_of_t, scale)

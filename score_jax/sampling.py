@@ -247,11 +247,12 @@ def _score_and_latent(sde, model, variables, shape, continuous, sharding, key, z
 def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1e-5,
                     method="dopri5", eps=1e-3, continuous=True, fixed_nfe: int | None = None,
                     sharding: NamedSharding | None = None, pcoeff: float = 0.0,
-                    icoeff: float = 1.0):
+                    icoeff: float = 1.0, variable: str = "t"):
     """A jitted probability-flow ODE sampler `(rng, variables, z=None) -> (samples, nfe)`.
 
     Solves the probability-flow ODE from T (x_T = `z`, or a prior draw) to `eps` with
-    `ode.solve_ode` (`method`, `rtol`, `atol`, `fixed_nfe`, `pcoeff`, `icoeff`); `z` given makes
+    `ode.solve_ode` (`method`, `rtol`, `atol`, `fixed_nfe`, `pcoeff`, `icoeff`) in `variable`
+    (`ode.probability_flow`); `z` given makes
     it the decoder of the latent code the likelihood returns. `denoise` adds one noise-free
     reverse-diffusion step at eps (as official).
     nfe (int32) is the exact number of score evaluations, the denoising one included (the official
@@ -262,13 +263,17 @@ def get_ode_sampler(sde, model, shape, inverse_scaler, denoise=False, rtol=1e-5,
     shape = tuple(int(s) for s in shape)
     if method not in ode.ODE_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; valid: {list(ode.ODE_METHODS)}")
+    ode.check_variable(variable)
     parallel.check_sharding(shape, sharding)
 
     def sampler(rng, variables, z=None):
         score_fn, x = _score_and_latent(sde, model, variables, shape, continuous, sharding, rng, z)
-        x, nfe = ode.solve_ode(ode.probability_flow_drift(sde, score_fn), x, sde.T, eps,
-                           method=method, rtol=rtol, atol=atol, fixed_nfe=fixed_nfe, pcoeff=pcoeff,
-                           icoeff=icoeff)
+        flow = ode.probability_flow(sde, score_fn, variable)
+        scale_T, scale_0 = (flow.scale(jnp.full((shape[0],), t, jnp.float32)) for t in (sde.T, eps))
+        y, nfe = ode.solve_ode(flow.drift, sde_lib.batch_mul(1.0 / scale_T, x), flow.s_of_t(sde.T),
+                               flow.s_of_t(eps), method=method, rtol=rtol, atol=atol,
+                               fixed_nfe=fixed_nfe, pcoeff=pcoeff, icoeff=icoeff)
+        x = sde_lib.batch_mul(scale_0, y)
         if denoise:
             t = jnp.full((shape[0],), eps, jnp.float32)
             _, x = reverse_diffusion(sde, score_fn, x, t, jnp.zeros_like(x))
@@ -396,7 +401,7 @@ def get_solver_sampler(sde, model, shape, inverse_scaler, method, nfe=20, time_g
 def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
                     sharding: NamedSharding | None = None, workdir: str | None = None):
     """The sampler of `config.sampling.method`: `(rng, variables) -> (samples, nfe)`; 'ode' and the
-    few-step methods also take a latent `z`."""
+    few-step methods also take a latent `z`; 'ode' reads `sampling.ode_*` (`ode.solver_options`)."""
     s = config.sampling
     method = str(s.method).lower()
     if method == "pc":
@@ -407,7 +412,8 @@ def get_sampling_fn(config, sde, model, shape, inverse_scaler, eps,
     continuous = sde.continuous_labels(config)
     if method == "ode":
         return get_ode_sampler(sde, model, shape, inverse_scaler, denoise=s.noise_removal, eps=eps,
-                               continuous=continuous, sharding=sharding)
+                               continuous=continuous, sharding=sharding,
+                               **ode.solver_options(s, "sampling"))
     if method not in solvers.METHODS:
         raise ValueError(f"sampling.method={s.method!r} is unknown; valid: "
                          f"{['pc', 'ode', *solvers.METHODS]}")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import DATA
 
-from score_jax import convert, ode, parallel, sampling
+from score_jax import config_lib, convert, ode, parallel, sampling
 from score_jax import sde as sde_lib
 from score_jax.models import utils as mutils
 from score_jax.models.utils import get_score_fn
@@ -291,6 +291,65 @@ def test_ode_sampler_matches_exact_flow_and_official(name):
             official_nfe = int(REFS[f"{prefix}.tol{tol:g}.nfe" if tol == 1e-3
                                     else prefix + ".tol1e-05.nfe"])
             assert 0.75 * official_nfe < int(nfe) < 1.3 * official_nfe, (prefix, nfe, official_nfe)
+
+
+@pytest.mark.parametrize("name", list(SDES))
+@pytest.mark.parametrize("variable", ["sigma", "log_snr"])
+def test_ode_sampler_in_other_variables_matches_exact_flow(name, variable):
+    """From the official latents, the flow in x/alpha against sigma = std/alpha or log-SNR: at
+    rtol = atol = 1e-5 within 1e-4 of the exact flow (the t-form's bound)."""
+    sde = SDES[name]()
+    sampler = sampling.get_ode_sampler(sde, AnalyticScore(sde), (4, 4, 4, 1), identity,
+                                       rtol=1e-5, atol=1e-5, eps=EPS[name], variable=variable)
+    for kind in ("iso", "diag"):
+        prefix = f"ode.{name}.{kind}"
+        x, _ = sampler(jax.random.key(0), variables(kind), jnp.asarray(ref(prefix + ".z")))
+        np.testing.assert_allclose(x, ref(prefix + ".exact_x_eps"), rtol=0, atol=1e-4)
+
+
+def test_ode_variable_maps_time_exactly():
+    """t -> s -> t through `ode.probability_flow` (sde.log_snr, t_from_log_snr) in float32, at
+    both ends of every SDE's range: relative error below 1e-5, or 5e-8 absolute (VE's t is
+    affine in log sigma, known to a float32 ulp: 5e-8 in t is 4e-7 in log sigma)."""
+    for name, cls in SDES.items():
+        sde = cls()
+        for variable in ("sigma", "log_snr", "snr"):
+            flow = ode.probability_flow(sde, None, variable)
+            to_lam = {"sigma": lambda s: -np.log(s), "log_snr": lambda s: s, "snr": np.log}
+            for t in (1e-5, EPS[name], 0.5, sde.T):
+                back = float(sde.t_from_log_snr(jnp.float32(to_lam[variable](flow.s_of_t(t)))))
+                assert abs(back - t) < 1e-5 * t + 5e-8, (name, variable, t, back)
+
+
+def test_ode_config_keys():
+    """sampling.ode_* reach the sampler; a bad value names its key before any work."""
+    sde = sde_lib.VESDE(N=5)
+    config = ml_collections.ConfigDict({
+        "training": {"continuous": True},
+        "sampling": {"method": "ode", "noise_removal": False, "ode_method": "tsit5",
+                     "ode_rtol": 1e-4, "ode_atol": 1e-6, "ode_controller": "PI",
+                     "ode_variable": "sigma"}})
+    assert ode.solver_options(config.sampling, "sampling") == dict(
+        method="tsit5", rtol=1e-4, atol=1e-6, pcoeff=0.4, icoeff=0.3, variable="sigma")
+    assert ode.solver_options(ml_collections.ConfigDict(), "eval") == dict(
+        method="dopri5", rtol=1e-5, atol=1e-5, pcoeff=0.0, icoeff=1.0, variable="t")
+    z = jnp.asarray(ref("ode.vesde.iso.z"))
+    shape = tuple(z.shape)
+    x, nfe = sampling.get_sampling_fn(config, sde, AnalyticScore(sde), shape, identity, 1e-5)(
+        jax.random.key(0), variables("iso"), z)
+    direct = sampling.get_ode_sampler(sde, AnalyticScore(sde), shape, identity, eps=1e-5,
+                                      **ode.solver_options(config.sampling, "sampling"))
+    x2, nfe2 = direct(jax.random.key(0), variables("iso"), z)
+    np.testing.assert_array_equal(x, x2)
+    assert int(nfe) == int(nfe2)
+    for key, bad in (("ode_method", "rk45"), ("ode_controller", "PID"),
+                     ("ode_variable", "lambda"), ("ode_rtol", 0.0), ("ode_atol", -1.0)):
+        cfg = config.copy_and_resolve_references()
+        cfg.sampling[key] = bad
+        with pytest.raises(ValueError, match=rf"sampling.{key}={bad!r} is invalid"):
+            sampling.get_sampling_fn(cfg, sde, AnalyticScore(sde), shape, identity, 1e-5)
+        with pytest.raises(ValueError, match=rf"sampling.{key}={bad!r} is invalid"):
+            config_lib.validate(cfg)
 
 
 def test_ode_denoise_matches_official():
