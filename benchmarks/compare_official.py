@@ -238,6 +238,7 @@ def cheapest_match(args, sde, model, shape, eps, variables, z, rms, target):
     whose RMS error `rms(sample)` is <= `target`, or None. Few-step solvers
     ('method[:order]', default time grid) are searched over MATCH_NFE by doubling, then bisection
     (each NFE is a compilation); 'dopri5' over tolerances 1e-2 .. 1e-6 (a 10^(1/2) ratio).
+    'dopri5:PI' uses the PI step-size controller (ode.CONTROLLERS).
     'method[:order]=NFE/NFE/..' and 'dopri5=TOL/TOL/..' try those settings only, in order, up to
     the first that reaches the target (a compilation each: for a device whose time is short, with
     settings found by a search elsewhere)."""
@@ -256,10 +257,11 @@ def cheapest_match(args, sde, model, shape, eps, variables, z, rms, target):
         method, _, order = spec.partition(":")
         if method == "dopri5":
             tols = [float(v) for v in only.split("/")] if only else None
+            pcoeff, icoeff = ode.CONTROLLERS[order or "I"]  # 'dopri5:PI': diffrax's PID
             for tol in tols or 10.0 ** -np.arange(2.0, 6.5, 0.5):
-                ok, hit = probe(f"dopri5 {tol:.1e}", lambda: sampling.get_ode_sampler(
+                ok, hit = probe(f"{spec} {tol:.1e}", lambda: sampling.get_ode_sampler(
                     sde, model, shape, lambda v: v, rtol=tol, atol=tol, eps=eps,
-                    variable=args.ode_variable))
+                    variable=args.ode_variable, pcoeff=pcoeff, icoeff=icoeff))
                 if ok:
                     found.append(hit)
                     break
