@@ -251,7 +251,7 @@ def _ode_cells(config) -> list[Cell]:
                paper=None if paper is None else (paper[0], None),
                info={"dequantizations": evaluate.bpd_repeats(config),
                      "solver": "dopri5, rtol = atol = 1e-5, eps = 1e-5"})
-    cfg = _cell_config(config, method="ode")
+    cfg = _cell_config(config, method="ode", ode_controller="I")  # the paper's RK45 step control
     fid = Cell(id="ode_fid", config=cfg, row="FID", column="ODE FID",
                paper=None if paper is None else (paper[1], None),
                info={"solver": "dopri5 (RK45), rtol = atol = 1e-5"})

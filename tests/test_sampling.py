@@ -333,6 +333,8 @@ def test_ode_config_keys():
         method="tsit5", rtol=1e-4, atol=1e-6, pcoeff=0.4, icoeff=0.3, variable="sigma")
     assert ode.solver_options(ml_collections.ConfigDict(), "eval") == dict(
         method="dopri5", rtol=1e-5, atol=1e-5, pcoeff=0.0, icoeff=1.0, variable="t")
+    assert ode.solver_options(ml_collections.ConfigDict(), "sampling") == dict(
+        method="dopri5", rtol=1e-5, atol=1e-5, pcoeff=0.4, icoeff=0.3, variable="t")
     z = jnp.asarray(ref("ode.vesde.iso.z"))
     shape = tuple(z.shape)
     x, nfe = sampling.get_sampling_fn(config, sde, AnalyticScore(sde), shape, identity, 1e-5)(
