@@ -576,11 +576,11 @@ def main():
                 continue
             # Equal accuracy: the first of our settings (by default t at tighter tolerances, a
             # quarter decade apart) as close to the tight solve as the official.
-            ladder = ([(v.split(":")[0], float(v.split(":")[1])) if ":" in v
-                       else (args.ode_variable, float(v)) for v in args.bpd_match_tols.split(",")]
-                      if args.bpd_match_tols else
-                      [(args.ode_variable, v) for v in tol * 10.0 ** -np.arange(0.25, 3.25, 0.25)])
-            for variable, our_tol in ladder:
+            ladder = (args.bpd_match_tols.split(",") if args.bpd_match_tols
+                      else [str(v) for v in tol * 10.0 ** -np.arange(0.25, 3.25, 0.25)])
+            for entry in ladder:
+                variable, _, our_tol = entry.rpartition(":")  # 'TOL' or 'VARIABLE:TOL'
+                variable, our_tol = variable or args.ode_variable, float(our_tol)
                 samplers["ours"] = ours_at(our_tol, variable)
                 run_ours()
                 print(f"#   ours ({variable}) at {our_tol:.1e}: NFE {nfe['ours']}, error "

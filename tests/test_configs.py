@@ -153,6 +153,13 @@ def test_defaults(rel):
     for key in FLOAT_KEYS:
         if _has(config, key):  # model.ema_rate is set by the experiments
             assert type(_get(config, key)) is float, (rel, key)
+    # The config's ode_* literals and ode.solver_options' defaults for a block without them (an
+    # old workdir's config.json) are written in two places: they must agree.
+    from score_jax import ode
+
+    for block in ("sampling", "eval"):
+        assert ode.solver_options(config[block], block) == ode.solver_options(
+            ml_collections.ConfigDict(), block), (rel, block)
 
 
 @pytest.mark.parametrize("rel", EXPERIMENTS)
